@@ -1,0 +1,76 @@
+"""Shared plumbing for `bench/*.py`: every result file records where and how it was measured.
+
+The README quotes figures from `bench/results/*.json` only, so each file must
+say which machine, which library versions, and which exact command made it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .io import write_json
+
+RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results"
+
+
+def machine() -> dict[str, Any]:
+    """CPU model and cores, memory, GPU (if any)."""
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+                            "python": platform.python_version()}
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:  # pragma: no cover
+        pass
+    return info
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for mod in ("torch", "transformers", "numpy", "safetensors", "librosa", "essentia", "sae_lens"):
+        try:
+            m = __import__(mod)
+            out[mod] = getattr(m, "__version__", "?")
+        except Exception:
+            pass
+    from . import __version__
+
+    out["musiclens"] = __version__
+    return out
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (and waited-for children), in MB."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 1024.0
+
+
+def write_result(name: str, figures: dict[str, Any], command: str | None = None) -> Path:
+    """Write `bench/results/<name>.json` with machine, versions, command and figures."""
+    path = RESULTS / f"{name}.json"
+    write_json(path, {
+        "name": name,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": command or " ".join([Path(sys.executable).name] + sys.argv),
+        "machine": machine(),
+        "versions": versions(),
+        "figures": figures,
+    })
+    return path
