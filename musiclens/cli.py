@@ -30,8 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     for mod in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         if mod.name.startswith("_"):
             continue
-        module = importlib.import_module(f"{commands.__name__}.{mod.name}")
-        module.register(sub)
+        try:
+            module = importlib.import_module(f"{commands.__name__}.{mod.name}")
+            module.register(sub)
+        except Exception as e:  # one broken command must not take down the others
+            if os.environ.get("MUSICLENS_DEBUG"):
+                raise
+            print(f"warning: command module {mod.name!r} failed to load: {type(e).__name__}: {e}", file=sys.stderr)
     return parser
 
 

@@ -1,0 +1,77 @@
+"""`musiclens generate`: text -> audio files, batched, reproducible seeds, CFG scale."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import add_arguments, from_args, option, save_config
+from ..errors import MusiclensError
+
+
+@dataclass
+class GenerateConfig:
+    model: str = option("organism", help="model: organism, tiny-random, a local HF folder or hub id")
+    prompt: str | None = option(None, help="one text prompt (or use --prompts)")
+    prompts: str | None = option(None, help="file with one prompt per line")
+    seconds: float = option(5.0, help="length of each clip in seconds")
+    seed: int = option(0, help="random seed (same seed, prompts and batch size -> same audio)")
+    guidance_scale: float = option(3.0, help="classifier-free guidance scale (1 disables CFG)")
+    temperature: float = option(1.0, help="sampling temperature")
+    top_k: int = option(250, help="top-k sampling")
+    batch_size: int = option(8, help="prompts per generation batch")
+    device: str = option("cpu", help="cpu or cuda")
+    out: str = option("generated", help="output folder for the WAV files")
+    overwrite: bool = option(False, help="allow writing into an existing output folder")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("generate", help="generate audio from text prompts")
+    add_arguments(p, GenerateConfig)
+    p.set_defaults(func=run)
+
+
+def load_prompt_args(prompt: str | None, prompts_file: str | None) -> list[str]:
+    """Prompts from --prompt or --prompts (exactly one of them)."""
+    from ..audio import read_prompts
+
+    if (prompt is None) == (prompts_file is None):
+        raise MusiclensError("give exactly one of --prompt or --prompts")
+    return [prompt] if prompt is not None else read_prompts(prompts_file)
+
+
+def generate_batched(model, prompts, cfg) -> list:
+    """Generate `prompts` in batches of cfg.batch_size; batch b uses seed cfg.seed + b."""
+    import torch
+    from tqdm import tqdm
+
+    if not (cfg.seconds > 0) or cfg.seconds != cfg.seconds:
+        raise MusiclensError("--seconds must be a positive number")
+    audios = []
+    batches = [prompts[i:i + cfg.batch_size] for i in range(0, len(prompts), cfg.batch_size)]
+    for b, batch in enumerate(tqdm(batches, desc="generate", unit="batch", disable=None)):
+        res = model.generate(batch, seconds=cfg.seconds, seed=cfg.seed + b, guidance_scale=cfg.guidance_scale,
+                             temperature=cfg.temperature, top_k=cfg.top_k)
+        audios.extend(res.audio)
+    return audios
+
+
+def run(args) -> int:
+    from ..audio import clip_names, write_wav
+    from ..models import load_model
+
+    cfg = from_args(GenerateConfig, args)
+    prompts = load_prompt_args(cfg.prompt, cfg.prompts)
+    if cfg.batch_size < 1:
+        raise MusiclensError("--batch-size must be >= 1")
+    out = Path(cfg.out)
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise MusiclensError(f"output folder exists and is not empty: {out} (use --overwrite)")
+    model = load_model(cfg.model, device=cfg.device)
+    audios = generate_batched(model, prompts, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, audio in zip(clip_names(prompts), audios):
+        write_wav(out / name, audio, model.sample_rate)
+    save_config(cfg, out / "config.json")
+    print(f"wrote {len(audios)} clip(s) of {cfg.seconds:g} s to {out}")
+    return 0
