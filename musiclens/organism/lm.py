@@ -1,0 +1,274 @@
+"""Training the organism's language model: a MusicGen decoder on the corpus codes.
+
+The decoder sees exactly what `generate()` feeds it: a BOS (= pad id) column
+followed by the codes in MusicGen's delay pattern (codebook k shifted by k
+steps, pads before and after). Text conditioning is the frozen MiniLM's
+precomputed caption states through the trained `enc_to_dec_proj`. For
+classifier-free guidance, `null_prob` of the captions are replaced: half by
+zero states with an all-zero mask (what `generate(guidance_scale>1)` feeds the
+unconditional branch) and half by the encoding of "" (what a user's empty
+prompt produces). Loss: mean cross-entropy over the real code positions of
+all codebooks. Checkpoints every few minutes, resumable; the current model is
+exported as a shippable HF folder at each checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..config import option, save_config, to_dict
+from ..errors import MusiclensError
+from ..io import atomic_path, write_json
+from ..models import organism as O
+from .codes import load_codes
+
+
+@dataclass
+class LMTrainConfig:
+    """Language-model training options (saved as RUN/lm/config.json)."""
+
+    steps: int = option(3000, "total optimiser steps (the LR schedule spans these; --minutes may stop earlier)")
+    batch_size: int = option(12, "clips per step")
+    crop_frames: int = option(300, "frames per training crop (50 frames = 1 s)")
+    layers: int = option(8, "decoder layers")
+    d_model: int = option(256, "decoder width")
+    heads: int = option(4, "attention heads")
+    ffn: int = option(1024, "feed-forward width")
+    dropout: float = option(0.1, "decoder dropout")
+    lr: float = option(1e-3, "peak AdamW learning rate (linear warm-up, cosine decay to 10%)")
+    warmup: int = option(150, "LR warm-up steps")
+    weight_decay: float = option(0.01, "AdamW weight decay")
+    null_prob: float = option(0.15, "share of captions dropped for classifier-free guidance")
+    eval_every: int = option(100, "steps between held-out loss evaluations")
+    checkpoint_minutes: float = option(5.0, "minutes between checkpoints (+ HF export)")
+    seed: int = option(0, "random seed")
+
+
+def delay_pattern(codes: torch.Tensor, pad: int) -> torch.Tensor:
+    """codes [B, K, F] (negative = missing) -> ids [B, K, F + K]: BOS column + MusicGen's delay pattern.
+
+    Codebook k's frame t sits at position t + k + 1; everything else is `pad`
+    (which is also MusicGen's BOS / decoder-start id). This is the sequence
+    `generate()` builds with `build_delay_pattern_mask`.
+    """
+    b, k, f = codes.shape
+    ids = torch.full((b, k, f + k), pad, dtype=torch.long, device=codes.device)
+    for q in range(k):
+        ids[:, q, q + 1: q + 1 + f] = codes[:, q].long()
+    ids[ids < 0] = pad
+    return ids
+
+
+def lm_loss(model, ids: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced cross-entropy over real code positions.
+
+    ids [B, K, T] (delay pattern), states [B, L, 384], mask [B, L].
+    Returns (mean loss, per-example mean loss [B]).
+    """
+    b, k, t = ids.shape
+    pad = model.config.decoder.pad_token_id
+    inp = ids[..., :-1].reshape(b * k, t - 1)
+    tgt = ids[..., 1:]
+    enc = model.enc_to_dec_proj(states)
+    logits = model.decoder(input_ids=inp, encoder_hidden_states=enc, encoder_attention_mask=mask).logits
+    logits = logits.reshape(b, k, t - 1, -1)
+    valid = tgt != pad
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.clamp(max=logits.shape[-1] - 1).reshape(-1),
+                         reduction="none").reshape(b, k, t - 1)
+    ce = ce * valid
+    per = ce.sum(dim=(1, 2)) / valid.sum(dim=(1, 2)).clamp(min=1)
+    return ce.sum() / valid.sum().clamp(min=1), per
+
+
+class CodeData:
+    """Codes + caption states in memory, with random crops and caption dropout."""
+
+    def __init__(self, out: Path, device: str = "cpu"):
+        codes, text, rows = load_codes(out)
+        self.codes = codes["codes"]
+        self.lengths = codes["lengths"]
+        self.states = text["states"]
+        self.mask = text["mask"]
+        self.empty_states = text["empty_states"][0]
+        self.empty_mask = text["empty_mask"][0]
+        self.rows = rows
+        self.device = device
+        self.split = np.array([r["split"] for r in rows])
+
+    def indices(self, split: str) -> np.ndarray:
+        return np.nonzero(self.split == split)[0]
+
+    def batch(self, idx, crop: int, pad: int, rng: np.random.Generator | None, null_prob: float = 0.0,
+              start_zero: float = 0.3, null_kind: np.ndarray | None = None):
+        """Delay-pattern ids [B, K, crop+K], states [B, L, 384] fp32, mask [B, L]."""
+        idx = np.asarray(idx)
+        crops = torch.full((len(idx), self.codes.shape[1], crop), -1, dtype=torch.long)
+        for j, i in enumerate(idx):
+            n = int(self.lengths[i])
+            if rng is None or n <= crop or rng.random() < start_zero:
+                s = 0
+            else:
+                s = int(rng.integers(0, n - crop + 1))
+            c = self.codes[i, :, s: s + crop].long()
+            crops[j, :, : c.shape[1]] = c
+        ids = delay_pattern(crops, pad)
+        states = self.states[idx].float().clone()
+        mask = self.mask[idx].long().clone()
+        if null_kind is None and rng is not None and null_prob > 0:
+            u = rng.random(len(idx))
+            null_kind = np.where(u < null_prob / 2, 1, np.where(u < null_prob, 2, 0))
+        if null_kind is not None:
+            for j, kind in enumerate(null_kind):
+                if kind == 1:  # CFG's unconditional branch: zero states, nothing attended
+                    states[j] = 0
+                    mask[j] = 0
+                elif kind == 2:  # an empty prompt ""
+                    states[j] = 0
+                    mask[j] = 0
+                    n = self.empty_states.shape[0]
+                    states[j, :n] = self.empty_states.float()
+                    mask[j, :n] = self.empty_mask.long()
+        return ids.to(self.device), states.to(self.device), mask.to(self.device)
+
+
+def _lr(cfg: LMTrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    p = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+@torch.no_grad()
+def heldout_loss(model, data: CodeData, idx: np.ndarray, crop: int, batch: int = 16, null: bool = False) -> float:
+    """Mean token loss on held-out clips (first `crop` frames, real captions or the null condition)."""
+    model.eval()
+    pad = model.config.decoder.pad_token_id
+    tot, n = 0.0, 0
+    for s in range(0, len(idx), batch):
+        part = idx[s: s + batch]
+        kinds = np.ones(len(part), dtype=int) if null else None
+        ids, st, m = data.batch(part, crop, pad, None, null_kind=kinds)
+        loss, per = lm_loss(model, ids, st, m)
+        tot += float(per.sum())
+        n += len(part)
+    model.train()
+    return tot / max(n, 1)
+
+
+def export_organism(model, out: Path, extra_files: dict[str, str] | None = None) -> None:
+    """Write a shippable HF folder: config + generation config + safetensors WITHOUT the MiniLM weights."""
+    from safetensors.torch import save_file as sf_save
+
+    from ..io import atomic_dir
+
+    with atomic_dir(out, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        state = {k: v.detach().float().contiguous().clone() for k, v in model.state_dict().items()
+                 if not k.startswith(O.TEXT_PREFIX)}
+        for f in tmp.glob("model*.safetensors*"):
+            f.unlink()
+        sf_save(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+
+
+def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool, device: str = "cpu") -> dict:
+    """Train (or continue) the LM in `out/lm`; returns a summary dict."""
+    from .codec import load_codec
+
+    ldir = out / "lm"
+    ckpt = ldir / "ckpt.pt"
+    if ckpt.exists() and not resume:
+        raise MusiclensError(f"{ldir} already has a checkpoint: pass --resume to continue or choose another --out")
+    ldir.mkdir(parents=True, exist_ok=True)
+    data = CodeData(out, device)
+    codec = load_codec(out / "codec" / "hf", device)
+    torch.manual_seed(cfg.seed)
+    dec_cfg = O.decoder_config(codec.config.codebook_size, cfg.layers, cfg.d_model, cfg.heads, cfg.ffn, cfg.dropout)
+    model, _ = O.build_organism(codec, dec_cfg, device)
+    for p in list(model.text_encoder.parameters()) + list(model.audio_encoder.parameters()):
+        p.requires_grad_(False)
+    params = list(model.decoder.parameters()) + list(model.enc_to_dec_proj.parameters())
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    rng = np.random.default_rng(cfg.seed)
+    step = 0
+    if resume and ckpt.exists():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        model.decoder.load_state_dict(state["decoder"])
+        model.enc_to_dec_proj.load_state_dict(state["proj"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+    save_config(cfg, ldir / "config.json")
+    pad = model.config.decoder.pad_token_id
+    train_idx = data.indices("train")
+    valid_idx = data.indices("valid")[:64]
+    if len(train_idx) == 0:
+        raise MusiclensError("no train clips among the precomputed codes")
+    log_path = ldir / "log.jsonl"
+
+    def checkpoint():
+        state = {"decoder": model.decoder.state_dict(), "proj": model.enc_to_dec_proj.state_dict(),
+                 "opt": opt.state_dict(), "step": step, "rng": rng.bit_generator.state,
+                 "torch_rng": torch.get_rng_state(), "config": to_dict(cfg)}
+        with atomic_path(ckpt) as tmp:
+            torch.save(state, tmp)
+        model.eval()
+        export_organism(model, ldir / "hf")
+        model.train()
+
+    t0 = time.time()
+    last = t0
+    model.train()
+    model.text_encoder.eval()
+    model.audio_encoder.eval()
+    bar = tqdm(total=cfg.steps, initial=step, desc="lm", disable=None, dynamic_ncols=True)
+    frames = 0
+    rec: dict = {}
+    while step < cfg.steps:
+        if minutes is not None and time.time() - t0 > minutes * 60:
+            break
+        for g in opt.param_groups:
+            g["lr"] = _lr(cfg, step)
+        idx = rng.choice(train_idx, size=cfg.batch_size, replace=len(train_idx) < cfg.batch_size)
+        ids, st, m = data.batch(idx, cfg.crop_frames, pad, rng, null_prob=cfg.null_prob)
+        loss, _ = lm_loss(model, ids, st, m)
+        if not torch.isfinite(loss):
+            raise MusiclensError(f"LM loss became {float(loss)} at step {step}: lower --lr and --resume")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        frames += cfg.batch_size * cfg.crop_frames
+        bar.update(1)
+        bar.set_postfix(loss=f"{float(loss):.3f}")
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            rec = {"step": step, "minutes": round((time.time() - t0) / 60, 2), "train_loss": float(loss),
+                   "lr": _lr(cfg, step), "frames_per_s": round(frames / (time.time() - t0), 1)}
+            if len(valid_idx):
+                rec["heldout_loss"] = heldout_loss(model, data, valid_idx, cfg.crop_frames)
+            with open(log_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        if time.time() - last > cfg.checkpoint_minutes * 60:
+            checkpoint()
+            last = time.time()
+    bar.close()
+    checkpoint()
+    summary = {"step": step, "steps": cfg.steps, "done": step >= cfg.steps,
+               "minutes_this_sitting": round((time.time() - t0) / 60, 2), "last": rec}
+    write_json(ldir / "progress.json", summary)
+    return summary

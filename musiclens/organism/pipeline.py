@@ -1,0 +1,155 @@
+"""The three organism jobs behind `musiclens organism train|eval|export`.
+
+`train` runs the stages codec -> codes -> lm into one run directory; each
+stage is resumable (`--resume`) and stops after `--minutes` so a 4-hour
+CPU schedule can be split over sittings. `export` copies the run's current
+LM folder (codec + decoder + projection, no MiniLM) into a shippable folder
+with a model card. `eval` measures codec fidelity and prompt adherence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import option, save_config
+from ..errors import MusiclensError
+from ..io import write_json
+from ..models import organism as O
+
+
+def pick_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MusiclensError("--device cuda asked for, but no CUDA GPU is available")
+    return name
+
+
+@dataclasses.dataclass
+class OrganismTrainConfig:
+    """Options of `musiclens organism train` (saved as RUN/config.json)."""
+
+    corpus: str = option("data/corpus", "rendered corpus directory (`musiclens corpus render`)")
+    out: str = option("runs/organism", "run directory (checkpoints, codes, logs, HF exports)")
+    stage: str = option("all", "which stage(s) to run", choices=["codec", "codes", "lm", "all"])
+    minutes: float | None = option(None, "stop each stage after this many minutes (resume later with --resume)")
+    resume: bool = option(False, "continue from the run directory's checkpoints")
+    device: str = option("auto", "cpu, cuda, or auto (GPU when available)")
+    codec_steps: int = option(3000, "codec optimiser steps")
+    codec_batch_size: int = option(8, "codec crops (1 s) per step")
+    lm_steps: int = option(3000, "language-model optimiser steps")
+    lm_batch_size: int = option(12, "language-model clips per step")
+    lm_layers: int = option(8, "decoder layers")
+    lm_d_model: int = option(256, "decoder width")
+    seed: int = option(0, "random seed")
+
+
+def train(cfg: OrganismTrainConfig) -> dict:
+    from .codec import CodecTrainConfig, train_codec
+    from .codes import precompute
+    from .lm import LMTrainConfig, train_lm
+
+    corpus, out = Path(cfg.corpus), Path(cfg.out)
+    device = pick_device(cfg.device)
+    if not corpus.is_dir():
+        raise MusiclensError(f"corpus directory not found: {corpus}")
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.json")
+    stages = ["codec", "codes", "lm"] if cfg.stage == "all" else [cfg.stage]
+    summary = {}
+    if "codec" in stages:
+        ccfg = CodecTrainConfig(steps=cfg.codec_steps, batch_size=cfg.codec_batch_size, seed=cfg.seed)
+        summary["codec"] = train_codec(ccfg, corpus, out, cfg.minutes, cfg.resume, device)
+        if not summary["codec"]["done"] and cfg.stage == "all":
+            return summary  # out of minutes: continue later with --resume
+    if "codes" in stages:
+        if not (corpus / "metadata.jsonl").exists():
+            raise MusiclensError(f"the corpus at {corpus} is not complete yet (no metadata.jsonl)")
+        summary["codes"] = precompute(corpus, out, device, resume=cfg.resume and cfg.stage == "all")
+    if "lm" in stages:
+        lcfg = LMTrainConfig(steps=cfg.lm_steps, batch_size=cfg.lm_batch_size, layers=cfg.lm_layers,
+                             d_model=cfg.lm_d_model, heads=max(1, cfg.lm_d_model // 64), ffn=4 * cfg.lm_d_model,
+                             seed=cfg.seed)
+        summary["lm"] = train_lm(lcfg, out, cfg.minutes, cfg.resume, device)
+    return summary
+
+
+@dataclasses.dataclass
+class OrganismEvalConfig:
+    """Options of `musiclens organism eval`."""
+
+    model: str = option("", "organism HF folder to evaluate (default: the shipped one, or RUN/lm/hf with --run)")
+    run: str = option("", "run directory: evaluate its current LM export and codec")
+    corpus: str = option("data/corpus", "rendered corpus (test split captions and clips)")
+    out: str = option("organism_eval.json", "JSON file to write")
+    what: str = option("all", "codec fidelity, generation metrics, or both", choices=["codec", "generation", "all"])
+    n_codec: int = option(40, "held-out clips for codec fidelity")
+    n_prompts: int = option(64, "test captions to generate from")
+    n_uncond: int = option(16, "unconditional generations for FAD")
+    seconds: float = option(6.0, "seconds per generated clip")
+    guidance: float = option(3.0, "classifier-free guidance scale")
+    seed: int = option(0, "random seed")
+
+
+def evaluate(cfg: OrganismEvalConfig) -> dict:
+    from .data import load_clips, read_metadata
+    from .evaluate import codec_fidelity, generation_eval, load_tagger
+
+    folder = Path(cfg.model) if cfg.model else (Path(cfg.run) / "lm" / "hf" if cfg.run else O.organism_path())
+    model, tok = O.load_organism_hf("cpu", folder)
+    corpus = Path(cfg.corpus)
+    rows = read_metadata(corpus)
+    tagger = load_tagger()
+    res: dict = {"model": str(folder), "tagger": tagger is not None}
+    t0 = time.time()
+    if cfg.what in ("codec", "all"):
+        test = load_clips(corpus, ("test",), O.SAMPLE_RATE, rows=rows, limit=cfg.n_codec)
+        res["codec"] = codec_fidelity(model.audio_encoder, test, cfg.n_codec, tagger)
+    if cfg.what in ("generation", "all"):
+        res["generation"] = generation_eval(model, tok, rows, cfg.n_prompts, cfg.n_uncond, cfg.seconds, cfg.seed,
+                                            cfg.guidance, tagger, corpus)
+    res["eval_seconds"] = round(time.time() - t0, 1)
+    write_json(cfg.out, res)
+    return res
+
+
+@dataclasses.dataclass
+class OrganismExportConfig:
+    """Options of `musiclens organism export`."""
+
+    run: str = option("runs/organism", "run directory whose current LM export is shipped")
+    out: str = option("", "destination folder (default: the package's shipped organism folder)")
+    card: str = option("", "model card markdown to include as README.md (default: keep the existing one)")
+
+
+def export(cfg: OrganismExportConfig) -> Path:
+    import shutil
+
+    from ..io import atomic_dir
+
+    src = Path(cfg.run) / "lm" / "hf"
+    if not (src / "model.safetensors").exists():
+        raise MusiclensError(f"no LM export in {src}: train first (`musiclens organism train`)")
+    dst = Path(cfg.out) if cfg.out else O.organism_path()
+    card = Path(cfg.card) if cfg.card else dst / "README.md"
+    card_text = card.read_text() if card.exists() else None
+    with atomic_dir(dst, overwrite=True) as tmp:
+        for f in src.iterdir():
+            shutil.copy2(f, tmp / f.name)
+        if card_text is not None:
+            (tmp / "README.md").write_text(card_text)
+        for name in ("config.json", "progress.json", "log.jsonl"):
+            for stage in ("codec", "lm"):
+                p = Path(cfg.run) / stage / name
+                if p.exists():
+                    (tmp / "training").mkdir(exist_ok=True)
+                    shutil.copy2(p, tmp / "training" / f"{stage}_{name}")
+    size = sum(f.stat().st_size for f in dst.rglob("*") if f.is_file())
+    if size > 60e6:
+        raise MusiclensError(f"the exported organism is {size / 1e6:.1f} MB, over the 60 MB budget")
+    return dst

@@ -1,0 +1,63 @@
+"""CLAP scoring: training the mini-CLAP on a toy corpus, annotating with it, and an HF ClapModel from a folder."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from musiclens.errors import MusiclensError
+from musiclens.features.annotation import annotate_clap
+from musiclens.measure.clap import HFClap, MiniClap, load_clap, train_mini_clap
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "features"))
+from small_fixtures import tiny_hf_clap, toy_corpus  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clapcorpus")
+    toy_corpus(root / "corpus")
+    metrics = train_mini_clap(root / "corpus", root / "clap", minutes=1.0, crop_seconds=1.0, batch_size=12,
+                              max_steps=60, log=lambda *a: None)
+    return root, metrics
+
+
+def test_mini_clap_trains_and_annotates(trained):
+    root, metrics = trained
+    assert metrics["steps"] == 60 and (root / "clap" / "model.safetensors").exists()
+    assert metrics["zero_shot_heldout"]["instrument"]["accuracy"] >= 0.8
+    clap = load_clap(str(root / "clap"))
+    assert isinstance(clap, MiniClap)
+    a = clap.embed_audio([np.zeros(16000, np.float32), np.ones(8000, np.float32) * 0.1], 16000)
+    assert a.shape == (2, 128) and np.allclose(a.norm(dim=1).numpy(), 1, atol=1e-5)
+    wav = sorted((root / "corpus" / "audio").glob("*.wav"))
+    feats = [{"key": "s/0", "clips": wav[0:8:2]}, {"key": "s/1", "clips": wav[1:8:2]}]
+    texts = ["acoustic bass music", "flute music", "piano music"]
+    out = annotate_clap(feats, clap, texts, progress=False)
+    assert out["s/0"]["label"] == "acoustic bass music" and out["s/1"]["label"] == "flute music"
+    assert out["s/0"]["concepts"] == ["instrument=acoustic bass"] and 0 < out["s/0"]["confidence"] <= 1
+    assert out["s/0"]["provenance"].startswith("mini-clap")
+
+
+def test_hf_clap_from_local_folder(tmp_path):
+    p = tiny_hf_clap(tmp_path / "clap")
+    clap = load_clap(str(p))
+    assert isinstance(clap, HFClap)
+    a = clap.embed_audio([np.random.default_rng(0).standard_normal(8000).astype(np.float32) * 0.1] * 2, 8000)
+    t = clap.embed_text(["piano music", "a fast tune", "piano music"])
+    assert a.shape == (2, 8) and t.shape == (3, 8)
+    assert np.allclose(t.norm(dim=1).numpy(), 1, atol=1e-5) and np.allclose(t[0].numpy(), t[2].numpy(), atol=1e-5)
+    with pytest.raises(MusiclensError):
+        load_clap(str(tmp_path))           # a folder that is neither kind
+
+
+def test_shipped_mini_clap_loads():
+    from musiclens.measure.clap import ASSET_DIR
+
+    if not (ASSET_DIR / "model.safetensors").exists():
+        pytest.skip("mini-CLAP asset not trained in this checkout")
+    clap = load_clap()
+    assert clap.embed_text(["piano music"]).shape == (1, clap.cfg["dim"])
