@@ -10,9 +10,10 @@ bench can be resumed):
              and latent.q0), frame labels from CREPE-tiny / RMS / centroid
              (cached by audio content in --work/label-cache);
 3. grid      `musiclens latent train`: RMSNorm-L1 SAEs, widths `--expansions`
-             x L1 `--l1`, probes per cell (+ probes on the raw latents), and the
-             same on codebook 0's quantised embedding (raw-latent probes and
-             one SAE cell);
+             x L1 `--l1`, plus one `--wide` cell (64x at the middle L1; CPU time
+             rules out the paper's 256x here), probes per cell (+ probes on the
+             raw latents), and the same on codebook 0's quantised embedding
+             (raw-latent probes and one SAE cell);
 4. random    the same probe table for a random-weight EnCodec and DAC
              (tiny-encodec / tiny-dac): how much of the accuracy the *trained*
              codec's latents add;
@@ -28,7 +29,7 @@ bench can be resumed):
 The codec: the organism's (musiclens/assets/organism/musicgen) by default, or
 `--autoencoder FOLDER` (e.g. the organism run's exported codec).
 
-    python bench/latent.py [--autoencoder organism] [--train-clips 160] [--test-clips 40] [--seconds 6]
+    python bench/latent.py [--autoencoder organism] [--train-clips 160] [--test-clips 40] [--seconds 6] [--ship]
 """
 
 from __future__ import annotations
@@ -94,7 +95,9 @@ def grid(args, name: str, store: Path, site: str, expansions: list[int], l1: lis
         return json.loads((out / "grid.json").read_text())
     t0 = time.perf_counter()
     r = train_grid(LatentTrainConfig(store=str(store), out=str(out), site=site, expansions=expansions, l1=l1,
-                                     steps=steps, batch_size=args.batch_size, probe_epochs=args.probe_epochs))
+                                     steps=steps, batch_size=args.batch_size, lr=args.lr,
+                                     probe_epochs=args.probe_epochs, probe_min_steps=args.probe_min_steps,
+                                     max_train_rows=args.max_train_rows))
     r["seconds"] = round(time.perf_counter() - t0, 1)
     log(f"grid {name}: {len(r['cells'])} cells in {r['seconds']:.0f} s")
     return r
@@ -107,6 +110,7 @@ def table(r: dict) -> list[dict]:
 
 
 def best_cell(r: dict, grid_dir: Path) -> Path:
+    """The main grid's cell with the best held-out pitch accuracy."""
     cells = [c for c in r["cells"] if c["name"] != "latent"]
     best = max(cells, key=lambda c: c["pitch_accuracy"])
     return grid_dir / "cells" / best["name"]
@@ -120,11 +124,15 @@ def main() -> None:
     ap.add_argument("--train-clips", type=int, default=160)
     ap.add_argument("--test-clips", type=int, default=40)
     ap.add_argument("--seconds", type=float, default=6.0)
-    ap.add_argument("--expansions", default="4,16,64")
+    ap.add_argument("--expansions", default="4,16")
     ap.add_argument("--l1", default="0.005,0.03,0.15")
-    ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--batch-size", type=int, default=1024)
+    ap.add_argument("--wide", type=int, default=64, help="one extra cell this wide (x latent) at the middle L1")
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--max-train-rows", type=int, default=24000)
     ap.add_argument("--probe-epochs", type=int, default=6)
+    ap.add_argument("--probe-min-steps", type=int, default=200)
     ap.add_argument("--edit-clips", type=int, default=4)
     ap.add_argument("--flow-clips", type=int, default=800)
     ap.add_argument("--flow-minutes", type=float, default=10.0)
@@ -166,6 +174,10 @@ def main() -> None:
         fig["probe_table"] = {"site": "latent.encoder", "chance": r["chance_accuracy"], "train_frames": r["train_frames"],
                               "test_frames": r["test_frames"], "train_clips": r["train_clips"],
                               "test_clips": r["test_clips"], "sae_seconds": r["sae_seconds"], "cells": table(r)}
+        if args.wide:
+            rw = grid(args, "grid-wide", store, "latent.encoder", [args.wide], [l1s[len(l1s) // 2]], args.steps)
+            fig["probe_table"]["cells"] += [c for c in table(rw) if c["name"] != "latent"]
+            fig["probe_table"]["sae_seconds_wide"] = rw["sae_seconds"]
         rq = grid(args, "grid-q0", store, "latent.q0", [exps[min(1, len(exps) - 1)]], [l1s[min(1, len(l1s) - 1)]],
                   args.steps)
         fig["probe_table_q0"] = {"site": "latent.q0 (codebook 0 quantised embedding)", "chance": rq["chance_accuracy"],

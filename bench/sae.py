@@ -138,7 +138,8 @@ def worker_saelens(args, data: dict) -> dict:
                                 use_sparse_activations=args.saelens_sparse)
     sae = TopKTrainingSAE(cfg)
     tcfg = SAETrainerConfig(total_training_samples=steps * B, train_batch_size_samples=B, lr=args.lr,
-                            lr_scheduler_name="constant", lr_warm_up_steps=0, device="cpu", autocast=False,
+                            lr_end=args.lr, lr_scheduler_name="constant", lr_warm_up_steps=0, device="cpu",
+                            autocast=False,
                             dead_feature_window=max(1, args.dead_tokens // B), feature_sampling_window=10 ** 9,
                             n_batches_for_norm_estimate=min(steps, 16))
     n_est = tcfg.n_batches_for_norm_estimate

@@ -173,12 +173,11 @@ class StoreWriter:
         self._done_ids = {c["id"] for c in all_clips}
         self._used_index = {c["index"] for c in all_clips}
         listed = {s["file"] for s in all_shards}
-        # Remove this rank's orphans (shards renamed in but never listed) and temp files.
+        # Remove orphans (shards renamed in but never listed) and temp files: this rank's own, or
+        # every rank's when a single process takes over the store.
         for p in self.path.iterdir():
-            m = _SHARD_RE.match(p.name)
-            if m and int(m.group(1)) == self.rank and p.name not in listed:
-                p.unlink()
-            elif p.name.startswith(f".shard-r{self.rank}-") and p.name.endswith(".tmp"):
+            m = _SHARD_RE.match(p.name) or re.match(r"^\.shard-r(\d+)-.*\.tmp$", p.name)
+            if m and (self.world_size == 1 or int(m.group(1)) == self.rank) and p.name not in listed:
                 p.unlink(missing_ok=True)
         self._seq = 1 + max([s["seq"] for s in all_shards if s["rank"] == self.rank], default=-1)
         self._buf: list[dict] = []

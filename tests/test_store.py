@@ -220,7 +220,7 @@ def test_two_processes_merge_into_one_manifest(tmp_path):
     script.write_text(WRITER_SCRIPT)
     torchrun = Path(sys.executable).with_name("torchrun")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29531", str(script), str(out),
+    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(script), str(out),
                         "21", "0"], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert not list(out.glob("manifest-r*.json"))  # merged, partials gone

@@ -138,6 +138,10 @@ def open_model(cfg: ExtractConfig, world: int):
     dtype = None if cfg.dtype == "float32" else cfg.dtype
     model = load_model(cfg.model, device=resolve_device(cfg.device, world), dtype=dtype)
     layers = model.parse_layers(cfg.layers)
+    limit = getattr(model.hf.config.decoder, "max_position_embeddings", None)
+    if limit and model.frames_for(cfg.seconds) + model.n_codebooks > limit:
+        raise MusiclensError(f"--seconds {cfg.seconds:g} is longer than {model.name}'s context "
+                             f"({(limit - model.n_codebooks) / model.frame_rate:.1f} s)")
     return model, layers
 
 

@@ -74,6 +74,9 @@ def extract_generation(cfg: ExtractConfig) -> dict:
     out = Path(cfg.out)
     with open_writer(cfg, model, layers, meta) as w:
         done = w.done_clips()
+        if world == 1 and (out / "audio").is_dir():  # temp files of a killed run (never renamed in)
+            for tmp in (out / "audio").glob(".*.tmp.wav"):
+                tmp.unlink(missing_ok=True)
         groups = [(g, list(idx)) for g, idx in fixed_groups(len(prompts), cfg.batch_size, rank, world)]
         groups = [(g, idx) for g, idx in groups if any(ids_all[i] not in done for i in idx)]
         bar = tqdm(total=sum(len(i) for _, i in groups), desc=f"generate[{rank}]" if world > 1 else "generate",

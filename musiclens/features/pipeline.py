@@ -62,7 +62,8 @@ class FeaturesConfig:
                                                   "(default: from the store's metadata)")
     frame_rate: Optional[float] = option(None, help="activation frames per second (default: the store's model)")
     batch_size: int = option(4096, help="rows per SAE encode call")
-    rows_per_chunk: int = option(16384, help="rows read from the store at once (whole clips)")
+    rows_per_chunk: int = option(4096, help="rows read from the store at once (whole clips); the dense latents "
+                                            "of a chunk take rows x d_sae x 4 bytes")
     checkpoint_every: int = option(2000, help="clips between resume checkpoints")
     device: str = option("cpu", help="torch device for encoding")
     seed: int = option(0, help="seed for choosing which features get clips")

@@ -203,29 +203,32 @@ class StatsAccumulator:
         lat = latents.float()
         thr = self.rule.threshold
         C = len(lengths)
+        F = self.d_sae
         seg = _segment_ids(lengths, lat.device)
-        fire = lat > thr
+        # everything below works on the (sparse) firing entries, so a chunk costs one dense pass
+        rows, cols = (lat > thr).nonzero(as_tuple=True)
+        vals = lat[rows, cols]
 
         self.n_tracks += C
         self.n_frames += int(lat.shape[0])
-        fires_per_clip = torch.zeros(C, self.d_sae).index_add_(0, seg, fire.float())
-        self.frame_count += fires_per_clip.sum(0).long()
+        fires_per_clip = torch.bincount(seg[rows] * F + cols, minlength=C * F).view(C, F)
+        self.frame_count += fires_per_clip.sum(0)
         L = torch.as_tensor(lengths, dtype=torch.float32).unsqueeze(1)
         track_fires = (fires_per_clip >= self.rule.min_frames) & (fires_per_clip >= self.rule.min_fraction * L - 1e-6)
         self.track_count += track_fires.sum(0)
-        self.max_act = torch.maximum(self.max_act, lat.amax(0))
-        active_vals = torch.where(fire, lat, torch.zeros_like(lat))
-        self.sum_active += active_vals.double().sum(0)
-
-        rows, cols = fire.nonzero(as_tuple=True)
+        if lat.shape[0]:
+            self.max_act = torch.maximum(self.max_act, lat.amax(0))
+        self.sum_active.index_add_(0, cols, vals.double())
         if rows.numel():
-            vals = lat[rows, cols]
             bins = torch.bucketize(vals, self.edges, right=True)     # 0 .. len(edges)
-            self.hist += torch.bincount(cols * self.nbins + bins, minlength=self.d_sae * self.nbins)
+            self.hist += torch.bincount(cols * self.nbins + bins, minlength=F * self.nbins)
 
         # per-clip peak and peak frame
-        clip_max = torch.full((C, self.d_sae), float("-inf")).scatter_reduce(
-            0, seg.unsqueeze(1).expand_as(lat), lat, reduce="amax", include_self=True)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(int)
+        clip_max = torch.full((C, F), float("-inf"))
+        for c in range(C):
+            if lengths[c]:
+                clip_max[c] = lat[offsets[c]:offsets[c + 1]].amax(0)
         score = torch.where(track_fires, clip_max, torch.full_like(clip_max, float("-inf")))
         N = self.top_n
         ids = torch.as_tensor(clip_ids, dtype=torch.int64)
@@ -241,7 +244,6 @@ class StatsAccumulator:
         if entered.any():
             feat, slot = entered.nonzero(as_tuple=True)
             which = pos[feat, slot] - N                                       # clip position in batch
-            offsets = np.concatenate([[0], np.cumsum(lengths)])
             for c in which.unique().tolist():
                 m = which == c
                 f_c, s_c = feat[m], slot[m]

@@ -54,6 +54,7 @@ class LatentTrainConfig:
     batch_size: int = option(1024, help="SAE batch size (rows)")
     lr: float = option(0.0, help="SAE learning rate (0 = 2e-4/sqrt(d_sae/16384), per cell)")
     probe_epochs: int = option(8, help="probe training epochs")
+    probe_min_steps: int = option(400, help="at least this many probe optimizer steps (small stores)")
     probe_lr: float = option(1e-2, help="probe learning rate (Adam, one-cycle)")
     max_train_rows: int | None = option(None, help="subsample training frames to at most this many")
     seed: int = option(0, help="random seed")
@@ -134,7 +135,7 @@ def train_grid(cfg: LatentTrainConfig, progress: bool = True) -> dict:
     run_steps(trainer, batches, BadRowCounter(), progress=bar)
     bar.close()
     sae_seconds = time.perf_counter() - t0
-    popts = ProbeOptions(epochs=cfg.probe_epochs, lr=cfg.probe_lr, seed=cfg.seed)
+    popts = ProbeOptions(epochs=cfg.probe_epochs, lr=cfg.probe_lr, seed=cfg.seed, min_steps=cfg.probe_min_steps)
     cells = []
     with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
         save_config(cfg, tmp / "config.json")

@@ -170,14 +170,72 @@ def stable_audio_trajectory(pipe, sae, probes, prompts: list[str], seconds: floa
     return res
 
 
+@torch.no_grad()
+def musicgen_trajectories(model, sae, probes, prompts: list[str], seconds: float = 4.0, seed: int = 0,
+                          guidance: float = 3.0, threshold: float = 0.1) -> dict:
+    """MusicGen's analogue of a sampling trajectory, over decoder layers and over generated steps.
+
+    Over layers ("logit lens" into the codec's latent space): generate, then
+    run the generated codes teacher-forced (conditional branch) and read the
+    residual stream after every layer l through the final LayerNorm and the
+    LM heads. The predicted code distribution of codebook k for frame f (at
+    sequence position f + k, the delay pattern) weights codebook k's
+    embeddings; summed over codebooks this is the expected quantised codec
+    latent the model "has in mind" at layer l. SAE + probes give p_l, and s_l
+    compares it with the last layer's (the model's actual prediction).
+
+    Over generated steps: p_t is the attribute distribution of the frames
+    generated up to step t (quantised latents of the sampled codes), so s_t
+    shows when the running attribute mix settles to the whole clip's.
+    """
+    from ..hooks import site_name
+
+    if sae is not None and sae.d_in != int(model.hf.audio_encoder.config.hidden_size):
+        raise MusiclensError(f"the SAE expects width {sae.d_in}, the model's codec latent is "
+                             f"{model.hf.audio_encoder.config.hidden_size} wide")
+    gen = model.generate(list(prompts), seconds=seconds, seed=seed, guidance_scale=guidance)
+    codes = gen.codes.long()  # [B, K, F]
+    B, K, F = codes.shape
+    ids = model.decoder_input_ids(codes)
+    sites = [site_name(i) for i in range(model.n_layers)]
+    res = model.residuals(ids, sites, captions=list(prompts))
+    dec = model.hf.decoder
+    norm = dec.model.decoder.layer_norm
+    quant = model.hf.audio_encoder.quantizer
+    books = [quant.layers[k].codebook.embed.float() for k in range(K)]  # [V, D] each
+    per_layer = []
+    for site in sites:
+        h = norm(res[site].float())
+        x = 0
+        for k in range(K):
+            logits = dec.lm_heads[k](h[:, k:k + F])[..., : books[k].shape[0]]
+            x = x + torch.softmax(logits.float(), dim=-1) @ books[k]
+        per_layer.append(x)
+    layers = analyse(per_layer, sae, probes, threshold)
+    layers["axis"] = "decoder layer"
+    # over generated steps: the running prefix of the sampled codes' quantised latents
+    q = sum(quant.layers[k].decode(codes[:, k]) for k in range(K)).transpose(1, 2).float()  # [B, F, D]
+    f = sae.encode(q.reshape(B * F, -1)) if sae is not None else q.reshape(B * F, -1)
+    steps = {"axis": "generated frame", "steps": F, "s": {}, "tv": {}, "convergence_step": {}}
+    for a in probes.attributes:
+        pf = probes.predict_proba(f, a).reshape(B, F, -1)
+        running = pf.cumsum(1) / torch.arange(1, F + 1)[None, :, None]  # [B, F, C]
+        c = convergence(running.transpose(0, 1), threshold)
+        steps["s"][a], steps["tv"][a], steps["convergence_step"][a] = c["s"], c["tv"], c["convergence_step"]
+    return {"generator": "musicgen", "model": model.name, "prompts": list(prompts), "seconds": seconds,
+            "guidance": guidance, "layers": layers, "generated_steps": steps}
+
+
 @dataclasses.dataclass
 class TrajectoryConfig:
     """`musiclens latent trajectory`: attribute convergence through the sampling steps."""
 
-    cell: str = option(help="grid cell of `musiclens latent train` (SAE + probes) for the generator's latent space")
     out: str = option(help="output directory (trajectory.json, trajectory.png)")
+    cell: str | None = option(None, help="grid cell of `musiclens latent train` (SAE + probes) for the generator's "
+                                         "latent space (default with --generator flow: the cell shipped with it)")
     generator: str = option("flow", help="'flow' (the shipped rectified flow), a flow folder, "
-                                         "'tiny-stable-audio', or a StableAudioPipeline folder")
+                                         "'tiny-stable-audio', a StableAudioPipeline folder, or musicgen:<model> "
+                                         "(e.g. musicgen:organism: trajectories over decoder layers and generated steps)")
     prompts: list[str] = option(default_factory=lambda: [
         "a bright piano melody, fast tempo", "a dark cello line, slow tempo", "a soft flute melody in a high register",
         "a loud trumpet tune with drums"], help="comma-separated prompts (one sample each)")
@@ -203,11 +261,35 @@ def run_trajectory(cfg: TrajectoryConfig) -> dict:
         raise MusiclensError("--steps must be >= 2")
     if not cfg.prompts:
         raise MusiclensError("--prompts needs at least one prompt")
-    cell = Path(cfg.cell)
+    if cfg.cell is None:
+        if cfg.generator != "flow":
+            raise MusiclensError("--cell is required unless --generator is flow (which ships its own cell)")
+        cell = shipped_flow_path() / "cell"
+        if not cell.is_dir():
+            raise MusiclensError("the shipped rectified-flow model is not trained yet: run `python bench/latent.py --ship`")
+    else:
+        cell = Path(cfg.cell)
     if not cell.is_dir():
         raise MusiclensError(f"grid cell not found: {cell}")
     probes = Probes.load(cell)
     sae = load_sae(cell, dtype=torch.float32) if (cell / "cfg.json").exists() else None
+    if cfg.generator.startswith("musicgen:"):
+        from .. import load_model
+
+        model = load_model(cfg.generator.split(":", 1)[1])
+        res = musicgen_trajectories(model, sae, probes, cfg.prompts, cfg.seconds, cfg.seed, cfg.guidance,
+                                    cfg.threshold)
+        res["cell"] = str(cell)
+        res["layers"]["title"] = f"MusicGen {model.name}: attributes over decoder layers"
+        res["generated_steps"]["title"] = f"MusicGen {model.name}: running attributes over generated frames"
+        with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
+            from ..config import save_config
+
+            save_config(cfg, tmp / "config.json")
+            write_json(tmp / "trajectory.json", res)
+            plot_trajectory(res["layers"], tmp / "trajectory.png")
+            plot_trajectory(res["generated_steps"], tmp / "trajectory_steps.png")
+        return res
     if cfg.generator == "flow" or (Path(cfg.generator) / "model.safetensors").exists() and \
             not (Path(cfg.generator) / "model_index.json").exists():
         flow = load_flow(None if cfg.generator == "flow" else cfg.generator)
@@ -231,6 +313,8 @@ def run_trajectory(cfg: TrajectoryConfig) -> dict:
 
 
 def summarize(res: dict) -> str:
+    if "layers" in res:
+        return "layers: " + summarize(res["layers"]) + "\ngenerated frames: " + summarize(res["generated_steps"])
     steps = res["steps"]
     parts = [f"{a} {res['convergence_step'][a]}/{steps}" for a in ATTRIBUTES if a in res["convergence_step"]]
     return "convergence step: " + ", ".join(parts)

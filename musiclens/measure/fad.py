@@ -79,7 +79,15 @@ def fad(emb_a: np.ndarray, emb_b: np.ndarray) -> float:
 
 
 def embed_set(embedder: Embedder, clips: Iterable[np.ndarray], sr: int) -> np.ndarray:
-    """Embed every clip and stack the rows (frame-level embeddings are pooled as rows)."""
+    """Embed every clip and stack the rows (frame-level embeddings are pooled as rows).
+
+    Uses the embedder's `embed_batch(clips, sr)` when it has one (one batched pass).
+    """
+    if hasattr(embedder, "embed_batch"):
+        clips = [np.asarray(y, dtype=np.float32) for y in clips]
+        if not clips:
+            raise MusiclensError("FAD: no clips to embed")
+        return np.asarray(embedder.embed_batch(clips, sr), dtype=np.float64)
     rows = []
     for y in clips:
         e = np.asarray(embedder.embed(np.asarray(y, dtype=np.float32), sr), dtype=np.float64)
@@ -128,9 +136,13 @@ class TaggerEmbedder:
         except ImportError as e:  # the tagger module belongs to the measurement estimators
             raise MusiclensError(f"the tagger embedder is not available ({e}); use --embedder mel") from e
         self.tagger = Tagger.load(path) if path else Tagger.load()
+        self.name = f"tagger:{path}" if path else "tagger"
 
     def embed(self, y: np.ndarray, sr: int) -> np.ndarray:
         return np.asarray(self.tagger.embed(y, sr))
+
+    def embed_batch(self, clips: list, sr: int) -> np.ndarray:
+        return np.asarray(self.tagger.embed_batch(clips, sr))
 
 
 class ClapEmbedder:
@@ -145,6 +157,9 @@ class ClapEmbedder:
 
     def embed(self, y: np.ndarray, sr: int) -> np.ndarray:
         return np.asarray(self.clap.embed_audio([y], sr)[0].cpu().numpy(), dtype=np.float64)
+
+    def embed_batch(self, clips: list, sr: int) -> np.ndarray:
+        return np.asarray(self.clap.embed_audio(clips, sr).cpu().numpy(), dtype=np.float64)
 
 
 def load_embedder(name: str = "auto", path: str | None = None) -> Embedder:

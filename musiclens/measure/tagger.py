@@ -98,6 +98,7 @@ class TaggerNet(nn.Module):
         """mel [B, n_mels, T] (normalised), chroma [B, 12] -> [B, embed_dim]."""
         h = self.conv(mel[:, None])                                   # [B, C, F', T']
         pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
+        chroma = chroma * 12.0 - 1.0                                   # profile (sums to 1) -> ~zero mean, unit scale
         rot = torch.einsum("rij,bj->bri", self.rolls, chroma)         # all 12 transpositions
         ch = self.chroma(rot).amax(dim=1)                             # [B, chroma_dim]
         return self.embed(torch.cat([pooled, ch], dim=1))

@@ -25,7 +25,7 @@ import numpy as np
 from .spectral import as_mono, onset_rate
 
 # median onsets-per-beat on the corpus train split (bench/corpus.py: "tempo.fit")
-ONSETS_PER_BEAT = 1.0
+ONSETS_PER_BEAT = 1.456
 PRIOR = (60.0, 180.0)
 ESSENTIA_SR = 44100
 

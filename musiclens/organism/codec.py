@@ -38,10 +38,11 @@ from .losses import MultiScaleMel, reconstruction_loss
 class CodecTrainConfig:
     """Codec training options (saved as RUN/codec/config.json)."""
 
-    steps: int = option(6000, "total optimiser steps (the LR schedule spans these; --minutes may stop earlier)")
-    warmup_steps: int = option(600, "plain-autoencoder steps before k-means codebook init")
-    batch_size: int = option(16, "crops per step")
-    crop_seconds: float = option(1.0, "crop length in seconds")
+    steps: int = option(2000, "total optimiser steps (the LR schedule spans these; --minutes may stop earlier)")
+    warmup_steps: int = option(300, "plain-autoencoder steps before k-means codebook init")
+    warmup_noise: float = option(0.1, "std of Gaussian noise added to the latent during warm-up (spreads it for k-means)")
+    batch_size: int = option(8, "crops per step")
+    crop_seconds: float = option(0.5, "crop length in seconds")
     lr: float = option(6e-4, "peak AdamW learning rate (cosine decay to 10%)")
     codebook_size: int = option(O.CODEBOOK_SIZE, "codes per codebook")
     num_filters: int = option(16, "EnCodec num_filters (width)")
@@ -50,8 +51,8 @@ class CodecTrainConfig:
     w_onset: float = option(1.0, "weight of the onset-envelope loss")
     w_commit: float = option(1.0, "weight of the commitment loss")
     ema_decay: float = option(0.99, "EMA decay of the codebooks")
-    dead_threshold: float = option(0.05, "EMA usage below which a code is restarted")
-    restart_every: int = option(50, "steps between dead-code restarts")
+    dead_threshold: float = option(0.1, "a code is restarted when its EMA usage falls below this fraction of uniform usage")
+    restart_every: int = option(10, "steps between dead-code restarts")
     kmeans_batches: int = option(24, "batches of encoder output for k-means init")
     checkpoint_minutes: float = option(4.0, "minutes between checkpoints")
     seed: int = option(0, "random seed")
@@ -64,13 +65,21 @@ def new_codec(cfg: CodecTrainConfig):
     return EncodecModel(O.codec_config(cfg.codebook_size, cfg.num_filters, cfg.hidden_size))
 
 
-def codec_forward(codec, x: torch.Tensor, quantise: bool, train: bool, decay: float = 0.99):
-    """x [B, T] -> (reconstruction [B, T], commitment loss, codes or None, residual inputs)."""
+def codec_forward(codec, x: torch.Tensor, quantise: bool, train: bool, decay: float = 0.99, noise: float = 0.0):
+    """x [B, T] -> (reconstruction [B, T], commitment loss, codes or None, residual inputs).
+
+    Without quantisation (warm-up) Gaussian noise of std `noise` is added to the
+    latent: a plain autoencoder is free to squeeze its latent into a tiny,
+    nearly constant region (measured: per-dimension std 0.0007 around a mean of
+    norm 0.18), on which k-means and EMA codebooks collapse to one or two codes;
+    noise makes only a spread-out latent useful to the decoder.
+    """
     z = codec.encoder(x[:, None])
     if quantise:
         zq, codes, commit, inputs = Q.quantize(codec, z, train=train, decay=decay)
     else:
-        zq, codes, commit, inputs = z, None, torch.zeros((), device=x.device), []
+        zq = z + noise * torch.randn_like(z) if (train and noise > 0) else z
+        codes, commit, inputs = None, torch.zeros((), device=x.device), []
     y = codec.decoder(zq)[:, 0, : x.shape[-1]]
     return y, commit, codes, inputs
 
@@ -165,13 +174,14 @@ def train_codec(cfg: CodecTrainConfig, corpus: Path, out: Path, minutes: float |
                     xb = torch.tensor(train.random_crops(rng, cfg.batch_size, crop), device=device)
                     z = codec.encoder(xb[:, None])
                     zs.append(z.permute(0, 2, 1).reshape(-1, z.shape[1]))
-            used = Q.kmeans_init(codec, torch.cat(zs), seed=cfg.seed)
+            used = Q.kmeans_init(codec, torch.cat(zs), seed=cfg.seed, count_scale=1.0 / cfg.kmeans_batches)
             tqdm.write(f"k-means init: codes used per codebook {used}")
         quantise = step >= cfg.warmup_steps
         for g in opt.param_groups:
             g["lr"] = _lr(cfg, step)
         x = torch.tensor(train.random_crops(rng, cfg.batch_size, crop), device=device)
-        y, commit, codes, inputs = codec_forward(codec, x, quantise=quantise, train=True, decay=cfg.ema_decay)
+        y, commit, codes, inputs = codec_forward(codec, x, quantise=quantise, train=True, decay=cfg.ema_decay,
+                                                 noise=cfg.warmup_noise)
         losses = reconstruction_loss(mel, x, y, w_wave=cfg.w_wave, w_onset=cfg.w_onset)
         loss = losses["total"] + cfg.w_commit * commit
         opt.zero_grad(set_to_none=True)
@@ -181,15 +191,16 @@ def train_codec(cfg: CodecTrainConfig, corpus: Path, out: Path, minutes: float |
         step += 1
         restarted = 0
         if quantise and step % cfg.restart_every == 0:
-            restarted = Q.restart_dead(codec, inputs, cfg.dead_threshold, rng)
+            uniform = x.shape[0] * (crop // 320) / cfg.codebook_size  # expected uses per code per batch
+            restarted = Q.restart_dead(codec, inputs, cfg.dead_threshold * uniform, rng)
         bar.update(1)
         if step % 25 == 0:
             bar.set_postfix(mel=f"{float(losses['mel']):.3f}", onset=f"{float(losses['onset']):.3f}",
-                            commit=f"{float(commit):.3f}", vq=int(quantise))
-        if step % 200 == 0 or step == cfg.steps:
+                            commit=f"{float(commit.detach()):.3f}", vq=int(quantise))
+        if step % 100 == 0 or step == cfg.steps:
             stats = {"step": step, "minutes": round((time.time() - t0) / 60, 2), "quantised": quantise,
                      "train_mel": float(losses["mel"]), "train_onset": float(losses["onset"]),
-                     "train_wave": float(losses["wave"]), "commit": float(commit), "restarted": restarted,
+                     "train_wave": float(losses["wave"]), "commit": float(commit.detach()), "restarted": restarted,
                      "heldout_mel": heldout_mel(codec, mel, valid, device, quantise)}
             if codes is not None:
                 stats["codes_used"] = Q.usage(codec, codes)

@@ -68,8 +68,13 @@ def caption_states(captions: list[str], device: str = "cpu", batch: int = 64):
     return states, t["attention_mask"].to(torch.int8)
 
 
-def precompute(corpus: Path, out: Path, device: str = "cpu", resume: bool = False) -> dict:
-    """Encode every clip of the corpus with the trained codec and every caption with MiniLM."""
+def precompute(corpus: Path, out: Path, device: str = "cpu", resume: bool = False,
+               max_seconds: float | None = None) -> dict:
+    """Encode every clip of the corpus with the trained codec and every caption with MiniLM.
+
+    `max_seconds` keeps only each clip's beginning (encoding is the slow part
+    on CPU; the LM trains on crops of a few seconds anyway).
+    """
     from .codec import load_codec
 
     cdir = out / "codes"
@@ -85,7 +90,10 @@ def precompute(corpus: Path, out: Path, device: str = "cpu", resume: bool = Fals
     bar = tqdm(total=len(clips), desc="codes", disable=None)
     chunk = 64
     for s in range(0, len(clips), chunk):
-        codes_list += encode_clips(codec, [clips.wav(i) for i in range(s, min(len(clips), s + chunk))], device)
+        wavs = [clips.wav(i) for i in range(s, min(len(clips), s + chunk))]
+        if max_seconds:
+            wavs = [w[: int(max_seconds * clips.sample_rate)] for w in wavs]
+        codes_list += encode_clips(codec, wavs, device, batch=1)
         bar.update(min(chunk, len(clips) - s))
     bar.close()
     F = max(c.shape[1] for c in codes_list)
@@ -105,7 +113,7 @@ def precompute(corpus: Path, out: Path, device: str = "cpu", resume: bool = Fals
         save_file({"states": states[:-1].contiguous(), "mask": mask[:-1].contiguous(),
                    "empty_states": states[-1:].contiguous(), "empty_mask": mask[-1:].contiguous()}, str(tmp))
     used = [int(torch.unique(codes[:, k][codes[:, k] >= 0]).numel()) for k in range(K)]
-    summary = {"clips": len(clips), "frames": int(lengths.sum()), "codes_used": used,
+    summary = {"clips": len(clips), "frames": int(lengths.sum()), "max_seconds": max_seconds, "codes_used": used,
                "encode_seconds": round(t_codes, 1), "text_len": int(mask.shape[1])}
     write_json(cdir / "index.json", {"summary": summary, "rows": clips.rows})
     return summary

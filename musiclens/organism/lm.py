@@ -37,15 +37,15 @@ class LMTrainConfig:
     """Language-model training options (saved as RUN/lm/config.json)."""
 
     steps: int = option(3000, "total optimiser steps (the LR schedule spans these; --minutes may stop earlier)")
-    batch_size: int = option(12, "clips per step")
+    batch_size: int = option(8, "clips per step")
     crop_frames: int = option(300, "frames per training crop (50 frames = 1 s)")
     layers: int = option(8, "decoder layers")
-    d_model: int = option(256, "decoder width")
+    d_model: int = option(128, "decoder width")
     heads: int = option(4, "attention heads")
-    ffn: int = option(1024, "feed-forward width")
-    dropout: float = option(0.1, "decoder dropout")
-    lr: float = option(1e-3, "peak AdamW learning rate (linear warm-up, cosine decay to 10%)")
-    warmup: int = option(150, "LR warm-up steps")
+    ffn: int = option(512, "feed-forward width")
+    dropout: float = option(0.0, "decoder dropout (0: training sees each crop only a few times)")
+    lr: float = option(1.5e-3, "peak AdamW learning rate (linear warm-up, cosine decay to 10%)")
+    warmup: int = option(100, "LR warm-up steps")
     weight_decay: float = option(0.01, "AdamW weight decay")
     null_prob: float = option(0.15, "share of captions dropped for classifier-free guidance")
     eval_every: int = option(100, "steps between held-out loss evaluations")
@@ -255,9 +255,9 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
         step += 1
         frames += cfg.batch_size * cfg.crop_frames
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            rec = {"step": step, "minutes": round((time.time() - t0) / 60, 2), "train_loss": float(loss),
+            rec = {"step": step, "minutes": round((time.time() - t0) / 60, 2), "train_loss": float(loss.detach()),
                    "lr": _lr(cfg, step), "frames_per_s": round(frames / (time.time() - t0), 1)}
             if len(valid_idx):
                 rec["heldout_loss"] = heldout_loss(model, data, valid_idx, cfg.crop_frames)

@@ -40,12 +40,13 @@ class OrganismTrainConfig:
     minutes: float | None = option(None, "stop each stage after this many minutes (resume later with --resume)")
     resume: bool = option(False, "continue from the run directory's checkpoints")
     device: str = option("auto", "cpu, cuda, or auto (GPU when available)")
-    codec_steps: int = option(3000, "codec optimiser steps")
+    codec_steps: int = option(2000, "codec optimiser steps")
     codec_batch_size: int = option(8, "codec crops (1 s) per step")
     lm_steps: int = option(3000, "language-model optimiser steps")
-    lm_batch_size: int = option(12, "language-model clips per step")
+    lm_batch_size: int = option(8, "language-model clips per step")
     lm_layers: int = option(8, "decoder layers")
-    lm_d_model: int = option(256, "decoder width")
+    lm_d_model: int = option(128, "decoder width (heads = width / 32, ffn = 4 x width)")
+    codes_seconds: float | None = option(6.4, "encode only each clip's first S seconds for the LM (encoding is slow on CPU)")
     seed: int = option(0, "random seed")
 
 
@@ -70,10 +71,11 @@ def train(cfg: OrganismTrainConfig) -> dict:
     if "codes" in stages:
         if not (corpus / "metadata.jsonl").exists():
             raise MusiclensError(f"the corpus at {corpus} is not complete yet (no metadata.jsonl)")
-        summary["codes"] = precompute(corpus, out, device, resume=cfg.resume and cfg.stage == "all")
+        summary["codes"] = precompute(corpus, out, device, resume=cfg.resume and cfg.stage == "all",
+                                      max_seconds=cfg.codes_seconds)
     if "lm" in stages:
         lcfg = LMTrainConfig(steps=cfg.lm_steps, batch_size=cfg.lm_batch_size, layers=cfg.lm_layers,
-                             d_model=cfg.lm_d_model, heads=max(1, cfg.lm_d_model // 64), ffn=4 * cfg.lm_d_model,
+                             d_model=cfg.lm_d_model, heads=max(1, cfg.lm_d_model // 32), ffn=4 * cfg.lm_d_model,
                              seed=cfg.seed)
         summary["lm"] = train_lm(lcfg, out, cfg.minutes, cfg.resume, device)
     return summary
@@ -124,32 +126,30 @@ class OrganismExportConfig:
 
     run: str = option("runs/organism", "run directory whose current LM export is shipped")
     out: str = option("", "destination folder (default: the package's shipped organism folder)")
-    card: str = option("", "model card markdown to include as README.md (default: keep the existing one)")
 
 
 def export(cfg: OrganismExportConfig) -> Path:
+    """Copy RUN/lm/hf (+ training logs) to the destination and write the model card from measured files."""
     import shutil
 
     from ..io import atomic_dir
+    from .card import write_card
 
     src = Path(cfg.run) / "lm" / "hf"
     if not (src / "model.safetensors").exists():
         raise MusiclensError(f"no LM export in {src}: train first (`musiclens organism train`)")
+    size = sum(f.stat().st_size for f in src.iterdir() if f.is_file())
+    if size > 60e6:
+        raise MusiclensError(f"the organism in {src} is {size / 1e6:.1f} MB, over the 60 MB budget")
     dst = Path(cfg.out) if cfg.out else O.organism_path()
-    card = Path(cfg.card) if cfg.card else dst / "README.md"
-    card_text = card.read_text() if card.exists() else None
     with atomic_dir(dst, overwrite=True) as tmp:
         for f in src.iterdir():
             shutil.copy2(f, tmp / f.name)
-        if card_text is not None:
-            (tmp / "README.md").write_text(card_text)
-        for name in ("config.json", "progress.json", "log.jsonl"):
-            for stage in ("codec", "lm"):
+        (tmp / "training").mkdir()
+        for stage in ("codec", "lm"):
+            for name in ("config.json", "progress.json", "log.jsonl"):
                 p = Path(cfg.run) / stage / name
                 if p.exists():
-                    (tmp / "training").mkdir(exist_ok=True)
                     shutil.copy2(p, tmp / "training" / f"{stage}_{name}")
-    size = sum(f.stat().st_size for f in dst.rglob("*") if f.is_file())
-    if size > 60e6:
-        raise MusiclensError(f"the exported organism is {size / 1e6:.1f} MB, over the 60 MB budget")
+    write_card(dst)
     return dst

@@ -33,8 +33,13 @@ def _nearest(x: torch.Tensor, embed: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def kmeans_init(codec, z: torch.Tensor, seed: int = 0, iters: int = 25) -> list[int]:
-    """Initialise every codebook by k-means on residuals of `z` [N, D]; returns codes used per layer."""
+def kmeans_init(codec, z: torch.Tensor, seed: int = 0, iters: int = 25, count_scale: float = 1.0) -> list[int]:
+    """Initialise every codebook by k-means on residuals of `z` [N, D]; returns codes used per layer.
+
+    `count_scale` turns cluster counts into the per-batch usage the EMA
+    statistics track (1 / number of batches in `z`), so dead-code detection
+    works from the first step.
+    """
     from sklearn.cluster import KMeans
 
     residual = z.detach().float().cpu()
@@ -44,9 +49,10 @@ def kmeans_init(codec, z: torch.Tensor, seed: int = 0, iters: int = 25) -> list[
         km = KMeans(n_clusters=k, n_init=1, max_iter=iters, random_state=seed).fit(residual.numpy())
         centers = torch.tensor(km.cluster_centers_, dtype=torch.float32)
         counts = torch.bincount(torch.tensor(km.labels_, dtype=torch.long), minlength=k).float()
+        size = (counts * count_scale).clamp(min=1e-3)
         cb.embed.copy_(centers.to(cb.embed))
-        cb.embed_avg.copy_((centers * counts[:, None].clamp(min=1)).to(cb.embed))
-        cb.cluster_size.copy_(counts.clamp(min=1).to(cb.embed))
+        cb.embed_avg.copy_((centers * size[:, None]).to(cb.embed))
+        cb.cluster_size.copy_(size.to(cb.embed))
         cb.inited.fill_(1)
         used.append(int((counts > 0).sum()))
         residual = residual - centers[torch.tensor(km.labels_, dtype=torch.long)]
@@ -97,9 +103,10 @@ def restart_dead(codec, inputs: list[torch.Tensor], threshold: float, rng: np.ra
             continue
         pick = torch.as_tensor(rng.integers(0, x.shape[0], size=len(dead)), device=x.device)
         new = x[pick] + 1e-3 * torch.randn_like(x[pick])
+        size = max(threshold * 2, 1e-3)  # alive, at about the usage a fair code gets
         cb.embed[dead] = new
-        cb.embed_avg[dead] = new
-        cb.cluster_size[dead] = 1.0
+        cb.embed_avg[dead] = new * size
+        cb.cluster_size[dead] = size
         restarted += len(dead)
     return restarted
 

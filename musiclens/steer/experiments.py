@@ -82,15 +82,20 @@ class Runner:
             h.update(vectors[l].float().contiguous().numpy().tobytes())
         return h.hexdigest()[:20]
 
+    def audio_key(self, specs: Sequence = (), seed: int | None = None) -> tuple[str, dict]:
+        """Cache key of a condition (setup + the exact vectors added) and those vectors."""
+        seed = self.seed if seed is None else seed
+        vectors = plan(self.model, specs) if specs else {}
+        if vectors and all(float(v.abs().max()) == 0.0 for v in vectors.values()):
+            vectors = {}   # λ = 0 is the baseline bit for bit (tested), so share its cache entry
+        return self._key(vectors, seed), vectors
+
     def audio(self, specs: Sequence = (), seed: int | None = None) -> np.ndarray:
         """Audio [n, T] of all prompts under `specs` (cached)."""
         import time
 
         seed = self.seed if seed is None else seed
-        vectors = plan(self.model, specs) if specs else {}
-        if vectors and all(float(v.abs().max()) == 0.0 for v in vectors.values()):
-            vectors = {}   # λ = 0 is the baseline bit for bit (tested), so share its cache entry
-        key = self._key(vectors, seed)
+        key, vectors = self.audio_key(specs, seed)
         if key in self._mem:
             return self._mem[key]
         path = self.cache_dir / f"{key}.npy" if self.cache_dir is not None else None
@@ -125,25 +130,36 @@ class Runner:
             self.reference_audio = list(self.audio((), seed=self.seed + REFERENCE_SEED_OFFSET))
         return self.reference_audio
 
-    def fad(self, name: str, ys) -> float | None:
+    def fad(self, key: str, ys) -> float | None:
         from ..measure.fad import fad
 
         if self.embedder is None:
             return None
         ref = self._embeddings("__reference__", self.reference())
-        return fad(self._embeddings(name, ys), ref)
+        return fad(self._embeddings(key, ys), ref)
 
     def condition(self, name: str, specs: Sequence = ()) -> dict:
         """Generate (or load) and measure one condition: per-metric summary, values, FAD."""
         ys = self.audio(specs)
-        vals, _ = measure_clips(list(ys), self.model.sample_rate, self.metrics, self.ctx)
+        key, _ = self.audio_key(specs)
+        vals = self._measure(key, ys)
         return {"name": name, "values": {m: v.tolist() for m, v in vals.items()},
-                "summary": {m: summary(v) for m, v in vals.items()}, "fad": self.fad(name, ys)}
+                "summary": {m: summary(v) for m, v in vals.items()}, "fad": self.fad(key, ys)}
+
+    def _measure(self, key: str, ys) -> dict[str, np.ndarray]:
+        """Metric values per clip, memoised per (audio, metric): conditions shared by experiments are measured once."""
+        todo = [m for m in self.metrics if (key, m) not in self._mem]
+        if todo:
+            vals, _ = measure_clips(list(ys), self.model.sample_rate, todo, self.ctx)
+            for m, v in vals.items():
+                self._mem[(key, m)] = v
+        return {m: self._mem[(key, m)] for m in self.metrics}
 
     def baseline(self) -> dict:
-        if "__baseline__" not in self._mem:
-            self._mem["__baseline__"] = self.condition("baseline", ())
-        return self._mem["__baseline__"]
+        key = ("__baseline__", tuple(self.metrics))      # metrics may change between experiments
+        if key not in self._mem:
+            self._mem[key] = self.condition("baseline", ())
+        return self._mem[key]
 
     def compare(self, name: str, specs: Sequence) -> dict:
         """A condition plus its relative change vs the baseline for every metric."""

@@ -110,6 +110,8 @@ class FeatureSteer:
 
 def _broadcast(x, n: int, name: str) -> list[float]:
     xs = [x] * n if isinstance(x, (int, float)) else list(x)
+    if len(xs) == 1:
+        xs = xs * n
     if len(xs) != n:
         raise MusiclensError(f"{name}: expected 1 or {n} values, got {len(xs)}")
     return [check_strength(v, name) for v in xs]

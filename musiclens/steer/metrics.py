@@ -114,18 +114,7 @@ def _scalar(name: str, ctx: MeasureContext) -> Callable[[np.ndarray, int], float
         head, _, label = name[4:].partition("=")
         if not head or not label:
             raise MusiclensError(f"metric {name!r}: use tag:<head>=<label>")
-
-        def tag(y, sr):
-            tagger = ctx.tagger()
-            if not hasattr(tagger, "predict_proba"):
-                pred = tagger.predict(y, sr)
-                return float(pred.get(head) == label)
-            probs = tagger.predict_proba(y, sr)
-            if head not in probs or label not in probs[head]:
-                raise MusiclensError(f"tagger has no label {label!r} for head {head!r}")
-            return float(probs[head][label])
-
-        return tag
+        return None      # batched in measure_clips
     raise MusiclensError(f"unknown metric {name!r} (choose {', '.join(BASIC)}, bpm_raw, beat_this_bpm, "
                          "clap:<text>, tag:<head>=<label>)")
 
@@ -160,8 +149,24 @@ def measure_clips(ys: Sequence[np.ndarray], sr: int, metrics: Sequence[str], ctx
                 raise
             for t in clap_texts:
                 skipped[f"clap:{t}"] = str(e)
+    tag_metrics = [m for m in metrics if m.startswith("tag:")]
+    if tag_metrics:
+        try:
+            tagger = ctx.tagger()
+            probs = tagger.predict_proba(ys, sr)
+            for m in tag_metrics:
+                head, _, label = m[4:].partition("=")
+                if head not in tagger.heads or label not in tagger.heads[head]:
+                    raise MusiclensError(f"the tagger has no label {label!r} for head {head!r} "
+                                         f"(heads: {', '.join(f'{h}={v}' for h, v in tagger.heads.items())})")
+                out[m] = probs[head][:, tagger.heads[head].index(label)].astype(np.float64)
+        except MusiclensError as e:
+            if not skip_unavailable:
+                raise
+            for m in tag_metrics:
+                skipped[m] = str(e)
     for name in metrics:
-        if name.startswith("clap:"):
+        if name.startswith(("clap:", "tag:")):
             continue
         try:
             fn = _scalar(name, ctx)
@@ -199,8 +204,8 @@ def tag_labels(ys: Sequence[np.ndarray], sr: int, ctx: MeasureContext) -> dict:
     """{head: {label: count}} of the tagger's argmax labels over the clips."""
     tagger = ctx.tagger()
     counts: dict[str, dict[str, int]] = {}
-    for y in ys:
-        for head, label in tagger.predict(np.asarray(y, dtype=np.float32), sr).items():
+    for pred in tagger.predict_batch([np.asarray(y, dtype=np.float32) for y in ys], sr):
+        for head, label in pred.items():
             counts.setdefault(head, {})
             counts[head][str(label)] = counts[head].get(str(label), 0) + 1
     return counts

@@ -131,10 +131,12 @@ def test_bad_invocations_exit_2_and_write_nothing(wav_dir, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert _extract("--model", "tiny-random", "--audio", tmp_path / "empty", "--out", out) == 2
     assert _extract("--model", "tiny-random", "--audio", tmp_path / "missing", "--out", out) == 2
+    assert main(["extract", "--model", "tiny-random", "--audio", str(wav_dir), "--seconds", "100",
+                 "--out", str(out)]) == 2
     assert not out.exists()
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 4 and all(line.startswith("error: ") for line in err)
-    assert "out of range" in err[1] and "no audio files" in err[2]
+    assert len(err) == 5 and all(line.startswith("error: ") for line in err)
+    assert "out of range" in err[1] and "no audio files" in err[2] and "context" in err[4]
     out.mkdir()
     (out / "keep.txt").write_text("x")
     assert _extract("--model", "tiny-random", "--audio", wav_dir, "--out", out) == 2
@@ -181,7 +183,7 @@ def test_torchrun_two_processes_merge_to_the_single_process_rows(wav_dir, tmp_pa
     out = tmp_path / "dist"
     torchrun = Path(sys.executable).with_name("torchrun")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29537", "-m", "musiclens",
+    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "musiclens",
                         "extract", *args, "--out", str(out)], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     assert sorted(p.name.split("-")[1] for p in out.glob("shard-*")) == ["r0", "r1"]

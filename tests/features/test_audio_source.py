@@ -45,3 +45,29 @@ def test_on_the_fly_equals_store(tmp_path, tiny_model):
     np.testing.assert_allclose(a.max_act, b.max_act, rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(a.top_clip[:, 0], b.top_clip[:, 0])
     np.testing.assert_array_equal(a.top_peak[:, 0], b.top_peak[:, 0])
+
+
+def test_features_command_from_audio(tmp_path, tiny_model):
+    import json
+
+    from musiclens.cli import main
+    from musiclens.sae.io import write_sae_files
+    from musiclens.sae.model import SAE, SAEConfig
+
+    rng = np.random.default_rng(1)
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for i in range(3):
+        sf.write(audio / f"b{i}.wav", (0.2 * rng.standard_normal(16000)).astype(np.float32), 16000)
+    sae = SAE(SAEConfig(d_in=tiny_model.d_model, d_sae=32, architecture="topk", k=2, hook_name="layer.1",
+                        model_name="tiny-random"))
+    sae.init_weights(generator=torch.Generator().manual_seed(1))
+    write_sae_files(sae, tmp_path / "sae")
+    out = tmp_path / "feat"
+    assert main(["features", "--audio", str(audio), "--sae", str(tmp_path / "sae"), "--out", str(out),
+                 "--seconds", "1.0", "--max-rate", "1.0", "--min-rate", "0.0", "--max-clip-features", "2"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["tracks"] == 3 and s["frames"] == 150 and s["model"] == "tiny-random"
+    assert s["features_without_audio"] == 0 and len(list((out / "clips").rglob("concat.wav"))) == 2
+    assert main(["features", "--audio", str(audio), "--store", str(audio), "--sae", str(tmp_path / "sae"),
+                 "--out", str(tmp_path / "x")]) == 2

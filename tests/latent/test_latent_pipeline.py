@@ -17,10 +17,16 @@ from musiclens.latent.labels import frame_values
 
 
 @pytest.fixture(scope="module")
-def enc_store(synth_corpus, tmp_path_factory):
+def label_cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("label-cache"))
+
+
+@pytest.fixture(scope="module")
+def enc_store(synth_corpus, tmp_path_factory, label_cache):
     out = tmp_path_factory.mktemp("lat") / "store"
     r = extract(LatentExtractConfig(audio=str(synth_corpus), out=str(out), autoencoder="tiny-encodec",
-                                    sites=["all"], seconds=1.0, batch_size=3), progress=False)
+                                    sites=["all"], seconds=1.0, batch_size=3, label_cache=label_cache),
+                progress=False)
     return out, r
 
 
@@ -28,7 +34,8 @@ def enc_store(synth_corpus, tmp_path_factory):
 def enc_grid(enc_store, tmp_path_factory):
     out = tmp_path_factory.mktemp("grid") / "grid"
     r = train_grid(LatentTrainConfig(store=str(enc_store[0]), out=str(out), expansions=[4, 8], l1=[0.01, 0.1],
-                                     steps=60, batch_size=128, probe_epochs=2), progress=False)
+                                     steps=60, batch_size=128, probe_epochs=2, probe_min_steps=150),
+                   progress=False)
     return out, r
 
 
@@ -151,7 +158,7 @@ def test_edit_sweep_reports_isolation(enc_grid, enc_store, tmp_path):
     assert (dest / "alpha30.wav").exists() and (dest / "edit.png").exists()
 
 
-def test_flow_and_stable_audio_trajectories(enc_store, enc_grid, synth_corpus, tmp_path):
+def test_flow_and_stable_audio_trajectories(enc_store, enc_grid, synth_corpus, tmp_path, label_cache):
     from musiclens.latent.flow import FlowTrainConfig, load_flow, train_flow
     from musiclens.latent.probes import Probes
     from musiclens.latent.trajectory import build_tiny_stable_audio, flow_trajectory, stable_audio_trajectory
@@ -174,12 +181,47 @@ def test_flow_and_stable_audio_trajectories(enc_store, enc_grid, synth_corpus, t
     # diffusers StableAudioPipeline from tiny configs, probes on its Oobleck latent space
     pipe = build_tiny_stable_audio()
     st = tmp_path / "oob"
-    extract(LatentExtractConfig(audio=str(synth_corpus), out=str(st), autoencoder="tiny-oobleck", seconds=1.0),
-            progress=False)
+    extract(LatentExtractConfig(audio=str(synth_corpus), out=str(st), autoencoder="tiny-oobleck", seconds=1.0,
+                                label_cache=label_cache), progress=False)
     g = train_grid(LatentTrainConfig(store=str(st), out=str(tmp_path / "g2"), expansions=[4], l1=[0.02],
-                                     steps=30, batch_size=128, probe_epochs=1), progress=False)
+                                     steps=30, batch_size=128, probe_epochs=1, probe_min_steps=50), progress=False)
     c2 = tmp_path / "g2" / "cells" / g["cells"][1]["name"]
     res2 = stable_audio_trajectory(pipe, load_sae(c2), Probes.load(c2), ["a piano"], seconds=1.0, steps=5)
     assert res2["steps"] == 5 and all(res2["s"][a][-1] == 0.0 for a in res2["s"])
     with pytest.raises(MusiclensError, match="SAE expects width"):
         stable_audio_trajectory(pipe, sae, probes, ["x"], seconds=1.0, steps=2)
+
+
+def test_musicgen_trajectories_over_layers_and_steps(enc_grid, tiny_model, tmp_path):
+    from musiclens.latent.probes import Probes
+    from musiclens.latent.trajectory import musicgen_trajectories
+    from musiclens.sae.io import load_sae
+
+    out, r = enc_grid
+    cell = out / "cells" / r["cells"][1]["name"]  # tiny-random's codec latent is 16 wide, like tiny-encodec's
+    res = musicgen_trajectories(tiny_model, load_sae(cell), Probes.load(cell), ["a piano", "drums"], seconds=0.4)
+    lay, st = res["layers"], res["generated_steps"]
+    assert lay["steps"] == tiny_model.n_layers and st["steps"] == 20
+    for a in ("pitch", "loudness", "timbre"):
+        assert lay["s"][a][-1] == 0.0 and st["s"][a][-1] == 0.0
+        assert 1 <= lay["convergence_step"][a] <= tiny_model.n_layers
+    # the CLI writes both plots; a cell of the wrong width is a one-line error
+    assert main(["latent", "trajectory", "--cell", str(cell), "--out", str(tmp_path / "t"), "--generator",
+                 "musicgen:tiny-random", "--seconds", "0.3", "--prompts", "a,b"]) == 0
+    assert (tmp_path / "t" / "trajectory_steps.png").exists()
+    assert main(["latent", "trajectory", "--out", str(tmp_path / "t2"), "--generator", "tiny-stable-audio"]) == 2
+    assert not (tmp_path / "t2").exists()
+
+
+def test_probe_command_on_a_given_sae(enc_store, enc_grid, tmp_path):
+    out, r = enc_grid
+    cell = out / "cells" / r["cells"][1]["name"]
+    dest = tmp_path / "probe"
+    assert main(["latent", "probe", "--store", str(enc_store[0]), "--sae", str(cell), "--out", str(dest),
+                 "--epochs", "1"]) == 0
+    info = json.loads((dest / "probes.json").read_text())
+    assert set(info["attributes"]) == {"pitch", "loudness", "timbre"} and (dest / "cfg.json").exists()
+    # a store site that does not exist, and an SAE of the wrong width: exit 2, nothing written
+    assert main(["latent", "probe", "--store", str(enc_store[0]), "--site", "latent.q7",
+                 "--out", str(tmp_path / "p2")]) == 2
+    assert not (tmp_path / "p2").exists()

@@ -57,7 +57,7 @@ def test_ema_update_moves_codes_and_restart_revives_dead_ones():
     assert not torch.equal(before, c.quantizer.layers[0].codebook.embed)
     c.quantizer.layers[0].codebook.cluster_size[:5] = 0.0
     n = Q.restart_dead(c, inputs, threshold=0.01, rng=np.random.default_rng(0))
-    assert n >= 5 and float(c.quantizer.layers[0].codebook.cluster_size[:5].min()) == 1.0
+    assert n >= 5 and float(c.quantizer.layers[0].codebook.cluster_size[:5].min()) == pytest.approx(0.02)
 
 
 def test_losses_see_onsets():

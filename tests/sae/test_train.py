@@ -155,3 +155,16 @@ def test_nan_rows_are_skipped_then_fail():
     y[:, 1] = float("inf")
     with pytest.raises(MusiclensError, match="NaN/Inf"):
         c.filter(y)
+
+
+@pytest.mark.parametrize("arch", ["topk", "rmsnorm_l1"])
+def test_bf16_autocast_trains(synthetic, arch):
+    """The bf16 path (the default on CUDA; here forced on CPU) trains: finite and improving."""
+    X, _ = synthetic
+    opts = TrainOptions(batch_size=256, lr=3e-3, warmup_steps=5, autocast="bf16")
+    tr = _train(X, arch, steps=40, opts=opts)
+    tr2 = _train(X, arch, steps=1, opts=TrainOptions(batch_size=256, lr=3e-3, warmup_steps=5, autocast="bf16"))
+    first_fvu = tr2.slots[0].last["fvu"]
+    last = tr.slots[0].last
+    assert math.isfinite(last["fvu"]) and last["fvu"] < first_fvu
+    assert tr.slots[0].sae.W_dec.dtype == torch.float32

