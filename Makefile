@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml | apt
 	@touch $(STAMP)
 
 demo: setup
-	$(BIN)/musiclens demo
+	$(BIN)/musiclens demo --overwrite
 
 test: setup
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q tests

@@ -53,6 +53,15 @@ def _measure_basic(job):
                        "loudness": loudness(y, sr)}
 
 
+def _measure_salience(job):
+    corpus, rec, bpm_raw = job
+    from musiclens.measure.tempo import beat_salience
+
+    y, sr = _read(Path(corpus), rec)
+    levels = [bpm_raw / 2, bpm_raw, bpm_raw * 2]
+    return rec["id"], dict(zip(["half", "raw", "double"], beat_salience(y, sr, levels)))
+
+
 def _measure_pitch(job):
     corpus, rec = job
     from musiclens.measure import pitch
@@ -103,11 +112,23 @@ def bench_render(n: int, workers: int) -> dict:
 
 
 def bench_tempo(corpus, test, train, cache, cache_path, workers) -> dict:
-    from musiclens.measure.tempo import ONSETS_PER_BEAT, resolve_octave
+    from musiclens.measure.tempo import ONSETS_PER_BEAT, SALIENCE_WEIGHT, candidates, resolve_octave
 
     _run_cached(_measure_basic, [(str(corpus), r) for r in test + train], cache, "basic", cache_path, workers,
                 "tempo/spectral")
     m = cache["basic"]
+    _run_cached(_measure_salience, [(str(corpus), r, m[r["id"]]["bpm_raw"]) for r in test + train], cache,
+                "salience", cache_path, workers, "beat salience")
+
+    def resolve(r, opb=ONSETS_PER_BEAT, w=SALIENCE_WEIGHT):
+        raw = m[r["id"]]["bpm_raw"]
+        by_level = dict(zip((raw / 2, raw, raw * 2), cache["salience"][r["id"]].values()))
+        sal = {c: by_level[c] for c in candidates(raw)} if raw > 0 else None
+        return resolve_octave(raw, m[r["id"]]["onset_rate"], sal, onsets_per_beat=opb, weight=w)
+
+    def acc(recs, **kw):
+        return float(np.mean([abs(resolve(r, **kw) / r["bpm"] - 1) <= 0.04 for r in recs]))
+
     # fit: geometric-mean onsets per beat on train clips (ML location of a log-normal density)
     opb = np.array([m[r["id"]]["onset_rate"] * 60 / r["bpm"] for r in train])
     opb = opb[opb > 0]
@@ -118,18 +139,25 @@ def bench_tempo(corpus, test, train, cache, cache_path, workers) -> dict:
     ratio = raw / truth
     within = np.abs(ratio - 1) <= 0.04
     octave = (np.abs(ratio / 2 - 1) <= 0.04) | (np.abs(ratio * 2 - 1) <= 0.04)
-    res_fit = np.array([resolve_octave(b, o, onsets_per_beat=fitted) for b, o in zip(raw, rate)])
-    res_lib = np.array([resolve_octave(b, o) for b, o in zip(raw, rate)])
+    res_lib = np.array([resolve(r) for r in test])
+    res_density = np.array([resolve(r, w=0.0) for r in test])
+    weights = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0]
+    train_acc = {w: round(acc(train, opb=fitted, w=w), 4) for w in weights}
     return {
         "n_test": len(test), "n_fit_train": len(train), "tracker": "essentia RhythmExtractor2013 (degara)",
         "fit_onsets_per_beat": round(fitted, 4), "library_onsets_per_beat": ONSETS_PER_BEAT,
+        "fit_train_accuracy_by_salience_weight": train_acc, "library_salience_weight": SALIENCE_WEIGHT,
         "raw_within_4pct": round(float(within.mean()), 4),
         "raw_within_4pct_or_octave": round(float((within | octave).mean()), 4),
         "raw_octave_errors": round(float(octave.mean()), 4),
         "resolved_within_4pct": round(float((np.abs(res_lib / truth - 1) <= 0.04).mean()), 4),
-        "resolved_within_4pct_refit": round(float((np.abs(res_fit / truth - 1) <= 0.04).mean()), 4),
+        "resolved_within_4pct_density_only": round(float((np.abs(res_density / truth - 1) <= 0.04).mean()), 4),
         "spearman_raw": round(_spearman(raw, truth), 4),
         "spearman_resolved": round(_spearman(res_lib, truth), 4),
+        "spearman_resolved_density_only": round(_spearman(res_density, truth), 4),
+        "resolved_within_4pct_by_drums": {d: round(float(np.mean([abs(x / r["bpm"] - 1) <= 0.04 for x, r in
+                                                                   zip(res_lib, test) if r["drums"] == d])), 4)
+                                          for d in ("none", "rock", "light")},
         "spearman_onset_rate": round(_spearman(rate, truth), 4),
         "onset_rate_by_tempo": _by(rate, [tempo_word(b) for b in truth], ["slow", "moderate", "fast"]),
     }

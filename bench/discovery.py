@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -181,6 +182,10 @@ def main() -> None:
         "features_pass": {"tracks": summary["tracks"], "frames": summary["frames"], "saes": len(sae_dirs),
                           "scan_seconds": summary["timings"]["scan_seconds"],
                           "scan_seconds_per_1000_tracks": summary["timings"]["scan_seconds_per_1000_tracks"],
+                          "scan_cpu_seconds": summary["timings"].get("scan_cpu_seconds"),
+                          "scan_cpu_seconds_per_1000_tracks": summary["timings"].get("scan_cpu_seconds_per_1000_tracks"),
+                          "torch_threads": 1 if os.environ.get("OMP_NUM_THREADS") == "1" else None,
+                          "load_average_1min_at_end": os.getloadavg()[0],
                           "clips_seconds": summary["timings"]["clips_seconds"],
                           "command_seconds": fr["seconds"], "peak_rss_mb": fr["peak_mb"]},
         "stage_seconds": times,

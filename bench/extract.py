@@ -82,8 +82,12 @@ CPU_TIMES: dict = {}
 
 def timed(fn, key: str | None = None) -> float:
     """Wall seconds of fn(); its process CPU seconds go to CPU_TIMES[key] (robust to CPU contention)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     t, c = time.perf_counter(), time.process_time()
     fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     if key:
         CPU_TIMES.setdefault(key, []).append(time.process_time() - c)
     return time.perf_counter() - t
@@ -100,6 +104,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1 by default: on the shared, overloaded 2-core machine 2 OpenMP "
                          "threads stalled each other, 6-18 s per generated step vs 0.8 s with 1)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (on a GPU, compare the wall-time figures)")
     ap.add_argument("--batch", type=int, default=2, help="clips per forward")
     ap.add_argument("--seconds", type=float, default=2.0, help="clip length for teacher forcing")
     ap.add_argument("--reps", type=int, default=3)
@@ -110,6 +115,7 @@ def main() -> None:
     load_start = os.getloadavg()
     t0 = time.perf_counter()
     m = build_musicgen_small_random()
+    m.hf.to(args.device)
     build_s = time.perf_counter() - t0
     rss_model = current_rss_mb()
     n_params = sum(p.numel() for p in m.hf.parameters())
@@ -164,7 +170,7 @@ def main() -> None:
 
     # ---- generation: plain, with a steering injection, with a one-layer capture
     prompt = ["an upbeat jazz piano trio"]
-    v = torch.randn(m.d_model, generator=g)
+    v = torch.randn(m.d_model, generator=g).to(args.device)
     v = v / v.norm()
 
     def gen_plain():
@@ -197,7 +203,7 @@ def main() -> None:
                   "params_decoder_M": round(dec_params / 1e6, 1),
                   "text_encoder": "random T5, d_model 256, 2 layers (not measured)"},
         "setup": {"threads": args.threads, "batch_clips": B, "clip_seconds": args.seconds, "frames_per_clip": F,
-                  "decoder_positions": int(ids.shape[-1]), "reps": args.reps, "device": "cpu"},
+                  "decoder_positions": int(ids.shape[-1]), "reps": args.reps, "device": args.device},
         "teacher_forced": {
             "frames_per_s": {k: round(v, 1) for k, v in fps.items()},
             "median_s": {k: round(v, 3) for k, v in med.items()},

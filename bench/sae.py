@@ -237,7 +237,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--saelens-python", default=None)
-    ap.add_argument("--saelens-sparse", action="store_true", help="SAELens use_sparse_activations=True")
+    ap.add_argument("--saelens-sparse", action="store_true",
+                    help="SAELens use_sparse_activations=True (writes bench/results/sae_saelens_sparse.json)")
     ap.add_argument("--only", choices=["musiclens", "sae_lens"], default=None)
     ap.add_argument("--quick", action="store_true", help="do not write bench/results/sae.json")
     ap.add_argument("--worker", choices=["musiclens", "sae_lens"], default=None, help=argparse.SUPPRESS)
@@ -285,7 +286,8 @@ def main() -> None:
         sys.path.insert(0, str(HERE.parent.parent))
         from musiclens.bench_utils import write_result
 
-        print("wrote", write_result("sae", figures))
+        # the SAELens sparse-activation variant is a separate file, so sae.json keeps both libraries' defaults
+        print("wrote", write_result("sae_saelens_sparse" if args.saelens_sparse else "sae", figures))
 
 
 if __name__ == "__main__":

@@ -77,7 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str
         if not required and default not in (None, [], ""):
             shown = ",".join(map(str, default)) if isinstance(default, list) else default
             help_text = f"{help_text} (default: {shown})"
-        kw: dict[str, Any] = {"dest": f.name, "help": help_text}
+        # argparse %-formats help strings: escape literal percent signs ("25%,50%")
+        kw: dict[str, Any] = {"dest": f.name, "help": help_text.replace("%", "%%")}
         if tp is bool:
             parser.add_argument(*names, action=argparse.BooleanOptionalAction, default=default, **kw)
             continue

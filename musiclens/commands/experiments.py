@@ -41,6 +41,8 @@ class CommonConfig:
                                               "(default: an independent unsteered generation)")
     no_fad: bool = option(False, help="skip FAD")
     clap: str | None = option(None, help="CLAP model folder for clap:<text> metrics (default: shipped mini-CLAP)")
+    cache: str | None = option(None, help="audio cache folder (default: OUT/cache); experiments that share one "
+                                          "on the same prompts and seeds generate the baseline only once")
     device: str = option("cpu", help="torch device")
     resume: bool = option(False, help="reuse the cache of an earlier run in --out")
     overwrite: bool = option(False, help="start over in an existing --out")
@@ -159,7 +161,7 @@ def _runner(cfg, model, metrics: list[str] | None = None, prompts: list[str] | N
     emb = None if cfg.no_fad else load_embedder(cfg.embedder)
     return Runner(model, prompts, cfg.seconds, metrics=list(metrics if metrics is not None else cfg.metric),
                   seed=cfg.seed, batch_size=cfg.batch_size, guidance_scale=cfg.guidance_scale, branch=cfg.branch,
-                  cache_dir=Path(cfg.out) / "cache", embedder=emb, reference_audio=ref, reference_given=given,
+                  cache_dir=Path(cfg.cache) if cfg.cache else Path(cfg.out) / "cache", embedder=emb, reference_audio=ref, reference_given=given,
                   ctx=MeasureContext(clap_path=cfg.clap))
 
 
@@ -392,7 +394,7 @@ def run_feature_steering(cfg: FeatureSteeringConfig) -> dict:
 
     res = feature_steering(model, spec, feats, labels, cfg.prompt, cfg.n_samples, cfg.seconds, cfg.seed,
                            cfg.batch_size, cfg.guidance_scale, MeasureContext(clap_path=cfg.clap), alpha=alpha,
-                           cache_dir=out / "cache")
+                           cache_dir=Path(cfg.cache) if cfg.cache else out / "cache")
     res["sae"] = str(cfg.sae)
     res["layer"] = layer
     return _finish(cfg, res, None, out, "feature_steering")

@@ -8,7 +8,6 @@ batch and writes its own shards; rank 0 merges the manifests.
 
 from __future__ import annotations
 
-import sys
 
 from ..config import add_arguments, from_args
 

@@ -54,7 +54,7 @@ def _eval(args) -> int:
     from ..sae.io import layer_index, load_sae
     from ..sae.metrics import density_histogram, format_metrics, reconstruction_metrics
 
-    sae = load_sae(args.sae)
+    sae = load_sae(args.sae, device=args.device)
     layer = args.layer if args.layer is not None else layer_index(sae.cfg.hook_name)
     store = sdata.open_store(args.store, layer)
     if store.d_model != sae.d_in:
@@ -68,7 +68,7 @@ def _eval(args) -> int:
     if args.splice_clips > 0:
         from ..sae.splice import load_store_model, spliced_evaluation
 
-        model = load_store_model(store, args.model)
+        model = load_store_model(store, args.model, device=args.device)
         m["spliced"] = spliced_evaluation(model, store, {"sae": sae}, layer, n_clips=args.splice_clips)["sae"]
     print(format_metrics(Path(args.sae).name, m))
     if args.out:
@@ -107,5 +107,6 @@ def register(sub) -> None:
                                                                 "(default: 8)")
     pe.add_argument("--model", default=None, help="model for the spliced evaluation (default: the store's)")
     pe.add_argument("--seed", type=int, default=1, help="sampling seed (default: 1)")
+    pe.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (default: cpu)")
     pe.add_argument("--out", default=None, help="write the metrics here (JSON) and the density plot next to it")
     pe.set_defaults(func=_eval)

@@ -106,13 +106,18 @@ def run_extract(cfg: ExtractConfig) -> dict:
         raise MusiclensError("--batch-size must be >= 1")
     if cfg.seconds <= 0:
         raise MusiclensError("--seconds must be > 0")
-    if cfg.audio:
-        from .teacher import extract_audio
+    try:
+        if cfg.audio:
+            from .teacher import extract_audio
 
-        return extract_audio(cfg)
-    from .generation import extract_generation
+            return extract_audio(cfg)
+        from .generation import extract_generation
 
-    return extract_generation(cfg)
+        return extract_generation(cfg)
+    except torch.OutOfMemoryError:
+        # the store keeps every committed clip: a smaller batch can pick up where this one stopped
+        raise MusiclensError(f"out of memory at --batch-size {cfg.batch_size}: rerun with a smaller "
+                             f"--batch-size and --resume")
 
 
 __all__ = ["ExtractConfig", "run_extract", "frame_subset"]

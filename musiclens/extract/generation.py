@@ -90,7 +90,8 @@ def extract_generation(cfg: ExtractConfig) -> dict:
             codes = res.codes  # [b, K, F]
             n_rows = min(F, len(cap.records[sites[0]]) - 1)
             # step s -> last position of the call (melody's first call also holds the prefix)
-            steps = {s: torch.stack([r[:, -1] for r in cap.records[s][1:n_rows + 1]], dim=1) for s in sites}
+            steps = {s: torch.stack([r[:, -1] for r in cap.records[s][1:n_rows + 1]], dim=1).to("cpu", w.torch_dtype)
+                     for s in sites}
             dec_ids = model.decoder_input_ids(codes.to(model.device)).reshape(len(idx), K, -1).cpu()
             for j, i in enumerate(idx):
                 cid = ids_all[i]

@@ -22,8 +22,8 @@ is read from depends on how the model sees text:
     with classifier-free guidance (fixed `seed`, so both prompt sets share
     the same sampling noise), record `layer.<l>` on the conditional half of
     the batch at every decoder call of the generation (one new position per
-    call: positions 0 .. F+K-1 of the delayed sequence, BOS and delay-pattern
-    steps included) and average. These are
+    call, from the BOS position on, delay-pattern steps included: about
+    F + K positions for F frames and K codebooks) and average. These are
     the very states that steering later adds to, reached through the model's
     own (prompt-dependent) audio, so Δ includes what the prompt does to the
     music, not only its direct cross-attention term.

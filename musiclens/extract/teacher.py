@@ -85,7 +85,9 @@ def _run_batch(model, w, clips, sites, layers, K, hop, cfg, with_captions, done)
     ids = model.decoder_input_ids(codes)  # [b*K, F+K]
     caps = [c.item.caption or "" for c in clips] if with_captions else None
     res = model.residuals(ids, sites, captions=caps)
-    pos = model.frame_positions(F)
+    pos = model.frame_positions(F).to(ids.device)
+    # one device->host copy per layer and batch (not per clip), already in the store dtype
+    per_layer = {l: res[f"layer.{l}"][:, pos].to("cpu", w.torch_dtype) for l in layers}
     ids_b = ids.reshape(b, K, -1).cpu()
     n = 0
     for j, c in enumerate(clips):
@@ -93,7 +95,7 @@ def _run_batch(model, w, clips, sites, layers, K, hop, cfg, with_captions, done)
             continue
         n_valid = min(F, math.ceil(c.n_valid / hop))
         frames = frame_subset(n_valid, cfg.frames_per_clip, cfg.seed, c.item.index)
-        acts = {l: res[f"layer.{l}"][j, pos[frames]] for l in layers}
+        acts = {l: per_layer[l][j, frames] for l in layers}
         meta = {"source": c.item.source, "caption": c.item.caption, "orig_sr": c.orig_sr,
                 "orig_seconds": round(c.orig_seconds, 3), "valid_frames": n_valid, "n_frames": F, **c.item.meta}
         w.add_clip(c.item.id, acts, frames, ids_b[j], meta=meta, index=c.item.index)

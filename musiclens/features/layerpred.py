@@ -42,7 +42,15 @@ def layer_prediction(decoders: list[tuple[int, np.ndarray]], hidden: int = 256, 
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=test_size, random_state=seed, stratify=y)
     clf = MLPClassifier(hidden_layer_sizes=(hidden,), max_iter=max_iter, early_stopping=len(ytr) > 2000,
                         random_state=seed)
-    clf.fit(Xtr, ytr)
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        clf.fit(Xtr, ytr)
+    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
     acc = float((clf.predict(Xte) == yte).mean())
     return {"layers": sorted(by_layer), "features_per_layer": int(per), "train": int(len(ytr)),
-            "test": int(len(yte)), "accuracy": acc, "chance": 1.0 / len(by_layer), "hidden": hidden}
+            "test": int(len(yte)), "accuracy": acc, "chance": 1.0 / len(by_layer), "hidden": hidden,
+            "iterations": int(clf.n_iter_), "converged": converged}

@@ -201,11 +201,11 @@ def run_features(cfg: FeaturesConfig) -> dict:
                                  seconds=cfg.seconds, batch_size=cfg.extract_batch)
     frame_rate = _store_frame_rate(store, cfg.frame_rate)
     ckpt = out.parent / f".{out.name}.features-ckpt.pt"
-    t_scan = time.time()
+    t_scan, c_scan = time.time(), time.process_time()
     all_stats = scan_store(store, saes, rule, top_n=cfg.top_n, rows_per_chunk=cfg.rows_per_chunk,
                            batch_size=cfg.batch_size, checkpoint=ckpt, checkpoint_every=cfg.checkpoint_every,
                            resume=cfg.resume, device=cfg.device)
-    t_scan = time.time() - t_scan
+    t_scan, c_scan = time.time() - t_scan, time.process_time() - c_scan
     t_clips = time.time()
 
     clip_ids = {int(c["index"]): str(c["id"]) for c in store.clips}
@@ -256,6 +256,8 @@ def run_features(cfg: FeaturesConfig) -> dict:
                    "table": summary_rows, "features_without_audio": missing_audio,
                    "timings": {"scan_seconds": round(t_scan, 2),
                                "scan_seconds_per_1000_tracks": round(1000 * t_scan / len(store.clips), 2),
+                               "scan_cpu_seconds": round(c_scan, 2),
+                               "scan_cpu_seconds_per_1000_tracks": round(1000 * c_scan / len(store.clips), 2),
                                "clips_seconds": round(time.time() - t_clips, 2),
                                "resumed": bool(cfg.resume)}}
         if cfg.layer_prediction and len({s.layer for s in saes}) >= 2:

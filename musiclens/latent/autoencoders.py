@@ -78,13 +78,6 @@ class LatentAutoencoder:
         """Store site names this autoencoder offers: the continuous latent, then one per codebook."""
         return [ENCODER_SITE] + [f"latent.q{k}" for k in range(self.n_codebooks)]
 
-    def site_dim(self, site: str) -> int:
-        if site == ENCODER_SITE:
-            return self.dim
-        if self.kind == "dac" and site.startswith("latent.q"):
-            return self.dim  # out_proj maps each codebook back to the latent width
-        return self.dim
-
     @property
     def weights_hash(self) -> str:
         """sha256 (first 16 hex) over the state dict, so a store records which weights made it."""
@@ -267,10 +260,8 @@ def _load_folder(path: Path):
 
         return DacModel.from_pretrained(path), "dac"
     if mtype in ("musicgen", "musicgen_melody"):
-        from transformers import EncodecModel
-
         # MusicGen folder: its codec lives under the `audio_encoder.` prefix of the checkpoint
-        from transformers import AutoConfig
+        from transformers import AutoConfig, EncodecModel
 
         full = AutoConfig.from_pretrained(path)
         model = EncodecModel(full.audio_encoder)

@@ -54,7 +54,7 @@ def plot_trajectory(traj: dict, path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for a, s in traj["s"].items():
-        line, = ax.plot(range(len(s)), s, label=a)
+        line, = ax.plot(range(1, len(s) + 1), s, label=a)  # steps are 1-based
         step = traj["convergence_step"].get(a)
         if step is not None:
             ax.axvline(step, color=line.get_color(), ls=":", lw=1)

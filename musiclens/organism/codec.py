@@ -38,7 +38,7 @@ from .losses import MultiScaleMel, reconstruction_loss
 class CodecTrainConfig:
     """Codec training options (saved as RUN/codec/config.json)."""
 
-    steps: int = option(2000, "total optimiser steps (the LR schedule spans these; --minutes may stop earlier)")
+    steps: int = option(1600, "total optimiser steps (the LR schedule spans these; --minutes may stop earlier)")
     warmup_steps: int = option(300, "plain-autoencoder steps before k-means codebook init")
     warmup_noise: float = option(0.1, "std of Gaussian noise added to the latent during warm-up (spreads it for k-means)")
     batch_size: int = option(8, "crops per step")
@@ -51,8 +51,8 @@ class CodecTrainConfig:
     w_onset: float = option(1.0, "weight of the onset-envelope loss")
     w_commit: float = option(1.0, "weight of the commitment loss")
     ema_decay: float = option(0.99, "EMA decay of the codebooks")
-    dead_threshold: float = option(0.1, "a code is restarted when its EMA usage falls below this fraction of uniform usage")
-    restart_every: int = option(10, "steps between dead-code restarts")
+    dead_threshold: float = option(0.3, "a code is restarted when its EMA usage falls below this fraction of uniform usage")
+    restart_every: int = option(1, "steps between dead-code restarts")
     kmeans_batches: int = option(24, "batches of encoder output for k-means init")
     checkpoint_minutes: float = option(4.0, "minutes between checkpoints")
     seed: int = option(0, "random seed")
@@ -82,6 +82,28 @@ def codec_forward(codec, x: torch.Tensor, quantise: bool, train: bool, decay: fl
         codes, commit, inputs = None, torch.zeros((), device=x.device), []
     y = codec.decoder(zq)[:, 0, : x.shape[-1]]
     return y, commit, codes, inputs
+
+
+@torch.no_grad()
+def init_latent_scale(codec, x: torch.Tensor) -> dict:
+    """Data-dependent init: rescale the encoder's last conv so each latent channel has mean 0, std 1.
+
+    Corpus audio is quiet (about -35 dBFS) and a freshly initialised encoder is
+    nearly linear, so its latent varies by ~1e-3 around a constant; with weight
+    norm and Adam the gain grows only slowly, the decoder learns to ignore the
+    latent, and k-means on it collapses (measured on this corpus). Normalising
+    the latent once at step 0 (as in weight normalisation's data-dependent
+    init) gives the decoder and the codebooks a latent that actually varies.
+    """
+    conv = codec.encoder.layers[-1].conv
+    z = codec.encoder(x[:, None])
+    mean, std = z.mean(dim=(0, 2)), z.std(dim=(0, 2)).clamp(min=1e-6)
+    g = conv.parametrizations.weight.original0
+    g.div_(std.view(-1, *([1] * (g.dim() - 1))))
+    conv.bias.sub_(mean).div_(std)
+    z2 = codec.encoder(x[:, None])
+    return {"std_before": float(std.mean()), "std_after": float(z2.std(dim=(0, 2)).mean()),
+            "mean_after": float(z2.mean(dim=(0, 2)).abs().mean())}
 
 
 def _lr(cfg: CodecTrainConfig, step: int) -> float:
@@ -164,6 +186,9 @@ def train_codec(cfg: CodecTrainConfig, corpus: Path, out: Path, minutes: float |
     codec.train()
     bar = tqdm(total=cfg.steps, initial=step, desc="codec", disable=None, dynamic_ncols=True)
     stats: dict = {}
+    if step == 0:
+        stats0 = init_latent_scale(codec, torch.tensor(train.random_crops(rng, 32, crop), device=device))
+        tqdm.write(f"latent init: {stats0}")
     while step < cfg.steps:
         if minutes is not None and time.time() - t0 > minutes * 60:
             break

@@ -40,7 +40,7 @@ class OrganismTrainConfig:
     minutes: float | None = option(None, "stop each stage after this many minutes (resume later with --resume)")
     resume: bool = option(False, "continue from the run directory's checkpoints")
     device: str = option("auto", "cpu, cuda, or auto (GPU when available)")
-    codec_steps: int = option(2000, "codec optimiser steps")
+    codec_steps: int = option(1600, "codec optimiser steps")
     codec_batch_size: int = option(8, "codec crops (1 s) per step")
     lm_steps: int = option(3000, "language-model optimiser steps")
     lm_batch_size: int = option(8, "language-model clips per step")

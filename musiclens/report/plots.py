@@ -70,6 +70,9 @@ def recovery_plot(path: Path, rows: list[dict]) -> None:
     for name, pts in sorted(series.items()):
         pts.sort()
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer")
     ax.set_ylabel("concepts recovered (AUROC >= 0.9)")
     ax.set_ylim(-0.02, 1.02)

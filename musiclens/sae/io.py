@@ -269,4 +269,7 @@ def load_sae(directory: str | Path, device: str | torch.device = "cpu", dtype: t
         sae.b_dec.copy_(b_dec)
         if threshold is not None:
             sae.threshold.copy_(threshold)
-    return sae.to(device=device, dtype=dtype).eval()
+    try:
+        return sae.to(device=device, dtype=dtype).eval()
+    except (RuntimeError, AssertionError) as e:
+        raise MusiclensError(f"cannot put the SAE on device {device}: {e}")

@@ -270,8 +270,12 @@ def finish(cfg: TrainSAEConfig, out: Path, part: Path, store, trainer: MultiTrai
     if cfg.splice_clips > 0:
         from .splice import load_store_model, spliced_evaluation
 
-        model = load_store_model(store, cfg.model)
-        sp = spliced_evaluation(model, store, saes, cfg.layer, n_clips=cfg.splice_clips)
+        try:
+            model = load_store_model(store, cfg.model, device=trainer.device)
+            sp = spliced_evaluation(model, store, saes, cfg.layer, n_clips=cfg.splice_clips)
+        except MusiclensError as e:
+            raise MusiclensError(f"spliced evaluation failed: {e} (the trained weights are kept in {part}; rerun "
+                                 "with --resume and --model MODEL, or --splice-clips 0 to skip it)")
         for name in saes:
             results[name]["spliced"] = sp[name]
     single = len(saes) == 1

@@ -136,14 +136,14 @@ def spliced_evaluation(model, store, saes: dict[str, SAE], layer: int, n_clips: 
     return out
 
 
-def load_store_model(store, model_name: str | None = None):
-    """Load the model a store was extracted from (or `model_name`), checked against the store."""
+def load_store_model(store, model_name: str | None = None, device: str | torch.device = "cpu"):
+    """Load the model a store was extracted from (or `model_name`) on `device`, checked against the store."""
     from .. import load_model
 
     name = model_name or store.model_name
     if not name:
         raise MusiclensError("the store does not record its model; pass --model")
-    model = load_model(name)
+    model = load_model(name, device=device)
     check_model_matches(model, store)
     return model
 

@@ -198,4 +198,4 @@ def test_torchrun_two_processes_merge_to_the_single_process_rows(wav_dir, tmp_pa
     for k in ca:
         torch.testing.assert_close(ca[k], cb[k], atol=1e-6, rtol=1e-5)
     assert len(json.loads((out / "skipped.json").read_text())) == 4
-
+    assert sum(x.shape[0] for x in a.iter_batches(2, 64, seed=1)) == a.rows  # the merged store streams

@@ -76,3 +76,16 @@ def test_annotate_cli_end_to_end(tmp_path, monkeypatch):
     assert (feat / "annotations.parquet").exists()
     assert main(["annotate", "--features", str(feat)]) == 2                    # exists: needs --resume/--overwrite
     assert main(["annotate", "--features", str(feat), "--resume", "--strategies", "clap,bogus"]) == 2
+
+
+def test_organism_tagger_if_shipped(tmp_path):
+    from musiclens.features.taggers import OrganismTagger
+
+    try:
+        t = load_tagger("organism")
+    except MusiclensError as e:
+        pytest.skip(f"organism tagger not shipped here: {e}")
+    assert isinstance(t, OrganismTagger)
+    y = np.sin(2 * np.pi * 440 * np.arange(32000) / 16000).astype(np.float32) * 0.3
+    pred = t.predict(y, 16000)
+    assert {"instrument", "brightness"} <= set(pred) and all(isinstance(v, str) for v in pred.values())

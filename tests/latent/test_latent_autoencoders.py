@@ -66,3 +66,15 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
         ae.encode(torch.randn(1, 3200), ["latent.q0"])
     with pytest.raises(MusiclensError, match="latents must be"):
         ae.decode(torch.randn(1, 5, ae.dim + 1))
+
+
+def test_codec_read_from_a_musicgen_folder(tiny_model, tmp_path):
+    # the organism path: the codec is read from the `audio_encoder.` tensors of a MusicGen checkpoint
+    tiny_model.hf.save_pretrained(tmp_path / "mg")
+    ae = load_autoencoder(str(tmp_path / "mg"))
+    assert ae.kind == "encodec" and ae.n_codebooks == tiny_model.n_codebooks
+    wav = torch.randn(1, 3200)
+    codec = tiny_model.hf.audio_encoder
+    with torch.no_grad():
+        ref = codec.encoder(wav[:, None, :]).transpose(1, 2)
+    torch.testing.assert_close(ae.latents(wav), ref)

@@ -48,3 +48,14 @@ def test_octave_resolution_uses_onset_density_and_range():
     assert resolve_octave(200.0, rate=10.0, onsets_per_beat=1.0) == pytest.approx(100.0)
     assert resolve_octave(40.0, rate=0.1, onsets_per_beat=1.0) == pytest.approx(80.0)
     assert np.isnan(resolve_octave(0.0, rate=1.0))
+
+
+def test_beat_salience_breaks_density_ties():
+    rate = 1.456 * np.sqrt(65 * 130) / 60          # equally typical density at 65 and 130 BPM
+    assert resolve_octave(130.0, rate, {65.0: 0.5, 130.0: 0.1}) == pytest.approx(65.0)
+    assert resolve_octave(130.0, rate, {65.0: 0.1, 130.0: 0.5}) == pytest.approx(130.0)
+    # a click track's own period recurs; an unrelated period does not
+    from musiclens.measure.tempo import beat_salience
+
+    s120, s90 = beat_salience(click_track(120.0), SR, [120.0, 90.0])
+    assert s120 > 0.5 and s120 > s90 + 0.3

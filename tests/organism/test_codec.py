@@ -87,3 +87,14 @@ def test_train_checkpoint_resume_and_export(tiny_corpus, tmp_path):
     y, *_ = codec_forward(codec, torch.randn(1, 16000) * 0.1, quantise=True, train=False)
     assert y.shape == (1, 16000) and torch.isfinite(y).all()
     assert json.loads((tmp_path / "codec" / "config.json").read_text())["steps"] == 8
+
+
+def test_latent_init_normalises_quiet_audio():
+    from musiclens.organism.codec import init_latent_scale
+
+    torch.manual_seed(0)
+    c = new_codec(CodecTrainConfig(**TINY))
+    x = torch.randn(4, 8000) * 0.01  # quiet, like the corpus (about -40 dBFS)
+    stats = init_latent_scale(c, x)
+    assert stats["std_before"] < 0.1
+    assert abs(stats["std_after"] - 1.0) < 0.05 and stats["mean_after"] < 1e-3

@@ -41,10 +41,10 @@ def test_precompute_train_resume_and_load(tiny_corpus, tmp_path):
 
     # loss falls on a fixed batch within a few steps (the model can learn the codes)
     data = CodeData(tmp_path)
-    cfg = LMTrainConfig(steps=30, batch_size=4, crop_frames=40, layers=2, d_model=32, heads=2, ffn=64,
+    cfg = LMTrainConfig(steps=20, batch_size=4, crop_frames=40, layers=2, d_model=32, heads=2, ffn=64,
                         dropout=0.0, lr=3e-3, warmup=2, eval_every=10, checkpoint_minutes=100)
     s = train_lm(cfg, tmp_path, None, False)
-    assert s["step"] == 30
+    assert s["step"] == 20
     model, tok = O.load_organism_hf(path=tmp_path / "lm" / "hf")
     idx = data.indices("valid")
     after = heldout_loss(model, data, idx, 40)
@@ -58,8 +58,8 @@ def test_precompute_train_resume_and_load(tiny_corpus, tmp_path):
     assert torch.equal(model.text_encoder.embeddings.word_embeddings.weight, enc.embeddings.word_embeddings.weight)
 
     # resume continues the step count and the schedule
-    cfg.steps = 32
-    assert train_lm(cfg, tmp_path, None, True)["step"] == 32
+    cfg.steps = 22
+    assert train_lm(cfg, tmp_path, None, True)["step"] == 22
 
     # null conditions (zero states + empty mask) give finite losses
     ids, st, m = data.batch(idx[:2], 40, 32, None, null_kind=np.array([1, 2]))

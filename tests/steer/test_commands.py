@@ -66,6 +66,7 @@ def test_measure_with_reference(work):
 
 def test_experiments_end_to_end(work):
     vec = str(work / "vec")
+    shared = ["--cache", str(work / "shared_cache")]      # one baseline + reference for all four experiments
     runs = {
         "scan_layers": ["scan-layers", *COMMON, "--vector", vec, "--lam", "1000", "--layers", "1,3"],
         "sweep": ["sweep", *COMMON, "--vector", vec, "--layer", "2", "--grid=-1000,0,1000"],
@@ -74,7 +75,7 @@ def test_experiments_end_to_end(work):
     }
     for name, argv in runs.items():
         out = work / f"x_{name}"
-        assert main([*argv, "--out", str(out)]) == 0, name
+        assert main([*argv, *shared, "--out", str(out)]) == 0, name
         res = json.loads((out / f"{name}.json").read_text())
         assert (out / f"{name}.png").stat().st_size > 0 and "|" in (out / f"{name}.md").read_text()
         assert res["setup"]["n_prompts"] == 2
@@ -90,11 +91,12 @@ def test_experiments_end_to_end(work):
             assert res["rows"][-1]["cosine_to_full"] == pytest.approx(1.0, abs=1e-5)
         if name == "evaluate":
             assert [r["direction"] for r in res["rows"]] == ["fast (+λ)", "slow (−λ)"]
-    # the baseline and the FAD reference were generated once and reused from the cache on resume
-    before = sorted(p.name for p in (work / "x_sweep" / "cache").iterdir())
-    assert len(before) == 4                          # reference, baseline (= λ 0), +1000, −1000
-    assert main([*runs["sweep"], "--out", str(work / "x_sweep"), "--resume"]) == 0
-    assert sorted(p.name for p in (work / "x_sweep" / "cache").iterdir()) == before
+    # baseline and FAD reference were generated once for all experiments; a resumed run generates nothing new
+    before = sorted(p.name for p in (work / "shared_cache").iterdir())
+    # reference, baseline (= λ 0), scan layers 1 and 3, sweep ±1000 at layer 2 (= evaluate's ±), ablation n=2
+    assert len(before) == 7
+    assert main([*runs["sweep"], *shared, "--out", str(work / "x_sweep"), "--resume"]) == 0
+    assert sorted(p.name for p in (work / "shared_cache").iterdir()) == before
 
 
 def _tiny_sae(path, layer=2, d_in=32, model_name="tiny-random"):
