@@ -37,7 +37,19 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-card", action="store_true", help="do not rewrite the model card")
+    ap.add_argument("--codec-dir", default="", help="measure only this codec HF folder (e.g. RUN/codec/hf, "
+                                                     "before the LM exists)")
     a = ap.parse_args()
+    if a.codec_dir:
+        from musiclens.models.organism import SAMPLE_RATE
+        from musiclens.organism.codec import load_codec
+        from musiclens.organism.data import load_clips
+        from musiclens.organism.evaluate import codec_fidelity, load_tagger
+
+        test = load_clips(a.corpus, ("test",), SAMPLE_RATE, limit=a.n_codec)
+        res = codec_fidelity(load_codec(a.codec_dir), test, a.n_codec, load_tagger())
+        write_result("organism_codec", {"model": a.codec_dir, **res})
+        return
 
     import tempfile
 

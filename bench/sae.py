@@ -22,15 +22,18 @@ its sparse decode / sparse encoder backward; SAELens uses its TopK training
 SAE (`normalize_activations="expected_average_only_in"`, its default
 decoder init and `rescale_acts_by_decoder_norm`), with
 `use_sparse_activations` as given by `--saelens-sparse` (default: its
-default, off).
+default, off; with torch 2.13 on CPU its sparse path fails in backward with
+"Could not run 'aten::view' with arguments from the 'SparseCPU' backend").
+`--bf16` also times musiclens with `--autocast bf16` (bfloat16 encoder
+matmul, fast on CPUs with AVX512-BF16 / AMX such as this one).
 
 SAELens runs in the python given by `--saelens-python` (default: this
 python if it has `sae_lens`, else $MUSICLENS_SAELENS_PYTHON, else
 /tmp/saelens-venv/bin/python), because sae-lens pins packages that
 musiclens's environment must not take.
 
-    python bench/sae.py                       # writes bench/results/sae.json
-    python bench/sae.py --steps 10 --quick    # smaller smoke run, not written
+    python bench/sae.py --threads 1 --steps 12 --bf16   # what bench/results/sae.json holds
+    python bench/sae.py --steps 10 --quick               # a run that writes nothing
 """
 
 from __future__ import annotations
@@ -101,7 +104,7 @@ def worker_musiclens(args, data: dict) -> dict:
     inits = {"scale": compute_init(x[:min(16384, x.shape[0])], "topk")}
     combos = make_combos("topk", [args.expansion], [args.k], [], d)
     opts = TrainOptions(batch_size=B, lr=args.lr, warmup_steps=0, decay_fraction=0.0,
-                        dead_tokens=args.dead_tokens, autocast="none")
+                        dead_tokens=args.dead_tokens, autocast=args.autocast)
     tr = MultiTrainer(combos, d, inits, opts, total_steps=steps)
     t_init = time.perf_counter() - t0
 
@@ -119,7 +122,7 @@ def worker_musiclens(args, data: dict) -> dict:
     t_train = time.perf_counter() - t1
     sae = tr.folded_sae(0)
     fvu, l0 = fvu_l0(sae, x_eval)
-    return {"library": "musiclens", "init_seconds": t_init, "train_seconds": t_train,
+    return {"library": "musiclens", "autocast": args.autocast, "init_seconds": t_init, "train_seconds": t_train,
             "rows_per_second": steps * B / t_train, "step_seconds": _diffs(t1, step_times),
             "fvu_eval": fvu, "l0_eval": l0, "last_train_fvu": tr.slots[0].last["fvu"],
             "dead_fraction_train": tr.slots[0].last["dead"]}
@@ -208,9 +211,10 @@ def _loadavg() -> list[float]:
         return []
 
 
-def run_worker(python: str, which: str, data_path: Path, args) -> dict:
-    cmd = [python, str(HERE), "--worker", which, "--data", str(data_path), "--steps", str(args.steps),
-           "--batch-size", str(args.batch_size), "--expansion", str(args.expansion), "--k", str(args.k),
+def run_worker(python: str, which: str, data_path: Path, args, autocast: str = "none") -> dict:
+    cmd = [python, str(HERE), "--worker", which, "--autocast", autocast, "--data", str(data_path),
+           "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--expansion", str(args.expansion),
+           "--k", str(args.k),
            "--lr", str(args.lr), "--threads", str(args.threads), "--dead-tokens", str(args.dead_tokens)]
     if args.saelens_sparse:
         cmd.append("--saelens-sparse")
@@ -240,6 +244,9 @@ def main() -> None:
     ap.add_argument("--saelens-sparse", action="store_true",
                     help="SAELens use_sparse_activations=True (writes bench/results/sae_saelens_sparse.json)")
     ap.add_argument("--only", choices=["musiclens", "sae_lens"], default=None)
+    ap.add_argument("--bf16", action="store_true",
+                    help="also time musiclens with --autocast bf16 (CPUs with AVX512-BF16/AMX, GPUs)")
+    ap.add_argument("--autocast", default="none", help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="do not write bench/results/sae.json")
     ap.add_argument("--worker", choices=["musiclens", "sae_lens"], default=None, help=argparse.SUPPRESS)
     ap.add_argument("--data", default=None, help=argparse.SUPPRESS)
@@ -264,6 +271,10 @@ def main() -> None:
         if args.only in (None, "musiclens"):
             results["musiclens"] = run_worker(sys.executable, "musiclens", path, args)
             print("musiclens", json.dumps({k: v for k, v in results["musiclens"].items() if k != "step_seconds"}))
+            if args.bf16:
+                results["musiclens_bf16"] = run_worker(sys.executable, "musiclens", path, args, autocast="bf16")
+                print("musiclens_bf16", json.dumps({k: v for k, v in results["musiclens_bf16"].items()
+                                                    if k != "step_seconds"}))
         if args.only in (None, "sae_lens"):
             py = _saelens_python(args.saelens_python)
             if py is None:
@@ -282,6 +293,9 @@ def main() -> None:
         figures["speedup"] = ml["rows_per_second"] / sl["rows_per_second"]
         figures["fvu_musiclens_minus_sae_lens"] = ml["fvu_eval"] - sl["fvu_eval"]
         print(f"speedup {figures['speedup']:.2f}x; FVU musiclens {ml['fvu_eval']:.4f} vs sae_lens {sl['fvu_eval']:.4f}")
+        if "musiclens_bf16" in results:
+            figures["speedup_bf16"] = results["musiclens_bf16"]["rows_per_second"] / sl["rows_per_second"]
+            print(f"speedup with bf16 autocast {figures['speedup_bf16']:.2f}x")
     if not args.quick:
         sys.path.insert(0, str(HERE.parent.parent))
         from musiclens.bench_utils import write_result

@@ -37,6 +37,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -123,14 +124,16 @@ def _union(sources: list[dict]) -> tuple[list[dict], list[dict], dict[str, dict]
 class StoreWriter:
     """Append clips to a store, committing whole clips shard by shard.
 
-    Use as a context manager. Under torch.distributed (e.g. `torchrun`), every
+    Use as a context manager. Shards are written by one background thread
+    (`background=False` writes inline). Under torch.distributed (e.g. `torchrun`), every
     rank writes its own shards and partial manifest; on exit rank 0 merges them
     into `manifest.json` after a barrier. Pass the same arguments on every rank.
     """
 
     def __init__(self, path: str | os.PathLike, *, model_name: str, weights_hash: str, layers: Sequence[int],
                  d_model: int, dtype: str = "float16", resume: bool = False, meta: dict | None = None,
-                 shard_rows: int = 16384, rank: int | None = None, world_size: int | None = None):
+                 shard_rows: int = 16384, rank: int | None = None, world_size: int | None = None,
+                 background: bool = True):
         if dtype not in DTYPES:
             raise MusiclensError(f"unknown store dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
         if shard_rows < 1:
@@ -184,6 +187,11 @@ class StoreWriter:
         self._buf_rows = 0
         self._committed_here = 0
         self._closed = False
+        self._background = bool(background)
+        self._lock = threading.Lock()  # `skip` (caller thread) vs manifest writes (writer thread)
+        self._pool = None
+        self._pending = None
+        self._inflight_rows = 0
         self._write_manifest(complete=False)
 
     # ------------------------------------------------------------------ API
@@ -220,9 +228,11 @@ class StoreWriter:
         self._done_ids.add(clip_id)
         self._buf.append({
             "id": clip_id, "index": index, "frames": frames,
-            "acts": {int(k): v.detach().to("cpu", self.torch_dtype).contiguous() for k, v in acts.items()},
-            "input_ids": torch.as_tensor(input_ids, dtype=torch.int64).detach().cpu().contiguous(),
-            "extra": {k: v.detach().cpu().contiguous() for k, v in (extra or {}).items()},
+            # own copies: callers often pass views of a whole batch, which must neither stay alive
+            # in the buffer nor change under the writer thread
+            "acts": {int(k): v.detach().to("cpu", self.torch_dtype, copy=True) for k, v in acts.items()},
+            "input_ids": torch.as_tensor(input_ids).detach().to("cpu", torch.int64, copy=True).contiguous(),
+            "extra": {k: v.detach().to("cpu", copy=True).contiguous() for k, v in (extra or {}).items()},
             "meta": dict(meta or {}),
         })
         self._buf_rows += n
@@ -231,31 +241,62 @@ class StoreWriter:
 
     def skip(self, path: str, reason: str) -> None:
         """Record an input that was not stored, and why (written to skipped.json)."""
-        self._skipped[str(path)] = {"path": str(path), "reason": reason, "rank": self.rank}
+        with self._lock:
+            self._skipped[str(path)] = {"path": str(path), "reason": reason, "rank": self.rank}
 
     @property
     def rows(self) -> int:
+        self._wait()
         return sum(s["rows"] for s in self._shards) + self._buf_rows
 
     @property
     def skipped(self) -> list[dict]:
-        return list(self._skipped.values())
+        with self._lock:
+            return list(self._skipped.values())
 
     def flush(self) -> None:
-        """Write all buffered clips as one shard and commit it in the manifest."""
+        """Hand all buffered clips to the writer thread as one shard (committed in order).
+
+        Serialising, hashing and fsyncing a shard runs in one background thread so
+        the model keeps computing; at most one shard is in flight (the next flush
+        waits for it), which bounds memory to two shards' worth of rows.
+        """
         if not self._buf:
             return
+        self._wait()
+        clips, self._buf = self._buf, []
+        rows, self._buf_rows = self._buf_rows, 0
+        seq, self._seq = self._seq, self._seq + 1
+        self._inflight_rows = rows
+        if self._background:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
+            self._pending = self._pool.submit(self._commit, clips, seq)
+        else:
+            self._commit(clips, seq)
+            self._inflight_rows = 0
+
+    def _wait(self) -> None:
+        """Wait for the shard in flight; re-raise its error in the caller's thread."""
+        if self._pending is not None:
+            fut, self._pending = self._pending, None
+            fut.result()
+            self._inflight_rows = 0
+
+    def _commit(self, buf: list[dict], seq: int) -> None:
         from safetensors.torch import save
 
-        name = f"shard-r{self.rank}-{self._seq:05d}.safetensors"
+        name = f"shard-r{self.rank}-{seq:05d}.safetensors"
         tensors: dict[str, torch.Tensor] = {}
         for layer in self.layers:
-            tensors[f"layer.{layer}"] = torch.cat([c["acts"][layer] for c in self._buf]).contiguous()
+            tensors[f"layer.{layer}"] = torch.cat([c["acts"][layer] for c in buf]).contiguous()
         tensors["clip"] = torch.cat([torch.full((c["frames"].numel(),), c["index"], dtype=torch.int64)
-                                     for c in self._buf])
-        tensors["frame"] = torch.cat([c["frames"] for c in self._buf])
+                                     for c in buf])
+        tensors["frame"] = torch.cat([c["frames"] for c in buf])
         clips, start = [], 0
-        for j, c in enumerate(self._buf):
+        for j, c in enumerate(buf):
             tensors[f"input_ids.{j}"] = c["input_ids"]
             for k, v in c["extra"].items():
                 tensors[f"{k}.{j}"] = v
@@ -270,11 +311,9 @@ class StoreWriter:
                 f.write(data)
         self._committed_here += 1
         _maybe_kill("shard", self._committed_here)
-        self._shards.append({"file": name, "rank": self.rank, "seq": self._seq, "rows": start,
+        self._shards.append({"file": name, "rank": self.rank, "seq": seq, "rows": start,
                              "sha256": digest, "bytes": len(data), "clips": [c["index"] for c in clips]})
         self._clips.extend(clips)
-        self._seq += 1
-        self._buf, self._buf_rows = [], 0
         self._write_manifest(complete=False)
         _maybe_kill("commit", self._committed_here)
 
@@ -283,12 +322,19 @@ class StoreWriter:
         if self._closed:
             return
         self.flush()
+        self._wait()
+        self._shutdown()
         self._write_manifest(complete=True)
         _barrier()
         if self.rank == 0 and self.world_size > 1:
             merge_manifests(self.path)
         _barrier()
         self._closed = True
+
+    def _shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def __enter__(self) -> "StoreWriter":
         return self
@@ -300,8 +346,11 @@ class StoreWriter:
             # Whole clips already buffered are still valid: keep them, so a resume redoes less.
             try:
                 self.flush()
+                self._wait()
             except Exception:  # pragma: no cover - never mask the original error
                 pass
+            finally:
+                self._shutdown()
 
     # ------------------------------------------------------------ internals
     def _manifest_name(self) -> str:
@@ -316,7 +365,8 @@ class StoreWriter:
         m["n_clips"] = len(self._clips)
         m["shards"] = self._shards
         m["clips"] = sorted(self._clips, key=lambda c: c["index"])
-        m["skipped"] = list(self._skipped.values())
+        with self._lock:
+            m["skipped"] = list(self._skipped.values())
         write_json(self.path / self._manifest_name(), m)
         if self.world_size == 1 and complete:
             write_json(self.path / SKIPPED, m["skipped"])
@@ -535,19 +585,30 @@ class ActivationStore:
         the chunk permutation (rank::world_size), so with the same seed they see
         disjoint rows; use `seed=epoch` for a new order each epoch.
         Without `shuffle`, rows come in store order (batch b goes to rank b % world_size).
+
+        With `world_size > 1` every rank yields the same number of full batches
+        (the smallest rank share // batch_size; the uneven tail is dropped), so
+        data-parallel training stays in lockstep.
         """
         key = self._key(layer)
         if batch_size < 1:
             raise MusiclensError("batch size must be >= 1")
+        if not 0 <= rank < world_size:
+            raise MusiclensError(f"rank {rank} out of range for world size {world_size}")
         cast = (lambda t: t) if dtype is None else (lambda t: t.to(dtype))
         if not shuffle:
-            b = 0
+            n_full = self.rows // batch_size
+            limit = n_full // world_size if world_size > 1 else None
+            b = mine = 0
             for start in range(0, self.rows, batch_size):
                 stop = min(start + batch_size, self.rows)
-                if drop_last and stop - start < batch_size:
+                if (drop_last or world_size > 1) and stop - start < batch_size:
                     break
                 if b % world_size == rank:
+                    if limit is not None and mine >= limit:
+                        break
                     yield cast(self._read_column(key, slice(start, stop)))
+                    mine += 1
                 b += 1
             return
         chunks = []
@@ -555,26 +616,37 @@ class ActivationStore:
             for a in range(0, s["rows"], chunk_rows):
                 chunks.append((i, a, min(a + chunk_rows, s["rows"])))
         rng = np.random.default_rng(seed)
-        perm = rng.permutation(len(chunks))[rank::world_size]
+        full_perm = rng.permutation(len(chunks))
+        perm = full_perm[rank::world_size]
+        limit = None
+        if world_size > 1:  # same permutation on every rank: each can count every rank's share
+            sizes = np.array([z - a for _, a, z in chunks])
+            limit = min(int(sizes[full_perm[r::world_size]].sum()) // batch_size for r in range(world_size))
         row_rng = np.random.default_rng([seed, rank])
         buf: list[torch.Tensor] = []
         buf_n = 0
         carry: torch.Tensor | None = None
+        emitted = 0
 
         def drain(final: bool) -> Iterator[torch.Tensor]:
-            nonlocal carry
+            nonlocal carry, emitted
             pool = torch.cat(([carry] if carry is not None else []) + buf)
             pool = pool[torch.from_numpy(row_rng.permutation(pool.shape[0]))]
             n_full = pool.shape[0] // batch_size
             for j in range(n_full):
+                if limit is not None and emitted >= limit:
+                    return
+                emitted += 1
                 yield cast(pool[j * batch_size:(j + 1) * batch_size])
             rest = pool[n_full * batch_size:]
             carry = rest if rest.shape[0] else None
-            if final and carry is not None and not drop_last:
+            if final and carry is not None and not drop_last and limit is None:
                 yield cast(carry)
                 carry = None
 
         for ci in perm:
+            if limit is not None and emitted >= limit:
+                return
             i, a, z = chunks[ci]
             buf.append(self._shard(i).read(key, slice(a, z)))
             buf_n += z - a

@@ -8,6 +8,7 @@ batch and writes its own shards; rank 0 merges the manifests.
 
 from __future__ import annotations
 
+import sys
 
 from ..config import add_arguments, from_args
 
@@ -21,7 +22,7 @@ EPILOG = """examples:
   musiclens extract --model organism --audio corpus/audio --layers early,50%,late --seconds 5 --out acts
   musiclens extract --model tiny-random --audio files.txt --layers 2,4 --frames-per-clip 64 --out acts
   musiclens extract --model organism --prompts prompts.txt --seconds 4 --seed 0 --branch cond --out gen_acts
-  torchrun --nproc_per_node 2 $(which musiclens) extract --audio big_folder --out acts
+  torchrun --nproc_per_node 2 -m musiclens extract --audio big_folder --out acts
   musiclens store info acts ; musiclens store verify acts
 """
 
@@ -36,6 +37,9 @@ def _run(args) -> int:
         note = f"; skipped {skipped} input(s), see {cfg.out}/skipped.json" if skipped else "; skipped 0 inputs"
         print(f"stored {summary['rows']} rows of layers {','.join(map(str, summary['layers']))} in {cfg.out}"
               f" ({summary['clips_stored_now']} clips this run{note})")
+        if summary["rows"] == 0:
+            print(f"warning: the store is empty: every input was skipped (see {cfg.out}/skipped.json)",
+                  file=sys.stderr)
     return 0
 
 

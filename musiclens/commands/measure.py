@@ -35,9 +35,8 @@ class MeasureConfig:
     overwrite: bool = option(False, help="replace an existing output file")
 
 
-def measure_folder(folder: str, cfg: MeasureConfig, ctx, metrics: list[str], explicit: set[str]) -> dict:
-    import numpy as np
-
+def measure_folder(folder: str, cfg: MeasureConfig, ctx, metrics: list[str], explicit: set[str]) -> tuple:
+    """(result dict, clips, sample rate) for one folder."""
     from ..steer.generation import list_audio, read_audio
     from ..steer.metrics import measure_clips, summary, tag_labels
 

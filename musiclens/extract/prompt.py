@@ -71,9 +71,7 @@ def resolve_rule(model, rule: str) -> str:
     if rule == "eos" and model.kind != "melody":
         raise MusiclensError("capture rule 'eos' needs MusicGen-Melody (text prepended to the decoder); "
                              "cross-attention MusicGen never puts the text in its residual stream: use generate or teacher")
-    if rule in ("generate", "teacher") and model.kind == "melody":
-        # Allowed: the audio positions of a melody model also carry the prompt's influence.
-        pass
+    # generate/teacher on a melody model are allowed: its audio positions also carry the prompt's influence
     return rule
 
 

@@ -13,7 +13,8 @@ ground-truth benchmark, and strategy-specific evidence. Why three:
 * **clap** scores label texts against the mean audio embedding of the top
   clips, minus the same score for the mean embedding of all clips (so texts
   that match everything do not win). Confidence = the share of top clips
-  whose own best text is the label.
+  whose own best text is the label; below `clap_agreement` the feature stays
+  unlabelled (a label most clips do not support is a guess).
 * **llm** lets a multimodal model listen to the concatenated top 10 and name
   anything, at the price of a network call; failures leave the feature
   unlabelled with the reason and the run continues.
@@ -54,6 +55,8 @@ class AnnotateConfig:
     tagger: str = option("organism", help="'organism' or a local HF audio-classification folder")
     agreement: float = option(0.7, help="tagger: share of top clips that must share a label")
     clap: Optional[str] = option(None, help="local HF ClapModel folder (default: the shipped mini-CLAP)")
+    clap_agreement: float = option(0.5, help="clap: share of top clips whose own best text must be the label "
+                                             "(else the feature stays unlabelled)")
     labels: Optional[str] = option(None, help="text file of candidate label texts for CLAP, one per line "
                                               "(default: the corpus concepts)")
     llm_provider: Optional[str] = option(None, help="openai or gemini (env MUSICLENS_LLM_PROVIDER)")
@@ -135,7 +138,8 @@ def concept_values_safe():
 
 
 # ------------------------------------------------------------------------------ clap
-def annotate_clap(feats: list[dict], clap, texts: list[str] | None = None, progress: bool = True) -> dict[str, dict]:
+def annotate_clap(feats: list[dict], clap, texts: list[str] | None = None, progress: bool = True,
+                  agreement: float = 0.0) -> dict[str, dict]:
     import torch
 
     values = concept_values_safe()
@@ -166,6 +170,12 @@ def annotate_clap(feats: list[dict], clap, texts: list[str] | None = None, progr
         best = int(score.argmax())
         votes = ((e @ t.T - base_score).argmax(1) == best).float().mean()
         top = score.argsort(descending=True)[:3]
+        if float(votes) < agreement:
+            out[f["key"]] = {"label": None, "confidence": float(votes), "provenance": clap.name,
+                             "error": f"clips disagree: best text {texts[best]!r} is the top text of only "
+                                      f"{float(votes):.0%} of the clips", "concepts": [],
+                             "top3": [{"text": texts[int(i)], "score": float(score[int(i)])} for i in top]}
+            continue
         out[f["key"]] = {"label": texts[best], "confidence": float(votes), "provenance": clap.name,
                          "score": float(score[best]),
                          "top3": [{"text": texts[int(i)], "score": float(score[int(i)])} for i in top],
@@ -263,7 +273,7 @@ def run_annotate(cfg: AnnotateConfig, log=print) -> dict:
             texts = [x.strip() for x in p.read_text().splitlines() if x.strip()]
             if not texts:
                 raise MusiclensError(f"labels file {p} is empty")
-        store("clap", annotate_clap(feats, clap, texts))
+        store("clap", annotate_clap(feats, clap, texts, agreement=cfg.clap_agreement))
         _write(d, data)
     if "llm" in cfg.strategies:
         from .llm import LLMClient, LLMConfig

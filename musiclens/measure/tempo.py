@@ -54,6 +54,10 @@ def raw_bpm(y, sr: int, method: str = "degara") -> tuple[float, float]:
     """
     import librosa
 
+    from ..errors import MusiclensError
+
+    if method not in ("degara", "multifeature", "librosa"):
+        raise MusiclensError(f"unknown tempo method {method!r} (degara, multifeature or librosa)")
     y = as_mono(y)
     if method in ("degara", "multifeature") and _has_essentia():
         import essentia.standard as es
@@ -125,6 +129,8 @@ def resolve_octave(bpm_raw: float, rate: float, salience: dict | None = None, pr
 def tempo(y, sr: int, method: str = "degara", prior: tuple[float, float] = PRIOR) -> dict:
     """{bpm, bpm_raw, onset_rate, confidence}: octave-resolved BPM, tracker BPM, onsets/s."""
     y = as_mono(y)
+    if float(np.abs(y).max()) < 1e-5:  # (near-)digital silence has no tempo; trackers return nonsense
+        return {"bpm": float("nan"), "bpm_raw": float("nan"), "onset_rate": 0.0, "confidence": float("nan")}
     bpm_raw, conf = raw_bpm(y, sr, method=method)
     rate = onset_rate(y, sr)
     bpm = float("nan")

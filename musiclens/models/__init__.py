@@ -440,7 +440,9 @@ def load_model(name: str = "organism", device: str | torch.device = "cpu", dtype
                  "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}.get(dtype)
         if dtype is None:
             raise MusiclensError("dtype must be float32, bfloat16 or float16")
-    key = (name, str(device), str(dtype))
+    if dtype == torch.float32:
+        dtype = None  # the default: one cache entry for "float32" and None
+    key = (name, str(torch.device(device)), str(dtype))
     if cache and key in _CACHE:
         return _CACHE[key]
     if name in TINY_NAMES:

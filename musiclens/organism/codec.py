@@ -38,8 +38,8 @@ from .losses import MultiScaleMel, reconstruction_loss
 class CodecTrainConfig:
     """Codec training options (saved as RUN/codec/config.json)."""
 
-    steps: int = option(1600, "total optimiser steps (the LR schedule spans these; --minutes may stop earlier)")
-    warmup_steps: int = option(300, "plain-autoencoder steps before k-means codebook init")
+    steps: int = option(1000, "total optimiser steps (the LR schedule spans these; --minutes may stop earlier)")
+    warmup_steps: int = option(0, "plain-autoencoder steps before k-means codebook init (0: k-means right after the data-dependent init)")
     warmup_noise: float = option(0.1, "std of Gaussian noise added to the latent during warm-up (spreads it for k-means)")
     batch_size: int = option(8, "crops per step")
     crop_seconds: float = option(0.5, "crop length in seconds")
@@ -49,8 +49,8 @@ class CodecTrainConfig:
     hidden_size: int = option(128, "EnCodec latent / codebook dimension")
     w_wave: float = option(0.1, "weight of the waveform L1 loss")
     w_onset: float = option(1.0, "weight of the onset-envelope loss")
-    w_commit: float = option(1.0, "weight of the commitment loss")
-    ema_decay: float = option(0.99, "EMA decay of the codebooks")
+    w_commit: float = option(0.05, "weight of the commitment loss (1.0 made the encoder collapse onto a few codes)")
+    ema_decay: float = option(0.95, "EMA decay of the codebooks (fast: 200-frame batches, drifting encoder)")
     dead_threshold: float = option(0.3, "a code is restarted when its EMA usage falls below this fraction of uniform usage")
     restart_every: int = option(1, "steps between dead-code restarts")
     kmeans_batches: int = option(24, "batches of encoder output for k-means init")
@@ -86,24 +86,34 @@ def codec_forward(codec, x: torch.Tensor, quantise: bool, train: bool, decay: fl
 
 @torch.no_grad()
 def init_latent_scale(codec, x: torch.Tensor) -> dict:
-    """Data-dependent init: rescale the encoder's last conv so each latent channel has mean 0, std 1.
+    """Data-dependent (LSUV-style) init: scale every encoder conv so its output has unit std.
 
-    Corpus audio is quiet (about -35 dBFS) and a freshly initialised encoder is
-    nearly linear, so its latent varies by ~1e-3 around a constant; with weight
-    norm and Adam the gain grows only slowly, the decoder learns to ignore the
-    latent, and k-means on it collapses (measured on this corpus). Normalising
-    the latent once at step 0 (as in weight normalisation's data-dependent
-    init) gives the decoder and the codebooks a latent that actually varies.
+    Corpus audio is quiet (about -35 dBFS) and a fresh encoder is nearly
+    linear, so its latent varies by ~0.002 around a bias-made constant. Left
+    alone, the decoder learns to ignore it and k-means on it collapses;
+    rescaling only the last layer amplifies the constant's drift instead (both
+    measured on this corpus). Scaling each conv's gain in turn, input to
+    output, and centring it, makes the signal, not the biases, dominate every
+    layer.
     """
-    conv = codec.encoder.layers[-1].conv
+    from transformers.models.encodec.modeling_encodec import EncodecConv1d
+
+    convs = [m for m in codec.encoder.modules() if isinstance(m, EncodecConv1d)]
+    before = float(codec.encoder(x[:, None]).std(dim=(0, 2)).mean())
+    for conv in convs:
+        out = {}
+        h = conv.register_forward_hook(lambda mod, inp, o: out.__setitem__("y", o))
+        codec.encoder(x[:, None])
+        h.remove()
+        mean, std = out["y"].mean(dim=(0, 2)), out["y"].std(dim=(0, 2)).clamp(min=1e-6)
+        inner = conv.conv
+        g = inner.parametrizations.weight.original0
+        g.div_(std.view(-1, *([1] * (g.dim() - 1))))
+        if inner.bias is not None:
+            inner.bias.sub_(mean).div_(std)
     z = codec.encoder(x[:, None])
-    mean, std = z.mean(dim=(0, 2)), z.std(dim=(0, 2)).clamp(min=1e-6)
-    g = conv.parametrizations.weight.original0
-    g.div_(std.view(-1, *([1] * (g.dim() - 1))))
-    conv.bias.sub_(mean).div_(std)
-    z2 = codec.encoder(x[:, None])
-    return {"std_before": float(std.mean()), "std_after": float(z2.std(dim=(0, 2)).mean()),
-            "mean_after": float(z2.mean(dim=(0, 2)).abs().mean())}
+    return {"std_before": before, "std_after": float(z.std(dim=(0, 2)).mean()),
+            "mean_norm_after": float(z.mean(dim=(0, 2)).norm())}
 
 
 def _lr(cfg: CodecTrainConfig, step: int) -> float:

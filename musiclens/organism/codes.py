@@ -69,11 +69,12 @@ def caption_states(captions: list[str], device: str = "cpu", batch: int = 64):
 
 
 def precompute(corpus: Path, out: Path, device: str = "cpu", resume: bool = False,
-               max_seconds: float | None = None) -> dict:
+               max_seconds: float | None = None, splits: tuple[str, ...] = ("train", "valid", "test")) -> dict:
     """Encode every clip of the corpus with the trained codec and every caption with MiniLM.
 
-    `max_seconds` keeps only each clip's beginning (encoding is the slow part
-    on CPU; the LM trains on crops of a few seconds anyway).
+    `max_seconds` keeps only each clip's beginning and `splits` limits the
+    clips (encoding is the slow part on CPU; the LM trains on crops of a few
+    seconds of train clips and tracks its loss on valid clips).
     """
     from .codec import load_codec
 
@@ -83,7 +84,7 @@ def precompute(corpus: Path, out: Path, device: str = "cpu", resume: bool = Fals
     codec = load_codec(out / "codec" / "hf", device)
     rows = read_metadata(corpus)
     t0 = time.time()
-    clips = load_clips(corpus, ("train", "valid", "test"), O.SAMPLE_RATE, rows=rows)
+    clips = load_clips(corpus, tuple(splits), O.SAMPLE_RATE, rows=rows)
     if len(clips) == 0:
         raise MusiclensError(f"no clips found in {corpus}")
     codes_list = []
@@ -113,7 +114,7 @@ def precompute(corpus: Path, out: Path, device: str = "cpu", resume: bool = Fals
         save_file({"states": states[:-1].contiguous(), "mask": mask[:-1].contiguous(),
                    "empty_states": states[-1:].contiguous(), "empty_mask": mask[-1:].contiguous()}, str(tmp))
     used = [int(torch.unique(codes[:, k][codes[:, k] >= 0]).numel()) for k in range(K)]
-    summary = {"clips": len(clips), "frames": int(lengths.sum()), "max_seconds": max_seconds, "codes_used": used,
+    summary = {"clips": len(clips), "splits": list(splits), "frames": int(lengths.sum()), "max_seconds": max_seconds, "codes_used": used,
                "encode_seconds": round(t_codes, 1), "text_len": int(mask.shape[1])}
     write_json(cdir / "index.json", {"summary": summary, "rows": clips.rows})
     return summary

@@ -40,7 +40,7 @@ class OrganismTrainConfig:
     minutes: float | None = option(None, "stop each stage after this many minutes (resume later with --resume)")
     resume: bool = option(False, "continue from the run directory's checkpoints")
     device: str = option("auto", "cpu, cuda, or auto (GPU when available)")
-    codec_steps: int = option(1600, "codec optimiser steps")
+    codec_steps: int = option(1000, "codec optimiser steps")
     codec_batch_size: int = option(8, "codec crops (1 s) per step")
     lm_steps: int = option(3000, "language-model optimiser steps")
     lm_batch_size: int = option(8, "language-model clips per step")
@@ -72,7 +72,7 @@ def train(cfg: OrganismTrainConfig) -> dict:
         if not (corpus / "metadata.jsonl").exists():
             raise MusiclensError(f"the corpus at {corpus} is not complete yet (no metadata.jsonl)")
         summary["codes"] = precompute(corpus, out, device, resume=cfg.resume and cfg.stage == "all",
-                                      max_seconds=cfg.codes_seconds)
+                                      max_seconds=cfg.codes_seconds, splits=("train", "valid"))
     if "lm" in stages:
         lcfg = LMTrainConfig(steps=cfg.lm_steps, batch_size=cfg.lm_batch_size, layers=cfg.lm_layers,
                              d_model=cfg.lm_d_model, heads=max(1, cfg.lm_d_model // 32), ffn=4 * cfg.lm_d_model,

@@ -76,7 +76,8 @@ class SAEConfig:
         if self.normalization is None:
             self.normalization = ARCHITECTURES[self.architecture][1]
         if self.normalization not in NORMALISATIONS:
-            raise MusiclensError(f"unknown SAE normalisation {self.normalization!r} (known: {', '.join(NORMALISATIONS)})")
+            raise MusiclensError(f"unknown SAE normalisation {self.normalization!r} "
+                                 f"(known: {', '.join(NORMALISATIONS)})")
         if self.d_in <= 0 or self.d_sae <= 0:
             raise MusiclensError(f"SAE sizes must be positive (d_in {self.d_in}, d_sae {self.d_sae})")
         if self.activation in ("topk",) or self.architecture == "batchtopk":

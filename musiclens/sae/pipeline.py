@@ -31,7 +31,8 @@ from ..io import atomic_dir, atomic_path, write_json
 from . import data as sdata
 from .io import write_sae_files
 from .metrics import density_histogram, format_metrics, reconstruction_metrics
-from .train import Combo, InitStats, MultiTrainer, TrainOptions, compute_init, dist_info, make_combos, postfix, run_steps
+from .train import (Combo, InitStats, MultiTrainer, TrainOptions, compute_init, dist_info, make_combos, postfix,
+                    run_steps)
 
 CHECKPOINT = "checkpoint.pt"
 

@@ -24,7 +24,6 @@ work. The clean and zero-ablated passes are shared by every SAE of a sweep.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import MusiclensError
 from .model import SAE

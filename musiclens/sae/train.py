@@ -38,9 +38,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
@@ -525,17 +524,6 @@ def postfix(trainer: MultiTrainer) -> str:
     return txt
 
 
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    t0 = time.perf_counter()
-    r = fn()
-    return r, time.perf_counter() - t0
-
-
 __all__ = ["Combo", "make_combos", "geometric_median", "InitStats", "compute_init", "TrainOptions",
            "MultiTrainer", "run_steps", "width_scaled_lr", "lr_factor", "postfix", "dist_info"]
 
-
-def iterate(batches: BatchFn, epochs: int) -> Iterator[torch.Tensor]:
-    """All batches of `epochs` epochs in order (tests and benchmarks)."""
-    for e in range(epochs):
-        yield from batches(e)

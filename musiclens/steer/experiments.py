@@ -6,10 +6,11 @@ baseline". `Runner` owns that loop once:
 
 * one setup (model, prompts, seconds, seed, batch size, CFG scale, branch,
   steps) shared by all conditions, so conditions differ only by steering;
-* every condition's audio is cached on disk under a key derived from the
-  setup and the exact per-layer vectors added (`cache/<key>.npy`), so the
-  baseline is generated once per experiment (and across experiments that
-  share a cache folder), and a killed run resumes where it stopped;
+* every condition's audio (and each metric's per-clip values) is cached on
+  disk under a key derived from the setup and the exact per-layer vectors
+  added (`cache/<key>.npy`), so the baseline is generated once per
+  experiment (and across experiments that share a cache folder), and a
+  killed run resumes where it stopped;
 * FAD is computed against a *reference* set: real clips (`--reference DIR`,
   e.g. the corpus's held-out audio) or, by default, an independent unsteered
   generation of the same prompts with another seed. So FAD at λ = 0 is the
@@ -148,12 +149,26 @@ class Runner:
 
     def _measure(self, key: str, ys) -> dict[str, np.ndarray]:
         """Metric values per clip, memoised per (audio, metric): conditions shared by experiments are measured once."""
+        for m in self.metrics:
+            path = self._metric_path(key, m)
+            if (key, m) not in self._mem and path is not None and path.exists():
+                self._mem[(key, m)] = np.load(path)
         todo = [m for m in self.metrics if (key, m) not in self._mem]
         if todo:
             vals, _ = measure_clips(list(ys), self.model.sample_rate, todo, self.ctx)
             for m, v in vals.items():
                 self._mem[(key, m)] = v
+                path = self._metric_path(key, m)
+                if path is not None:
+                    with atomic_path(path, suffix=".npy") as tmp:
+                        with open(tmp, "wb") as f:
+                            np.save(f, v)
         return {m: self._mem[(key, m)] for m in self.metrics}
+
+    def _metric_path(self, key: str, metric: str) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / f"{key}.metric-{hashlib.sha1(metric.encode()).hexdigest()[:12]}.npy"
 
     def baseline(self) -> dict:
         key = ("__baseline__", tuple(self.metrics))      # metrics may change between experiments

@@ -82,7 +82,3 @@ def read_audio(path: str | Path, sr: int | None = None) -> tuple[np.ndarray, int
     except Exception as e:  # decoder errors come in many types
         raise MusiclensError(f"cannot read audio {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
     return y.astype(np.float32), int(file_sr)
-
-
-def seconds_of(audio: torch.Tensor | np.ndarray, sr: int) -> float:
-    return float(audio.shape[-1]) / sr

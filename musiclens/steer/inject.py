@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
@@ -63,17 +63,17 @@ class DiffMeanSteer:
         if self.strategy not in STRATEGIES:
             raise MusiclensError(f"unknown strategy {self.strategy!r} (choose {', '.join(STRATEGIES)})")
         self.vectors.check_model(model)
-        targets = _targets(model, self.layers)
+        targets = _targets(model, self.layers)          # all layers unless restricted
         if self.strategy == "all-to-all":
-            src_layers = targets if self.layers is not None else self.vectors.layers
-            return {l: lam * self.vectors.delta(l) for l in src_layers}
+            # every target layer gets its own Δ(l); unrestricted = every layer the vector set has
+            return {l: lam * self.vectors.delta(l) for l in (targets if self.layers else self.vectors.layers)}
         if self.layer is None:
             raise MusiclensError(f"strategy {self.strategy} needs a source layer (--layer)")
         src = _check_layer(model, self.layer)
         delta = self.vectors.delta(src)
         if self.strategy == "single":
             return {src: lam * delta}
-        return {l: lam * delta for l in (targets if self.layers is not None else range(model.n_layers))}
+        return {l: lam * delta for l in targets}       # one-to-all
 
 
 @dataclass
@@ -144,12 +144,9 @@ def _check_layer(model, layer: int) -> int:
 
 
 def _targets(model, layers: Sequence[int] | None) -> list[int]:
-    if layers is None:
+    if not layers:
         return list(range(model.n_layers))
-    out = sorted(set(_check_layer(model, l) for l in layers))
-    if not out:
-        raise MusiclensError("empty target layer set")
-    return out
+    return sorted(set(_check_layer(model, l) for l in layers))
 
 
 def plan(model, specs: Sequence) -> dict[int, torch.Tensor]:

@@ -65,7 +65,8 @@ def test_annotate_cli_end_to_end(tmp_path, monkeypatch):
     assert main(["features", "--store", str(store), "--sae", str(sae), "--out", str(feat), "--max-rate", "0.9",
                  "--max-clip-features", "4", "--no-report"]) == 0
     clf, clap = tiny_hf_classifier(tmp_path / "clf"), tiny_hf_clap(tmp_path / "clap")
-    assert main(["annotate", "--features", str(feat), "--tagger", str(clf), "--clap", str(clap)]) == 0
+    assert main(["annotate", "--features", str(feat), "--tagger", str(clf), "--clap", str(clap),
+                 "--clap-agreement", "0"]) == 0
     ann = json.loads((feat / "annotations.json").read_text())
     assert len(ann["features"]) == 4
     assert {r["strategy"] for r in ann["summary"]} == {"tagger", "clap"}       # llm skipped: no endpoint

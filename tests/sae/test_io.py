@@ -18,7 +18,8 @@ from musiclens.sae import SAE, SAEConfig, load_sae, write_sae_files
 
 def _random_sae(arch: str, d: int = 16, expansion: int = 4, k: int | None = 4, seed: int = 0) -> SAE:
     cfg = SAEConfig(d_in=d, d_sae=d * expansion, architecture=arch, k=k if arch in ("topk", "batchtopk") else None,
-                    hook_name="layer.3", model_name="tiny-random", l1_coefficient=0.05 if arch == "rmsnorm_l1" else None)
+                    hook_name="layer.3", model_name="tiny-random",
+                    l1_coefficient=0.05 if arch == "rmsnorm_l1" else None)
     sae = SAE(cfg)
     g = torch.Generator().manual_seed(seed)
     sae.init_weights(generator=g, b_dec=torch.randn(d, generator=g) * 0.1)

@@ -1,0 +1,36 @@
+"""Evaluation helpers: which factors a caption names, ordered-level statistics, SI-SDR."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from musiclens.organism.evaluate import _accuracy, _ordered, named_factors, si_sdr
+
+ROW = {"instrument": "organ", "bpm": 70.0, "brightness": "dark", "register": "low", "dynamics": "soft",
+       "drums": "none", "mode": "minor"}
+
+
+def test_named_factors_uses_word_boundaries():
+    r = dict(ROW, caption="A slow, dark church organ chorale in a minor key")
+    nf = named_factors(r)
+    assert nf == {"instrument": "organ", "tempo": "slow", "brightness": "dark", "mode": "minor"}
+    # "slow" must not count as the register word "low"; an explicit BPM names the tempo
+    r = dict(ROW, bpm=150.0, caption="organ hymn at 150 BPM")
+    assert named_factors(r) == {"instrument": "organ", "tempo": "fast"}
+
+
+def test_ordered_levels_and_pvalues():
+    rng = np.random.default_rng(0)
+    vals = {"dark": list(rng.normal(500, 50, 12)), "neutral": list(rng.normal(900, 50, 12)),
+            "bright": list(rng.normal(1500, 50, 12))}
+    r = _ordered(["dark", "neutral", "bright"], vals)
+    assert r["ordered"] and r["p_one_sided"]["dark<neutral"] < 1e-3 and r["spearman_level"]["rho"] > 0.8
+    r = _ordered(["dark", "neutral", "bright"], {"dark": vals["bright"], "bright": vals["dark"]})
+    assert not r["ordered"] and r["n"]["neutral"] == 0
+
+
+def test_accuracy_and_si_sdr():
+    a = _accuracy([("organ", "organ")] * 8 + [("organ", "piano")] * 2, 0.1)
+    assert a["accuracy"] == 0.8 and a["p_vs_chance"] < 1e-4
+    x = np.sin(np.linspace(0, 100, 16000))
+    assert si_sdr(x, x) > 60 and si_sdr(x, x + np.random.default_rng(0).normal(0, 1, 16000)) < 0
