@@ -89,7 +89,11 @@ def main() -> None:
         rows = split[s][:n]
         lists[s] = work / f"{s}.txt"
         lists[s].write_text("\n".join(str((corpus / m["path"]).resolve()) for m in rows) + "\n")
-    times = {}
+    # stage times survive reruns that reuse cached stores and SAEs (they are measured once)
+    times_file = work / "stage_times.json"
+    times = json.loads(times_file.read_text()) if times_file.exists() else {}
+    for key in ("tagger_unavailable", "annotate_skipped", "annotate_seconds", "benchmark_seconds"):
+        times.pop(key, None)
 
     stores = {}
     for s in ("train", "test"):
@@ -164,6 +168,7 @@ def main() -> None:
         if c["method"].startswith("SAE") and (c["concept"] not in best or c["auroc"] > best[c["concept"]]["auroc"]):
             best[c["concept"]] = {"auroc": round(c["auroc"], 3), "layer": c["layer"], "sae": c.get("sae"),
                                   "feature": c["feature"]}
+    times_file.write_text(json.dumps(times, indent=1))
     figures = {
         "model": model,
         "trained_model": model == "organism",

@@ -271,8 +271,7 @@ def main() -> None:
             from musiclens.latent.flow import shipped_flow_path
 
             rg = json.loads((args.work / "grid" / "grid.json").read_text())
-            ship_cell = args.work / "grid" / "cells" / [c["name"] for c in rg["cells"]
-                                                        if c.get("expansion") == exps[0]][1]
+            ship_cell = best_cell(rg, args.work / "grid")
             dest = shipped_flow_path()
             tmp = dest.with_name(".flow.tmp")
             shutil.rmtree(tmp, ignore_errors=True)

@@ -29,6 +29,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corpus", default=str(ROOT / "data" / "corpus"))
     ap.add_argument("--model", default="", help="organism HF folder (default: the shipped one)")
+    ap.add_argument("--run", default="", help="training run directory: adds the teacher-forced caption gap "
+                                              "on its held-out codes")
     ap.add_argument("--what", default="all", choices=["codec", "generation", "all"])
     ap.add_argument("--n-codec", type=int, default=40)
     ap.add_argument("--n-prompts", type=int, default=64)
@@ -56,16 +58,20 @@ def main() -> None:
     from musiclens.organism.card import write_card
     from musiclens.organism.pipeline import OrganismEvalConfig, evaluate
 
+    from musiclens.models.organism import organism_path
+
+    shipped = not a.model or Path(a.model).resolve() == organism_path().resolve()
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = OrganismEvalConfig(model=a.model, corpus=a.corpus, out=str(Path(tmp) / "eval.json"), what=a.what,
+        cfg = OrganismEvalConfig(model=a.model or str(organism_path()), run=a.run, corpus=a.corpus, out=str(Path(tmp) / "eval.json"), what=a.what,
                                  n_codec=a.n_codec, n_prompts=a.n_prompts, n_uncond=a.n_uncond, seconds=a.seconds,
                                  guidance=a.guidance, seed=a.seed)
         res = evaluate(cfg)
     if "codec" in res:
         write_result("organism_codec", {"model": res["model"], **res["codec"]})
     if "generation" in res:
-        write_result("organism", {"model": res["model"], "tagger": res["tagger"], **res["generation"]})
-    if not a.no_card and not a.model:
+        write_result("organism", {"model": res["model"], "tagger": res["tagger"],
+                                  "teacher_forced": res.get("teacher_forced"), **res["generation"]})
+    if not a.no_card and shipped:
         write_card()
 
 

@@ -32,8 +32,9 @@ python if it has `sae_lens`, else $MUSICLENS_SAELENS_PYTHON, else
 /tmp/saelens-venv/bin/python), because sae-lens pins packages that
 musiclens's environment must not take.
 
-    python bench/sae.py --threads 1 --steps 12 --bf16   # what bench/results/sae.json holds
-    python bench/sae.py --steps 10 --quick               # a run that writes nothing
+    python bench/sae.py --threads 1 --steps 12 --bf16   # what bench/results/sae.json holds (busy machine)
+    python bench/sae.py                                  # the same with 2 threads (a quiet 2-core machine)
+    python bench/sae.py --steps 4 --quick                # a smoke run that writes nothing
 """
 
 from __future__ import annotations
@@ -230,7 +231,7 @@ def run_worker(python: str, which: str, data_path: Path, args, autocast: str = "
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=24)
+    ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--d", type=int, default=1024)
     ap.add_argument("--expansion", type=int, default=32)
@@ -244,7 +245,7 @@ def main() -> None:
     ap.add_argument("--saelens-sparse", action="store_true",
                     help="SAELens use_sparse_activations=True (writes bench/results/sae_saelens_sparse.json)")
     ap.add_argument("--only", choices=["musiclens", "sae_lens"], default=None)
-    ap.add_argument("--bf16", action="store_true",
+    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                     help="also time musiclens with --autocast bf16 (CPUs with AVX512-BF16/AMX, GPUs)")
     ap.add_argument("--autocast", default="none", help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="do not write bench/results/sae.json")

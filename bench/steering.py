@@ -161,6 +161,8 @@ def main(argv=None) -> int:
             "capture_rule": vecs.meta["capture"]["rule"],
             "delta_norm": {str(l): round(float(vecs.delta(l).norm()), 5) for l in vecs.layers},
             "scan": {"lam": args.scan_lam, "l_best": l_best,
+                     "l_best_source": "scan" if scan["l_best"] is not None else
+                     "fallback: middle layer (no layer moved the metric upward in the scan)",
                      "relative_change": {str(r["layer"]): r["relative_change"][metric] for r in scan["layers"]}},
             "baseline": sw["baseline"]["summary"][metric], "fad_lambda0": sw["baseline"]["fad"],
             "sweep": [{"lam": r["lam"], "mean": r["summary"][metric]["mean"], "std": r["summary"][metric]["std"],
@@ -183,7 +185,7 @@ def main(argv=None) -> int:
     if args.sae and args.features_dir:
         from musiclens.commands.experiments import FeatureSteeringConfig, run_feature_steering
 
-        fs = run_feature_steering(FeatureSteeringConfig(out=str(work / "feature_steering"), model=args.model,
+        fs = run_feature_steering(FeatureSteeringConfig(out=str(work / "feature_steering"), model=model.name,
                                                         sae=args.sae, features_dir=args.features_dir,
                                                         seconds=args.seconds, overwrite=True))
         feature = {"share_positive": fs["share_positive"], "mean_improvement": fs["mean_improvement"],

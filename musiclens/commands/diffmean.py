@@ -18,9 +18,14 @@ from ..errors import MusiclensError
 
 @dataclass
 class DiffMeanConfig:
-    pos: str = option(help="prompt file of set A (one prompt per line): Δ points toward it")
-    neg: str = option(help="prompt file of set B (one prompt per line)")
     out: str = option(help="output directory")
+    pos: str | None = option(None, help="prompt file of set A (one prompt per line): Δ points toward it")
+    neg: str | None = option(None, help="prompt file of set B (one prompt per line)")
+    concept: str | None = option(None, help="instead of --pos/--neg: built-in prompt sets in the corpus caption "
+                                             "vocabulary: tempo (fast/slow), brightness (bright/dark), dynamics "
+                                             "(loud/soft), register (high/low)",
+                                 choices=["tempo", "brightness", "dynamics", "register"])
+    n_concept_prompts: int = option(40, help="prompts per side with --concept")
     model: str = option("organism", help="model name (organism, tiny-random, a folder, a hub id)")
     layers: str = option("all", help="layers to capture: all, 2,6 or early,25%,50%,75%,late")
     capture: str = option("auto", help="prompt-side capture rule: auto (eos for melody, generate otherwise), "
@@ -40,12 +45,26 @@ def run(cfg: DiffMeanConfig) -> dict:
     from ..io import atomic_dir
     from ..steer.diffmean import compute_diffmean, plot_cosine, plot_pca
     from ..audio import read_prompts
+    from ..steer.prompts import CONCEPTS, concept_prompts
 
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite:
         raise MusiclensError(f"output exists: {out} (use --overwrite)")
-    pos = read_prompts(cfg.pos, min_count=2)
-    neg = read_prompts(cfg.neg, min_count=2)
+    if cfg.concept:
+        if cfg.pos or cfg.neg:
+            raise MusiclensError("give either --concept or --pos/--neg, not both")
+        if cfg.n_concept_prompts < 2:
+            raise MusiclensError("--n-concept-prompts must be >= 2")
+        pos_side, neg_side, _ = CONCEPTS[cfg.concept]
+        pos = concept_prompts(cfg.concept, pos_side, cfg.n_concept_prompts)
+        neg = concept_prompts(cfg.concept, neg_side, cfg.n_concept_prompts)
+        names = (pos_side, neg_side)
+    else:
+        if not cfg.pos or not cfg.neg:
+            raise MusiclensError("give --pos and --neg prompt files (or --concept)")
+        pos = read_prompts(cfg.pos, min_count=2)
+        neg = read_prompts(cfg.neg, min_count=2)
+        names = (Path(cfg.pos).stem, Path(cfg.neg).stem)
     if cfg.batch_size < 1:
         raise MusiclensError("--batch-size must be >= 1")
     model = load_model(cfg.model, device=cfg.device)
@@ -54,15 +73,19 @@ def run(cfg: DiffMeanConfig) -> dict:
         raise MusiclensError(f"--plot-layer {cfg.plot_layer} is not among the captured layers {layers}")
     vecs = compute_diffmean(model, pos, neg, layers=layers, rule=cfg.capture, batch_size=cfg.batch_size,
                             seconds=cfg.capture_seconds, seed=cfg.seed, guidance_scale=cfg.guidance_scale)
-    vecs.meta.update(pos_file=str(cfg.pos), neg_file=str(cfg.neg))
+    vecs.meta.update(pos_file=cfg.pos, neg_file=cfg.neg, pos_name=names[0], neg_name=names[1],
+                     concept=cfg.concept)
     norms = {l: float(vecs.delta(l).norm()) for l in vecs.layers}
     plot_layer = cfg.plot_layer if cfg.plot_layer is not None else max(norms, key=norms.get)
     with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
         vecs.save(tmp)
         save_config(cfg, tmp / "config.json")
-        plot_cosine(vecs, tmp / "cosine.png", title=f"cos Δ(l): {Path(cfg.pos).stem} vs {Path(cfg.neg).stem}")
-        plot_pca(vecs, plot_layer, tmp / f"pca_layer{plot_layer}.png",
-                 labels=(Path(cfg.pos).stem, Path(cfg.neg).stem))
+        from ..io import write_text
+
+        write_text(tmp / "pos.txt", "\n".join(pos) + "\n")     # the exact prompt sets, reusable as files
+        write_text(tmp / "neg.txt", "\n".join(neg) + "\n")
+        plot_cosine(vecs, tmp / "cosine.png", title=f"cos Δ(l): {names[0]} vs {names[1]}")
+        plot_pca(vecs, plot_layer, tmp / f"pca_layer{plot_layer}.png", labels=names)
     return {"out": str(out), "layers": vecs.layers, "n_pos": len(pos), "n_neg": len(neg),
             "rule": vecs.meta["capture"]["rule"], "norms": norms, "plot_layer": plot_layer}
 

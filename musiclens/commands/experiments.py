@@ -276,8 +276,8 @@ def directions_for(vectors: list, names: list[tuple[str, str]], metrics: list[st
 
 
 def concept_names(vecs, path: str) -> tuple[str, str]:
-    pos = Path(vecs.meta.get("pos_file") or "pos").stem
-    neg = Path(vecs.meta.get("neg_file") or "neg").stem
+    pos = vecs.meta.get("pos_name") or Path(vecs.meta.get("pos_file") or "pos").stem
+    neg = vecs.meta.get("neg_name") or Path(vecs.meta.get("neg_file") or "neg").stem
     return (pos, neg) if pos != neg else (f"{Path(path).name}+", f"{Path(path).name}-")
 
 

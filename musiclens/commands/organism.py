@@ -12,7 +12,7 @@ def register(sub) -> None:
     p = sub.add_parser("organism", help="train, evaluate or export the organism (musiclens's own MusicGen)")
     osub = p.add_subparsers(dest="organism_command", metavar="<action>")
     t = osub.add_parser("train", help="train codec and language model on a rendered corpus",
-                        description="Stages: codec (EnCodec: autoencoder warm-up, k-means codebooks, EMA VQ), "
+                        description="Stages: codec (EnCodec: data-dependent init, k-means codebooks, EMA VQ, dead-code restarts), "
                                     "codes (encode the corpus + MiniLM caption states once), lm (MusicGen "
                                     "decoder). Each stage checkpoints every few minutes; --minutes M stops "
                                     "each stage after M minutes and --resume continues. Uses a GPU when "

@@ -7,8 +7,9 @@ ground-truth benchmark, and strategy-specific evidence. Why three:
 
 * **tagger** (classifier-based) is cheap and calibrated on the organism's
   concepts, but can only say what its heads know. A label is kept when at
-  least `agreement` of the top clips share it *and* it is rarer among all
-  tagged clips than that (a label every clip gets says nothing).
+  least `agreement` of the top clips share it *and* that many sharing it is
+  unlikely by chance (one-sided binomial test against the label's rate among
+  all tagged clips, p <= `tagger_p`): a label every clip gets says nothing.
   Confidence = the share of top clips with the label.
 * **clap** scores label texts against the mean audio embedding of the top
   clips, minus the same score for the mean embedding of all clips (so texts
@@ -54,6 +55,8 @@ class AnnotateConfig:
                                         "configured)")
     tagger: str = option("organism", help="'organism' or a local HF audio-classification folder")
     agreement: float = option(0.7, help="tagger: share of top clips that must share a label")
+    tagger_p: float = option(0.01, help="tagger: ... and the one-sided binomial p-value of that share, given the "
+                                        "label's rate among all tagged clips, must be at most this")
     clap: Optional[str] = option(None, help="local HF ClapModel folder (default: the shipped mini-CLAP)")
     clap_agreement: float = option(0.5, help="clap: share of top clips whose own best text must be the label "
                                              "(else the feature stays unlabelled)")
@@ -91,7 +94,10 @@ def _read(path: Path) -> tuple[np.ndarray, int]:
 
 
 # ------------------------------------------------------------------------------ tagger
-def annotate_tagger(feats: list[dict], tagger, agreement: float, progress: bool = True) -> dict[str, dict]:
+def annotate_tagger(feats: list[dict], tagger, agreement: float, progress: bool = True,
+                    max_p: float = 0.01) -> dict[str, dict]:
+    from scipy.stats import binomtest
+
     preds: dict[Path, dict[str, str]] = {}
     for f in tqdm(feats, desc="tagger", unit="feature", disable=None if progress else True):
         for c in f["clips"]:
@@ -116,8 +122,10 @@ def annotate_tagger(feats: list[dict], tagger, agreement: float, progress: bool 
             lab, k = Counter(labs).most_common(1)[0]
             share = k / len(labs)
             p = prior[(h, lab)]
-            if share >= agreement and share > p:
-                kept.append({"head": h, "value": lab, "share": share, "prior": p, "lift": share / p})
+            # one-sided binomial test: could k of these clips share the label by chance, given its prior?
+            pval = float(binomtest(k, len(labs), p, alternative="greater").pvalue) if p < 1 else 1.0
+            if share >= agreement and pval <= max_p:
+                kept.append({"head": h, "value": lab, "share": share, "prior": p, "lift": share / p, "p": pval})
         kept.sort(key=lambda x: -x["lift"])
         if kept:
             out[f["key"]] = {"label": ", ".join(f"{k['head']}={k['value']}" for k in kept),
@@ -126,7 +134,8 @@ def annotate_tagger(feats: list[dict], tagger, agreement: float, progress: bool 
                              "concepts": [f"{k['head']}={k['value']}" for k in kept if (k["head"], k["value"]) in known]}
         else:
             out[f["key"]] = {"label": None, "confidence": 0.0, "provenance": tagger.name,
-                             "error": f"no label shared by >= {agreement:.0%} of the top clips", "concepts": []}
+                             "error": f"no label shared by >= {agreement:.0%} of the top clips beyond chance "
+                                      f"(binomial p <= {max_p:g})", "concepts": []}
     return out
 
 
@@ -258,7 +267,7 @@ def run_annotate(cfg: AnnotateConfig, log=print) -> dict:
         tagger = _load_tagger(cfg.tagger)
         provenance["tagger"] = tagger.name
         # the prior needs every feature's clips, so the tagger always redoes all features
-        store("tagger", annotate_tagger(feats, tagger, cfg.agreement))
+        store("tagger", annotate_tagger(feats, tagger, cfg.agreement, max_p=cfg.tagger_p))
         _write(d, data)
     if "clap" in cfg.strategies and todo("clap"):
         from ..measure.clap import load_clap

@@ -125,6 +125,12 @@ def card_text(folder: Path | None = None) -> str:
         L += ["", f"Tagger agreement (original vs reconstructed label): {json.dumps(cres.get('tagger_agreement'))}", ""]
     else:
         L += ["Not measured yet: run `python bench/organism.py --what codec`.", ""]
+    tf = (gres or {}).get("teacher_forced")
+    if isinstance(tf, dict):
+        L += ["## Does the decoder use the caption? (teacher-forced, valid split)", "",
+              f"Held-out token loss on {tf['n']} valid clips (first 6 s): own caption {tf['own']:.3f}, another "
+              f"clip's caption {tf['shuffled']:.3f} (+{tf['gap_shuffled']:.3f}), no caption {tf['null']:.3f} "
+              f"(+{tf['gap_null']:.3f}) nats per token.", ""]
     L += ["## Prompt adherence (generations from test-split captions)", ""]
     if gres:
         L += [f"{gres['n_prompts']} captions, {gres['seconds_per_clip']} s each, CFG {gres['guidance_scale']}. "

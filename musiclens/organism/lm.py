@@ -164,6 +164,31 @@ def heldout_loss(model, data: CodeData, idx: np.ndarray, crop: int, batch: int =
     return tot / max(n, 1)
 
 
+@torch.no_grad()
+def conditioning_gap(model, data: CodeData, idx: np.ndarray, crop: int, batch: int = 16) -> dict:
+    """Held-out token loss with each clip's own caption, another clip's caption, and no caption.
+
+    If the model uses the text, own < shuffled and own < null; the gaps (in
+    nats per token) show how much it does, before any generation is measured.
+    """
+    model.eval()
+    pad = model.config.decoder.pad_token_id
+    rolled = np.roll(idx, 1)
+    tot = {"own": 0.0, "shuffled": 0.0, "null": 0.0}
+    for s in range(0, len(idx), batch):
+        part, other = idx[s: s + batch], rolled[s: s + batch]
+        ids, st, m = data.batch(part, crop, pad, None)
+        _, st2, m2 = data.batch(other, crop, pad, None)
+        _, st0, m0 = data.batch(part, crop, pad, None, null_kind=np.ones(len(part), dtype=int))
+        for k, (a, b) in {"own": (st, m), "shuffled": (st2, m2), "null": (st0, m0)}.items():
+            tot[k] += float(lm_loss(model, ids, a, b)[1].sum())
+    out = {k: v / max(len(idx), 1) for k, v in tot.items()}
+    out["gap_shuffled"] = out["shuffled"] - out["own"]
+    out["gap_null"] = out["null"] - out["own"]
+    out["n"] = int(len(idx))
+    return out
+
+
 def export_organism(model, out: Path, extra_files: dict[str, str] | None = None) -> None:
     """Write a shippable HF folder: config + generation config + safetensors WITHOUT the MiniLM weights."""
     from safetensors.torch import save_file as sf_save

@@ -41,7 +41,7 @@ class OrganismTrainConfig:
     resume: bool = option(False, "continue from the run directory's checkpoints")
     device: str = option("auto", "cpu, cuda, or auto (GPU when available)")
     codec_steps: int = option(1000, "codec optimiser steps")
-    codec_batch_size: int = option(8, "codec crops (1 s) per step")
+    codec_batch_size: int = option(8, "codec crops (0.5 s) per step")
     lm_steps: int = option(3000, "language-model optimiser steps")
     lm_batch_size: int = option(8, "language-model clips per step")
     lm_layers: int = option(8, "decoder layers")
@@ -112,6 +112,11 @@ def evaluate(cfg: OrganismEvalConfig) -> dict:
     if cfg.what in ("codec", "all"):
         test = load_clips(corpus, ("test",), O.SAMPLE_RATE, rows=rows, limit=cfg.n_codec)
         res["codec"] = codec_fidelity(model.audio_encoder, test, cfg.n_codec, tagger)
+    if cfg.run and (Path(cfg.run) / "codes" / "index.json").exists():
+        from .lm import CodeData, conditioning_gap
+
+        data = CodeData(Path(cfg.run))
+        res["teacher_forced"] = conditioning_gap(model, data, data.indices("valid")[:128], 300)
     if cfg.what in ("generation", "all"):
         res["generation"] = generation_eval(model, tok, rows, cfg.n_prompts, cfg.n_uncond, cfg.seconds, cfg.seed,
                                             cfg.guidance, tagger, corpus)

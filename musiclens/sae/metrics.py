@@ -24,7 +24,7 @@ from .model import SAE
 
 
 @torch.no_grad()
-def reconstruction_metrics(sae: SAE, rows: torch.Tensor, batch_size: int = 4096,
+def reconstruction_metrics(sae: SAE, rows: torch.Tensor, batch_size: int = 1024,
                            dense_threshold: float = 0.1) -> tuple[dict, torch.Tensor]:
     """(metrics dict, per-latent firing frequency [d_sae]) of `sae` on `rows` [n, d_in]."""
     dev = sae.W_dec.device
@@ -38,17 +38,27 @@ def reconstruction_metrics(sae: SAE, rows: torch.Tensor, batch_size: int = 4096,
         x = x[torch.isfinite(x).all(-1)]
         if x.shape[0] == 0:
             continue
-        h, r = sae(x)
-        r = r.float()
+        if sae.cfg.activation == "topk":           # sparse path: no dense [b, d_sae] latents in memory
+            vals, idx, stats = sae.encode_topk(x)
+            r = sae.decode_sparse(idx, vals, stats).float()
+            on = vals > 0
+            n_active = float(on.sum())
+            fired = torch.zeros(sae.d_sae, dtype=torch.float64, device=dev).index_add_(
+                0, idx[on], torch.ones(int(n_active), dtype=torch.float64, device=dev))
+        else:
+            h, r = sae(x)
+            r = r.float()
+            active = h > 0
+            n_active = float(active.sum())
+            fired = active.sum(0).double()
         e = x - r
         sse += float(e.double().pow(2).sum())
         xn = x.norm(dim=-1)
         rn = r.norm(dim=-1)
         sum_cos += float(((x * r).sum(-1) / (xn * rn).clamp_min(1e-12)).double().sum())
         sum_rel += float((rn / xn.clamp_min(1e-12)).double().sum())
-        active = h > 0
-        sum_l0 += float(active.sum())
-        fires += active.sum(0).double().cpu()
+        sum_l0 += n_active
+        fires += fired.cpu()
         sx += x.double().sum(0).cpu()
         sxx += float(x.double().pow(2).sum())
         n += x.shape[0]

@@ -227,7 +227,10 @@ class SAE(nn.Module):
         return h.reshape(*shape[:-1], self.d_sae), recon.reshape(shape)
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Reconstruction only (sparse decode for TopK), same shape and dtype as `x`."""
+        """Reconstruction only, same shape and dtype as `x` (TopK: never forms dense latents)."""
+        if self.cfg.activation == "topk":
+            vals, idx, stats = self.encode_topk(x)
+            return self.decode_sparse(idx, vals, stats).reshape(x.shape).to(x.dtype)
         return self.forward(x)[1].to(x.dtype)
 
     def edit(self, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:

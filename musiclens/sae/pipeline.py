@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +62,9 @@ class TrainSAEConfig:
     dead_tokens: int = option(10_000_000, help="a latent is dead after this many rows without firing "
                                                "(capped at a quarter of the training rows)")
     init_rows: int = option(16384, help="rows sampled for input scaling and the geometric-median b_dec")
-    eval_rows: int = option(16384, help="rows sampled (from the store, seeded) for metrics.json")
+    eval_rows: int = option(16384, help="rows sampled (seeded) for metrics.json")
+    eval_store: Optional[str] = option(None, help="held-out store for metrics.json and the spliced evaluation "
+                                                  "(default: the training store)")
     splice_clips: int = option(8, help="clips replayed through the model for the spliced evaluation (0 = skip)")
     model: Optional[str] = option(None, help="model for the spliced evaluation (default: the store's model)")
     device: str = option("auto", help="auto (cuda if available), cpu, cuda, cuda:1 (torchrun: cuda:LOCAL_RANK)")
@@ -103,6 +108,22 @@ def setup_distributed(device: torch.device) -> tuple[int, int]:
     return dist_info()
 
 
+def _sigterm_as_interrupt():
+    """Treat SIGTERM (schedulers, `kill`) like Ctrl-C so the run checkpoints before it stops."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _restore_sigterm(old) -> None:
+    if old is not None:
+        signal.signal(signal.SIGTERM, old)
+
+
 def _barrier() -> None:
     if dist_info()[1] > 1:
         torch.distributed.barrier()
@@ -120,6 +141,10 @@ def _validate(cfg: TrainSAEConfig, out: Path):
         raise MusiclensError("--decay-fraction must be in [0, 1)")
     if not 0 <= cfg.max_bad_fraction < 1:
         raise MusiclensError("--max-bad-fraction must be in [0, 1)")
+    if cfg.eval_store:
+        ev = sdata.open_store(cfg.eval_store, cfg.layer)
+        if ev.d_model != store.d_model:
+            raise MusiclensError(f"--eval-store has d_model {ev.d_model}, the training store {store.d_model}")
     part = partial_dir(out)
     if out.exists() and not cfg.overwrite:
         raise MusiclensError(f"output exists: {out} (pass --overwrite to replace it)")
@@ -230,6 +255,7 @@ def _run(cfg, out, store, combos, device, rank, world) -> dict:
                                   device=device)
     t0 = time.perf_counter()
     rows0 = trainer.rows_seen
+    old_term = _sigterm_as_interrupt()
     try:
         run_steps(trainer, batches, counter, start_epoch=start_epoch, skip_in_epoch=used, on_step=on_step,
                   progress=bar)
@@ -237,8 +263,11 @@ def _run(cfg, out, store, combos, device, rank, world) -> dict:
         save_checkpoint(pos[0], pos[1])
         bar.close()
         if rank == 0:
-            print(f"interrupted: checkpoint at step {trainer.step} in {part}; continue with --resume")
+            print(f"interrupted: checkpoint at step {trainer.step} in {part}; continue with --resume",
+                  file=sys.stderr)
         raise
+    finally:
+        _restore_sigterm(old_term)
     bar.close()
     seconds = time.perf_counter() - t0
     _barrier()
@@ -255,14 +284,16 @@ def _run(cfg, out, store, combos, device, rank, world) -> dict:
 def finish(cfg: TrainSAEConfig, out: Path, part: Path, store, trainer: MultiTrainer, train_info: dict) -> dict:
     """Evaluate every SAE and write the final output directory atomically."""
     saes = {s.combo.name: trainer.folded_sae(i, "float32") for i, s in enumerate(trainer.slots)}
-    n_eval = min(cfg.eval_rows, store.rows)
-    eval_rows = sdata.sample_rows(sdata.store_batches(store, cfg.layer, n_eval, seed=cfg.seed + 104729), n_eval)
+    ev_store = sdata.open_store(cfg.eval_store, cfg.layer) if cfg.eval_store else store
+    n_eval = min(cfg.eval_rows, ev_store.rows)
+    eval_rows = sdata.sample_rows(sdata.store_batches(ev_store, cfg.layer, n_eval, seed=cfg.seed + 104729), n_eval)
     results: dict[str, dict] = {}
     freqs = {}
     for (name, sae), slot in zip(saes.items(), trainer.slots):
         m, freq = reconstruction_metrics(sae.to(trainer.device), eval_rows)
         sae.cpu()
-        m["eval_rows_source"] = "a seeded random sample of the store's rows (not held out from training)"
+        m["eval_rows_source"] = (f"a seeded random sample of the held-out store {cfg.eval_store}" if cfg.eval_store
+                                 else "a seeded random sample of the training store's rows (not held out)")
         m["train_dead_fraction"] = float((slot.since_fired >= trainer.opts.dead_tokens).float().mean())
         m["train"] = {**train_info, "lr": slot.lr, "input_scale": slot.init.scale,
                       "dead_tokens": trainer.opts.dead_tokens, "last_batch": slot.last}
@@ -272,8 +303,8 @@ def finish(cfg: TrainSAEConfig, out: Path, part: Path, store, trainer: MultiTrai
         from .splice import load_store_model, spliced_evaluation
 
         try:
-            model = load_store_model(store, cfg.model, device=trainer.device)
-            sp = spliced_evaluation(model, store, saes, cfg.layer, n_clips=cfg.splice_clips)
+            model = load_store_model(ev_store, cfg.model, device=trainer.device)
+            sp = spliced_evaluation(model, ev_store, saes, cfg.layer, n_clips=cfg.splice_clips)
         except MusiclensError as e:
             raise MusiclensError(f"spliced evaluation failed: {e} (the trained weights are kept in {part}; rerun "
                                  "with --resume and --model MODEL, or --splice-clips 0 to skip it)")

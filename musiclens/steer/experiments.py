@@ -218,9 +218,11 @@ def scan_layers(runner: Runner, vecs, lam: float, layers: Sequence[int] | None =
         r = runner.compare(f"layer {l}", [spec])
         rows.append({"layer": l, **_slim(r)})
     scores = [_score(r["relative_change"][metric], expect) for r in rows]
-    best = rows[int(np.argmax(scores))]["layer"] if rows and max(scores) > float("-inf") else None
+    # no l_best when no layer moved the metric in the expected direction (ties at 0 would pick layer 0 blindly)
+    best = rows[int(np.argmax(scores))]["layer"] if rows and max(scores) > 0 else None
     return {"experiment": "scan-layers", "metric": metric, "lam": lam, "strategy": strategy, "expect": expect,
-            "baseline": _slim(base), "layers": rows, "l_best": best}
+            "baseline": _slim(base), "layers": rows, "l_best": best,
+            "note": None if best is not None else "no layer moved the metric in the expected direction"}
 
 
 def sweep(runner: Runner, grid: Sequence[float], make_specs: Callable[[float], list], strength_name: str = "lam") -> dict:

@@ -32,14 +32,20 @@ def test_tagger_keeps_shared_labels(tmp_path):
     b = [tone(tmp_path / f"b{i}.wav", 3000 + 50 * i, noise=0.2, seed=i) for i in range(6)]
     feats = [{"key": "s/0", "clips": d[:4]}, {"key": "s/1", "clips": b[:4]},
              {"key": "s/2", "clips": [d[4], d[5], b[4], b[5]]}, {"key": "s/3", "clips": [d[0], d[1], d[2], b[0]]}]
-    out = annotate_tagger(feats, CentroidTagger(), agreement=0.7, progress=False)
+    out = annotate_tagger(feats, CentroidTagger(), agreement=0.7, progress=False, max_p=1.0)
     assert out["s/0"]["label"] == "brightness=dark" and out["s/0"]["confidence"] == 1.0
     assert out["s/0"]["concepts"] == ["brightness=dark"] and out["s/0"]["provenance"] == "centroid"
     assert out["s/1"]["label"] == "brightness=bright"
     assert out["s/2"]["label"] is None and "no label" in out["s/2"]["error"]
     assert out["s/3"]["label"] == "brightness=dark" and out["s/3"]["confidence"] == 0.75
-    out = annotate_tagger(feats, CentroidTagger(), agreement=0.8, progress=False)
+    out = annotate_tagger(feats, CentroidTagger(), agreement=0.8, progress=False, max_p=1.0)
     assert out["s/3"]["label"] is None
+    # the binomial gate: 4 of 4 clips 'dark' when half of all clips are dark has p = 1/16
+    out = annotate_tagger(feats, CentroidTagger(), agreement=0.7, progress=False, max_p=0.1)
+    assert out["s/0"]["label"] == "brightness=dark" and out["s/0"]["labels"][0]["p"] == 0.0625
+    assert out["s/3"]["label"] is None          # 3 of 4: p = 5/16
+    out = annotate_tagger(feats, CentroidTagger(), agreement=0.7, progress=False)    # default p <= 0.01
+    assert all(r["label"] is None for r in out.values())
 
 
 def test_hf_audio_classifier_tagger(tmp_path):
@@ -77,6 +83,41 @@ def test_annotate_cli_end_to_end(tmp_path, monkeypatch):
     assert (feat / "annotations.parquet").exists()
     assert main(["annotate", "--features", str(feat)]) == 2                    # exists: needs --resume/--overwrite
     assert main(["annotate", "--features", str(feat), "--resume", "--strategies", "clap,bogus"]) == 2
+
+    # the LLM strategy through the CLI, against a loopback OpenAI-compatible server; answers alternate
+    # between a label and a malformed reply, and the run goes on
+    import itertools
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    replies = itertools.cycle(['{"label": "bright flute", "confidence": 0.9}', "no idea"])
+
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            data = json.dumps({"choices": [{"message": {"content": next(replies)}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        assert main(["annotate", "--features", str(feat), "--resume", "--strategies", "llm", "--llm-url",
+                     f"http://127.0.0.1:{httpd.server_address[1]}/v1", "--save-every", "1"]) == 0
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    ann = json.loads((feat / "annotations.json").read_text())
+    llm = [by["llm"] for by in ann["features"].values()]
+    assert len(llm) == 4 and sum(1 for r in llm if r["label"] == "bright flute") == 2
+    assert all(r["error"] for r in llm if r["label"] is None)
+    assert all("clap" in by for by in ann["features"].values())               # --resume kept the others
+    assert {r["strategy"] for r in ann["summary"]} == {"tagger", "clap", "llm"}
 
 
 def test_organism_tagger_if_shipped(tmp_path):

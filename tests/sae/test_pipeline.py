@@ -45,7 +45,12 @@ def _write_store(model, path, n_clips=32, frames=100, nan_rows=0, empty=False):
 @pytest.fixture(scope="module")
 def store(tiny_model, tmp_path_factory):
     path = tmp_path_factory.mktemp("sae_store") / "acts"
-    _write_store(tiny_model, path)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)        # a tiny model: one thread is faster (see conftest._one_thread)
+    try:
+        _write_store(tiny_model, path)
+    finally:
+        torch.set_num_threads(before)
     return path
 
 
@@ -76,7 +81,8 @@ def test_train_sae_with_spliced_evaluation(store, tmp_path):
 def test_sweep_trains_every_combination(store, tmp_path):
     out = tmp_path / "sweep"
     rc = main(["train-sae", "--store", str(store), "--layer", "1", "--expansion", "1,2", "--k", "2,4",
-               "--steps", "20", "--batch-size", "128", "--splice-clips", "0", "--out", str(out)])
+               "--steps", "20", "--batch-size", "128", "--splice-clips", "0", "--eval-store", str(store),
+               "--out", str(out)])
     assert rc == 0
     sweep = json.loads((out / "sweep.json").read_text())
     names = sorted(s["name"] for s in sweep["saes"])
@@ -84,6 +90,7 @@ def test_sweep_trains_every_combination(store, tmp_path):
     for n in names:
         m = json.loads((out / n / "metrics.json").read_text())
         assert m["train"]["rows_seen"] == 20 * 128          # every SAE saw the same batches
+        assert "held-out store" in m["eval_rows_source"]
         assert load_sae(out / n).cfg.k == int(n[-1])
 
 
@@ -106,6 +113,7 @@ def test_bad_inputs_exit_2_without_output(tiny_model, store, tmp_path, capsys):
         (["--layer", "2", "--out", str(tmp_path / "a")], "layer 2 is not in"),
         (["--layer", "1", "--expansion", "1", "--k", "32", "--out", str(tmp_path / "b")], "smaller than"),
         (["--layer", "1", "--out", str(tmp_path / "c"), "--store", str(tmp_path / "nope")], "not found"),
+        (["--layer", "1", "--out", str(tmp_path / "c2"), "--eval-store", str(tmp_path / "nope")], "not found"),
     ]
     for extra, msg in cases:
         assert main(base + extra) == 2
