@@ -7,8 +7,8 @@ import os
 import pytest
 import torch
 
-# Two cores in CI: keep torch from oversubscribing when pytest runs many small ops.
-torch.set_num_threads(int(os.environ.get("MUSICLENS_TEST_THREADS", "2")))
+# Tiny models run many small ops: one thread is faster than two (and CI has only two cores).
+torch.set_num_threads(int(os.environ.get("MUSICLENS_TEST_THREADS", "1")))
 
 
 @pytest.fixture(scope="session")

@@ -162,6 +162,10 @@ def build_tiny(name: str):
     tokenizer = load_minilm_tokenizer()
     vocab = tokenizer.vocab_size
     devnull_state = torch.random.get_rng_state()
+    threads = torch.get_num_threads()
+    # one thread while building: multi-threaded convolutions round differently, and the codebooks
+    # are chosen from the encoder's outputs, so the weights (and weights_hash) would depend on it
+    torch.set_num_threads(1)
     try:
         torch.manual_seed(0 if name == "tiny-random" else 1)
         text_cfg = _t5_config(vocab)
@@ -195,5 +199,6 @@ def build_tiny(name: str):
         gc.bos_token_id = CODEBOOK_SIZE
     finally:
         torch.random.set_rng_state(devnull_state)
+        torch.set_num_threads(threads)
     model.eval()
     return model, tokenizer
