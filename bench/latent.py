@@ -24,7 +24,9 @@ bench can be resumed):
              thread) and ship it (+ the cell) to musiclens/assets/organism/flow
              when `--ship`;
 7. traj      trajectories (32 steps) through the flow model for 8 prompts, and
-             through a tiny random StableAudioPipeline (mechanics only).
+             through a tiny random StableAudioPipeline (mechanics only);
+8. musicgen  the organism MusicGen's trajectories over decoder layers and
+             generated frames (logit lens into the codec latent space).
 
 The codec: the organism's (musiclens/assets/organism/musicgen) by default, or
 `--autoencoder FOLDER` (e.g. the organism run's exported codec).
@@ -181,7 +183,7 @@ def main() -> None:
     ap.add_argument("--flow-minutes", type=float, default=10.0)
     ap.add_argument("--traj-prompts", type=int, default=8)
     ap.add_argument("--ship", action="store_true", help="copy the trained flow model + cell into musiclens/assets")
-    ap.add_argument("--stages", default="extract,grid,random,edit,flow,traj")
+    ap.add_argument("--stages", default="extract,grid,random,edit,flow,traj,musicgen")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -277,11 +279,19 @@ def main() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(fout, tmp)
             shutil.copytree(ship_cell, tmp / "cell")
+            # held-out audio for tests/latent/test_latent_organism.py: the first test-split clips of the
+            # bench list (the edit clips), first 4 s, as 16-bit WAV
+            from musiclens.audio import write_wav
+            from musiclens.latent.control import held_out_audio
+
+            for cid, y in held_out_audio(str(args.work / "store"), 16000, 4, 4.0):
+                write_wav(tmp / "cell" / "heldout" / f"{Path(cid).stem}.wav", y, 16000)
             (tmp / "README.md").write_text(
                 "Rectified-flow model on the organism codec's continuous latents (latent.encoder), conditioned on\n"
                 "MiniLM caption embeddings; trained by `python bench/latent.py --ship` "
                 f"({info.get('steps')} steps, {info.get('seconds')} s, 1 CPU thread).\n"
-                f"`cell/` is the RMSNorm-L1 SAE + probes ({ship_cell.name}) used for its trajectories.\n")
+                f"`cell/` is the RMSNorm-L1 SAE + probes ({ship_cell.name}) used for its trajectories;\n"
+                "`cell/heldout/` holds 4 s of four test-split corpus clips for the tests.\n")
             shutil.rmtree(dest, ignore_errors=True)
             tmp.rename(dest)
             fig["flow"]["shipped"] = str(dest.relative_to(ROOT))
@@ -316,6 +326,29 @@ def main() -> None:
                                        seconds=2.0, steps=32)
         fig["trajectory_tiny_stable_audio"] = {"note": "random weights; checks the diffusers path end to end",
                                                "convergence_step": res2["convergence_step"]}
+        save()
+    if "musicgen" in stages:
+        from musiclens import load_model
+        from musiclens.latent.probes import Probes
+        from musiclens.latent.trajectory import musicgen_trajectories
+        from musiclens.sae.io import load_sae
+
+        rg = json.loads((args.work / "grid" / "grid.json").read_text())
+        cell = best_cell(rg, args.work / "grid")
+        model = load_model("organism")
+        if model.hf.audio_encoder is not None and args.autoencoder not in ("organism",):
+            fig["musicgen_note"] = f"cell trained on {args.autoencoder}; MusicGen's codec is the organism's"
+        rows = [json.loads(line) for line in (args.corpus / "metadata.jsonl").read_text().splitlines() if line.strip()]
+        prompts = [r["caption"] for r in rows if r["split"] == "test"][:args.traj_prompts]
+        t0 = time.perf_counter()
+        res = musicgen_trajectories(model, load_sae(cell), Probes.load(cell), prompts, seconds=4.0)
+        fig["trajectory_musicgen"] = {
+            "model": "organism", "cell": cell.name, "prompts": len(prompts), "seconds": 4.0,
+            "layers": {"n": res["layers"]["steps"], "convergence_layer": res["layers"]["convergence_step"],
+                       "s": res["layers"]["s"], "tv": res["layers"]["tv"]},
+            "generated_frames": {"n": res["generated_steps"]["steps"],
+                                 "convergence_frame": res["generated_steps"]["convergence_step"]},
+            "wall_seconds": round(time.perf_counter() - t0, 1)}
         save()
     write_result("latent", fig, "python bench/latent.py " + " ".join(sys.argv[1:]))
     log("wrote bench/results/latent.json")

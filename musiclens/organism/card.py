@@ -39,7 +39,13 @@ def _ordered_line(name: str, r) -> str:
         return f"| {name} | {r} |"
     med = ", ".join(f"{k} {_f(v, 1)} (n={r['n'][k]})" for k, v in r["median"].items())
     ps = ", ".join(f"p({k})={v:.3g}" for k, v in r.get("p_one_sided", {}).items())
-    return f"| {name} ({r.get('measure', '')}) | medians {med}; ordered: {r['ordered']}; {ps} |"
+    return (f"| {name} ({r.get('measure', '')}) | medians {med}; all levels ordered: {r['ordered']}; "
+            f"{r_ex(r)}; {ps} |")
+
+
+def r_ex(r: dict) -> str:
+    lv = list(r["median"])
+    return f"{lv[0]} < {lv[-1]}: {r.get('extremes_ordered')}"
 
 
 def card_text(folder: Path | None = None) -> str:
@@ -91,19 +97,29 @@ def card_text(folder: Path | None = None) -> str:
           "musiclens organism train --corpus data/corpus --out runs/organism --minutes 45 [--resume]",
           "musiclens organism export --run runs/organism",
           "python bench/organism.py --corpus data/corpus", "```", "",
-          "Stages: codec (plain-autoencoder warm-up, k-means codebook init, EMA codebooks with dead-code "
-          "restarts; waveform L1 + multi-scale mel with 4-128 ms windows + onset-envelope loss), codes (corpus "
+          "Stages: codec (data-dependent init of the encoder, k-means codebook init, EMA codebooks with "
+          "dead-code restarts; waveform L1 + multi-scale mel with 4-128 ms windows + onset-envelope loss), codes (corpus "
           "encoded once, MiniLM caption states computed once), lm (AdamW, warm-up + cosine, random crops, 15 % "
           "null captions for classifier-free guidance). Every stage checkpoints and resumes.", ""]
+    corpus = _json(tr / "corpus.json")
+    codes = _json(tr / "codes_summary.json")
+    if corpus:
+        L += [f"Corpus: {corpus['clips']} clips ({corpus['hours']} h, {corpus['sample_rate']} Hz, seed "
+              f"{corpus['seed']}, {corpus['sources']} source pieces), split by source piece {corpus['split']}. "
+              "Captions, e.g.: " + "; ".join(f"\"{c}\"" for c in corpus["example_captions"]) + ".", ""]
+    if codes:
+        L += [f"The LM saw the codes of {codes['clips']} clips ({'/'.join(codes.get('splits', []))}), "
+              f"first {codes.get('max_seconds')} s each ({codes['frames']} frames; codes used per codebook "
+              f"{codes['codes_used']} of {aud.get('codebook_size')}).", ""]
     L += ["## How far training got", ""]
     if codec_log:
         last = codec_log[-1]
-        L.append(f"* codec: step {codec_prog.get('step', last['step'])} of {codec_cfg.get('steps', '?')} "
+        L.append(f"* codec: step {max(codec_prog.get('step', 0), last['step'])} of {codec_cfg.get('steps', '?')} "
                  f"(batch {codec_cfg.get('batch_size')} x {codec_cfg.get('crop_seconds')} s crops); held-out "
-                 f"multi-scale log-mel L1 by step: "
+                 f"multi-scale mel loss (log + linear mel L1, the training loss's mel term) by step: "
                  + ", ".join(f"{r['step']}: {r['heldout_mel']:.3f}" for r in codec_log[:: max(1, len(codec_log) // 8)]))
     if lm_log:
-        L.append(f"* language model: step {lm_prog.get('step', lm_log[-1]['step'])} of {lm_cfg.get('steps', '?')} "
+        L.append(f"* language model: step {max(lm_prog.get('step', 0), lm_log[-1]['step'])} of {lm_cfg.get('steps', '?')} "
                  f"(batch {lm_cfg.get('batch_size')} x {lm_cfg.get('crop_frames')} frames), "
                  f"{lm_log[-1].get('frames_per_s')} frames/s; held-out token loss by step: "
                  + ", ".join(f"{r['step']}: {r.get('heldout_loss', float('nan')):.3f}"
@@ -122,7 +138,9 @@ def card_text(folder: Path | None = None) -> str:
         for k in ("onset_rate_slow_lt_100bpm", "onset_rate_fast_gt_140bpm"):
             if k in cres:
                 L.append(f"| {k} (n={cres[k]['n']}) | {_f(cres[k]['orig'], 2)} | {_f(cres[k]['recon'], 2)} | |")
-        L += ["", f"Tagger agreement (original vs reconstructed label): {json.dumps(cres.get('tagger_agreement'))}", ""]
+        ta = cres.get("tagger_agreement")
+        ta = ", ".join(f"{k} {100 * v:.0f} %" for k, v in ta.items()) if isinstance(ta, dict) else ta
+        L += ["", f"Tagger agreement (same label on original and reconstruction): {ta}", ""]
     else:
         L += ["Not measured yet: run `python bench/organism.py --what codec`.", ""]
     tf = (gres or {}).get("teacher_forced")
@@ -147,7 +165,7 @@ def card_text(folder: Path | None = None) -> str:
         if isinstance(t, dict):
             L.append(f"| tempo [Spearman >= 0.5] | Spearman(requested, estimated BPM) {t['spearman_bpm']:.2f} "
                      f"(p={t['p_bpm']:.3g}, n={t['n']}); onset rate vs requested BPM {t['spearman_onset_rate']:.2f} |")
-            L.append(_ordered_line("tempo onset rate [slow < fast]", t["onset_rate"]))
+            L.append(_ordered_line("tempo [onset rate slow < fast]", {"measure": "onset rate", **t["onset_rate"]}))
         for k, target in (("register", "low < mid < high"), ("brightness", "dark < neutral < bright"),
                           ("dynamics", "soft < loud")):
             L.append(_ordered_line(f"{k} [{target}]", gres.get(k)))

@@ -182,6 +182,8 @@ def train_codec(cfg: CodecTrainConfig, corpus: Path, out: Path, minutes: float |
         rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
     save_config(cfg, cdir / "config.json")
+    if step >= cfg.steps and (cdir / "hf" / "config.json").exists():
+        return {"step": step, "steps": cfg.steps, "done": True, "minutes_this_sitting": 0.0, "last": {}}
 
     sr = O.SAMPLE_RATE
     train = load_clips(corpus, ("train",), sr)

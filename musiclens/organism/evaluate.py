@@ -215,10 +215,17 @@ def _ordered(levels: list[str], values: dict[str, list[float]]) -> dict:
         va, vb = va[np.isfinite(va)], vb[np.isfinite(vb)]
         if len(va) >= 2 and len(vb) >= 2:
             pairs[f"{a}<{b}"] = float(mannwhitneyu(va, vb, alternative="less").pvalue)
+    lo, hi = levels[0], levels[-1]
+    va, vb = [np.asarray(values.get(x, []), float) for x in (lo, hi)]
+    va, vb = va[np.isfinite(va)], vb[np.isfinite(vb)]
+    if len(va) >= 2 and len(vb) >= 2 and len(levels) > 2:
+        pairs[f"{lo}<{hi}"] = float(mannwhitneyu(va, vb, alternative="less").pvalue)
     res["p_one_sided"] = pairs
     present = [lv for lv in levels if res["n"][lv] > 0]
     meds = [res["median"][lv] for lv in present]
-    res["ordered"] = bool(len(present) >= 2 and all(a < b for a, b in zip(meds[:-1], meds[1:])))
+    res["ordered"] = bool(len(present) == len(levels) and all(a < b for a, b in zip(meds[:-1], meds[1:])))
+    lo_m, hi_m = res["median"][levels[0]], res["median"][levels[-1]]
+    res["extremes_ordered"] = bool(lo_m is not None and hi_m is not None and lo_m < hi_m)
     if len(set(xs)) >= 2:
         rho, p = spearmanr(xs, ys)
         res["spearman_level"] = {"rho": float(rho), "p": float(p)}

@@ -131,6 +131,23 @@ class OrganismExportConfig:
 
     run: str = option("runs/organism", "run directory whose current LM export is shipped")
     out: str = option("", "destination folder (default: the package's shipped organism folder)")
+    corpus: str = option("data/corpus", "the corpus it was trained on (summarised in the model card)")
+
+
+def _corpus_summary(corpus: Path) -> dict | None:
+    import collections
+
+    from .data import read_metadata
+
+    try:
+        rows = read_metadata(corpus)
+    except MusiclensError:
+        return None
+    cfg = json.loads((corpus / "config.json").read_text()) if (corpus / "config.json").exists() else {}
+    return {"clips": len(rows), "hours": round(sum(r.get("seconds", 0) for r in rows) / 3600, 2),
+            "split": dict(collections.Counter(r["split"] for r in rows)),
+            "sources": len({r.get("source") for r in rows}), "seed": cfg.get("seed"),
+            "sample_rate": cfg.get("sample_rate"), "example_captions": [r["caption"] for r in rows[:4]]}
 
 
 def export(cfg: OrganismExportConfig) -> Path:
@@ -156,5 +173,11 @@ def export(cfg: OrganismExportConfig) -> Path:
                 p = Path(cfg.run) / stage / name
                 if p.exists():
                     shutil.copy2(p, tmp / "training" / f"{stage}_{name}")
+        idx = Path(cfg.run) / "codes" / "index.json"
+        if idx.exists():
+            write_json(tmp / "training" / "codes_summary.json", json.loads(idx.read_text())["summary"])
+        summary = _corpus_summary(Path(cfg.corpus))
+        if summary:
+            write_json(tmp / "training" / "corpus.json", summary)
     write_card(dst)
     return dst

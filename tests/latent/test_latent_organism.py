@@ -2,51 +2,35 @@
 
 Uses the SAE + probes shipped with the rectified-flow model
 (musiclens/assets/organism/flow/cell, trained by `python bench/latent.py --ship`
-on the organism codec's latents of the rendered corpus). The held-out audio is
-rendered here with FluidSynth from notes chosen in the test, so the test needs
-neither the corpus nor a network.
+on the organism codec's latents of the rendered corpus) and the held-out audio
+shipped with them (`cell/heldout/`: 4 s of the first four test-split clips of
+the bench list, never seen by the SAE or the probes).
 """
 
 from __future__ import annotations
 
-import shutil
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
+import torch
 
 from musiclens.models.organism import organism_path
 
-SF2 = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
 CELL = Path(__file__).resolve().parents[2] / "musiclens" / "assets" / "organism" / "flow" / "cell"
 
 pytestmark = [
     pytest.mark.skipif(not (organism_path() / "model.safetensors").exists(),
                        reason="organism weights not trained yet (musiclens/assets/organism/musicgen)"),
-    pytest.mark.skipif(not (CELL / "probes.json").exists(),
+    pytest.mark.skipif(not (CELL / "probes.json").exists() or not (CELL / "heldout").is_dir(),
                        reason="latent SAE + probes not shipped yet (python bench/latent.py --ship)"),
-    pytest.mark.skipif(not SF2.exists() or shutil.which("fluidsynth") is None,
-                       reason="FluidSynth + FluidR3_GM soundfont not installed (make setup installs them)"),
 ]
-
-
-def render(notes: list[int], program: int, seconds_per_note: float = 0.5, velocity: int = 90) -> np.ndarray:
-    import pretty_midi
-
-    pm = pretty_midi.PrettyMIDI()
-    inst = pretty_midi.Instrument(program=program)
-    for i, n in enumerate(notes):
-        inst.notes.append(pretty_midi.Note(velocity=velocity, pitch=n, start=i * seconds_per_note,
-                                           end=(i + 0.9) * seconds_per_note))
-    pm.instruments.append(inst)
-    y = pm.fluidsynth(fs=16000, sf2_path=str(SF2))[: int(len(notes) * seconds_per_note * 16000)]
-    return (0.8 * y / max(1e-6, np.abs(y).max())).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
 def cm():
-    import json
-
     from musiclens.latent.control import load_control
 
     cm = load_control(CELL, "organism")
@@ -57,37 +41,38 @@ def cm():
     return cm
 
 
-def test_probes_beat_chance_on_held_out_audio(cm):
+@pytest.fixture(scope="module")
+def heldout():
+    clips = [sf.read(p, dtype="float32")[0] for p in sorted((CELL / "heldout").glob("*.wav"))]
+    assert len(clips) == 4
+    return clips
+
+
+def test_probes_beat_chance_on_held_out_audio(cm, heldout):
     from musiclens.latent.labels import frame_values
 
-    # two melodies on instruments of the corpus (flute, piano), notes in the corpus's range
-    clips = [render([67, 69, 71, 72, 74, 72, 71, 69], 73), render([55, 57, 59, 60, 62, 60, 59, 57], 0)]
     xs, ys = [], {"pitch": [], "loudness": [], "timbre": []}
-    for y in clips:
-        x = cm.ae.latents(__import__("torch").from_numpy(y)[None])[0]
-        v = frame_values(y, cm.ae.sample_rate, cm.ae.hop, x.shape[0])
-        c = cm.bins.classes(v)
+    for y in heldout:
+        x = cm.ae.latents(torch.from_numpy(y)[None])[0]
+        c = cm.bins.classes(frame_values(y, cm.ae.sample_rate, cm.ae.hop, x.shape[0]))
         xs.append(x)
         for a in ys:
             ys[a].append(c[a])
-    import torch
-
-    x = torch.cat(xs)
-    f = cm.sae.encode(x)
-    for a in ("pitch",):
+    f = cm.sae.encode(torch.cat(xs))
+    for a in ys:
         y = np.concatenate(ys[a])
-        pred = cm.probes.logits(f, a).argmax(-1).numpy()
-        acc = float((pred == y).mean())
-        chance = np.bincount(y).max() / len(y)
-        assert acc > chance, f"{a}: accuracy {acc:.3f} <= chance {chance:.3f}"
+        acc = float((cm.probes.logits(f, a).argmax(-1).numpy() == y).mean())
+        chance = np.bincount(y).max() / len(y)  # the best constant guess on these very frames
+        assert acc > chance, f"{a}: held-out accuracy {acc:.3f} <= chance {chance:.3f}"
 
 
-def test_pitch_control_vector_moves_crepe_pitch(cm):
-    from musiclens.latent.control import compare, edit_audio, measure, target_class
+def test_pitch_control_vectors_move_crepe_pitch_toward_the_target(cm, heldout):
+    from musiclens.latent.control import sweep, target_class
 
-    y = render([60, 62, 64, 65, 67, 65, 64, 62], 0)  # piano around C4..G4
-    base = measure(cm, edit_audio(cm, y, "pitch", 0, 0.0))
-    up = target_class(cm.bins, "pitch", "C6")
-    r = compare(cm, base, measure(cm, edit_audio(cm, y, "pitch", up, 30.0)), "pitch", up)
-    assert r["baseline_median_midi"] is not None and r["edited_median_midi"] is not None
-    assert r["edited_median_midi"] > r["baseline_median_midi"], r
+    # the issue's example (--to C5 --alpha 20) raises the pitch of these clips (median MIDI ~61);
+    # a C3 vector lowers it. (Far targets at large alpha break down: C6 at alpha 20 lowers it; docs/latent.md.)
+    for target, alpha, sign in (("C5", 20.0, 1), ("C3", 10.0, -1)):
+        row = sweep(cm, heldout, "pitch", target_class(cm.bins, "pitch", target), [alpha])["alphas"][0]
+        # median CREPE pitch of the voiced frames of the decoded audio, averaged over the clips
+        assert sign * (row["edited_median_midi"] - row["baseline_median_midi"]) > 0, (target, row)
+        assert row["edited_distance"] < row["baseline_distance"], (target, row)

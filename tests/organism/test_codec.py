@@ -97,4 +97,4 @@ def test_latent_init_normalises_quiet_audio():
     x = torch.randn(4, 8000) * 0.01  # quiet, like the corpus (about -40 dBFS)
     stats = init_latent_scale(c, x)
     assert stats["std_before"] < 0.1
-    assert abs(stats["std_after"] - 1.0) < 0.05 and stats["mean_after"] < 1e-3
+    assert abs(stats["std_after"] - 1.0) < 0.05 and stats["mean_norm_after"] < 1e-3
