@@ -1,12 +1,13 @@
 """Training the organism's audio codec (an HF `EncodecModel`).
 
 Phases, all in one resumable loop:
-1. plain autoencoder (no quantiser) for `warmup_steps`, so the encoder output
-   carries information before codebooks are fitted to it;
-2. k-means initialisation of the 4 residual codebooks on encoder outputs of
-   a few batches;
+1. data-dependent init of the encoder (`init_latent_scale`), so its latent
+   varies with the audio instead of sitting on a bias-made constant;
+2. optionally a plain autoencoder for `warmup_steps` (default 0: not needed
+   after step 1), then k-means initialisation of the 4 residual codebooks on
+   encoder outputs of a few batches;
 3. VQ training: straight-through residual quantisation with EMA codebooks,
-   commitment loss, dead-code restarts.
+   commitment loss, dead-code restarts every step.
 Losses: waveform L1 + multi-scale mel (4-128 ms windows) + onset envelope
 (see `losses.py`). Checkpoints (model, optimiser, step, RNG) are written
 atomically every few minutes, and the current codec is also exported as a
