@@ -239,7 +239,7 @@ def main() -> None:
                                "CPU time, which contention inflates far less than wall time"},
     }
     path = write_result("extract", figures,
-                        command="nice -n 10 .venv/bin/python bench/extract.py " + " ".join(sys.argv[1:]))
+                        command=f"nice -n {os.nice(0)} .venv/bin/python bench/extract.py " + " ".join(sys.argv[1:]))
     import json
 
     print(json.dumps(figures, indent=2))
