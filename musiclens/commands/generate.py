@@ -45,7 +45,7 @@ def generate_batched(model, prompts, cfg) -> list:
     import torch
     from tqdm import tqdm
 
-    if not (cfg.seconds > 0) or cfg.seconds != cfg.seconds:
+    if not cfg.seconds > 0:  # also rejects NaN
         raise MusiclensError("--seconds must be a positive number")
     audios = []
     batches = [prompts[i:i + cfg.batch_size] for i in range(0, len(prompts), cfg.batch_size)]

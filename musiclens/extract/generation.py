@@ -27,23 +27,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import MusiclensError
+from ..audio import read_prompts
 from ..io import atomic_path
 from . import ExtractConfig, check_output, dist_setup, fixed_groups, frame_subset, open_model, open_writer
-
-
-def read_prompts(path: str | Path) -> list[str]:
-    """Prompts, one per non-blank line (lines starting with '#' are comments)."""
-    p = Path(path)
-    if not p.is_file():
-        raise MusiclensError(f"prompts file not found: {p}")
-    try:
-        lines = p.read_text().splitlines()
-    except UnicodeDecodeError:
-        raise MusiclensError(f"prompts file is not text: {p}")
-    prompts = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-    if not prompts:
-        raise MusiclensError(f"no prompts in {p}")
-    return prompts
 
 
 def _write_audio(path: Path, audio: torch.Tensor, sr: int) -> None:

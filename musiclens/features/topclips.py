@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..audio import write_wav
 from ..errors import MusiclensError
-from ..io import atomic_path
 
 
 @dataclass
@@ -103,18 +103,6 @@ class AudioCache:
         return y[a:max(b, a + 1)], sr
 
 
-def write_wav(path: Path, y: np.ndarray, sr: int, atomic: bool = False) -> None:
-    """16-bit WAV. Not atomic by default: clips are written inside a directory that is itself
-    built under a temporary name (musiclens.io.atomic_dir), and an fsync per clip costs ~20 ms."""
-    import soundfile as sf
-
-    if not atomic:
-        sf.write(str(path), np.clip(y, -1, 1), sr, format="WAV", subtype="PCM_16")
-        return
-    with atomic_path(path, suffix=".wav") as tmp:
-        sf.write(str(tmp), np.clip(y, -1, 1), sr, format="WAV", subtype="PCM_16")
-
-
 def concatenate(pieces: list[np.ndarray], sr: int, silence: float = 0.25) -> np.ndarray:
     """Join clips with `silence` seconds between them (each faded 10 ms to avoid clicks)."""
     gap = np.zeros(int(silence * sr), dtype=np.float32)
@@ -145,12 +133,12 @@ def write_feature_clips(out_dir: Path, specs: list[ClipSpec], audio: AudioCache,
             import librosa
 
             y = librosa.resample(y, orig_sr=sr, target_sr=sr0)
-        write_wav(out_dir / f"top{s.rank}.wav", y, sr0)
+        write_wav(out_dir / f"top{s.rank}.wav", y, sr0, atomic=False)
         files.append(f"top{s.rank}.wav")
         if len(pieces) < concat_n:
             pieces.append(y)
     result = {"clips": files, "concat": None}
     if pieces:
-        write_wav(out_dir / "concat.wav", concatenate(pieces, sr0), sr0)
+        write_wav(out_dir / "concat.wav", concatenate(pieces, sr0), sr0, atomic=False)
         result["concat"] = "concat.wav"
     return result

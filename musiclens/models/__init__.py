@@ -466,9 +466,9 @@ def load_model(name: str = "organism", device: str | torch.device = "cpu", dtype
             raise MusiclensError(f"cannot use device {device}: {e}")
     if dtype is not None and dtype != torch.float32:
         # the codec stays in float32: its LSTM and convolutions gain little and lose accuracy in half precision
-        hf.decoder.to(dtype)
-        hf.text_encoder.to(dtype)
-        hf.enc_to_dec_proj.to(dtype) if hasattr(hf, "enc_to_dec_proj") else None
+        for part in ("decoder", "text_encoder", "enc_to_dec_proj", "audio_enc_to_dec_proj"):
+            if hasattr(hf, part):
+                getattr(hf, part).to(dtype)
     model = MusicModel(hf, tok, name=name, weights_hash=whash)
     if cache:
         _CACHE[key] = model

@@ -22,8 +22,9 @@ def test_geometry(model):
 
 
 def test_depth_names(model):
-    assert model.parse_layers("early,25%,50%,75%,late") == [2, 3, 4, 5] or \
-        model.parse_layers("early,25%,50%,75%,late") == sorted({2, 2, 3, 5, 4})
+    # 6 layers: early=2, 25%=2, 50%=3, 75%=5, late=4
+    assert model.parse_layers("early,25%,50%,75%,late") == [2, 3, 4, 5]
+    assert model.parse_layers("late") == [4] and model.parse_layers("75%") == [5]
     assert model.parse_layers("0,5") == [0, 5]
     with pytest.raises(MusiclensError):
         model.parse_layers("6")
