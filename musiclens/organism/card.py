@@ -24,10 +24,13 @@ def _json(path: Path):
 
 
 def _jsonl(path: Path) -> list[dict]:
+    """Training log records, one per step: a sitting that was killed and resumed from an older
+    checkpoint logs some steps twice, and the later record (the one training went on from) wins."""
     try:
-        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     except (OSError, json.JSONDecodeError):
         return []
+    return sorted({r.get("step"): r for r in rows}.values(), key=lambda r: r.get("step") or 0)
 
 
 def _f(x, nd=3):
@@ -126,7 +129,7 @@ def card_text(folder: Path | None = None) -> str:
                              for r in lm_log[:: max(1, len(lm_log) // 10)]))
     if not codec_log and not lm_log:
         L.append("* (no training logs in this folder)")
-    L += ["", "Machine: CPU, 2 cores shared with other jobs (see the logs' minutes).", ""]
+    L += ["", "Machine: CPU, 2 cores (see the logs' minutes).", ""]
     L += ["## Codec fidelity (test-split clips, original vs encode-decode)", ""]
     if cres:
         L += [f"n = {cres['n']} clips. Log-mel L1 {_f(cres['log_mel_l1'])}, SI-SDR {_f(cres['si_sdr_db'], 1)} dB.", "",

@@ -48,7 +48,7 @@ class LMTrainConfig:
     warmup: int = option(100, "LR warm-up steps")
     weight_decay: float = option(0.01, "AdamW weight decay")
     null_prob: float = option(0.15, "share of captions dropped for classifier-free guidance")
-    eval_every: int = option(100, "steps between held-out loss evaluations")
+    eval_every: int = option(200, "steps between held-out loss and caption-gap evaluations")
     checkpoint_minutes: float = option(5.0, "minutes between checkpoints (+ HF export)")
     seed: int = option(0, "random seed")
 
@@ -285,7 +285,11 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
             rec = {"step": step, "minutes": round((time.time() - t0) / 60, 2), "train_loss": float(loss.detach()),
                    "lr": _lr(cfg, step), "frames_per_s": round(frames / (time.time() - t0), 1)}
             if len(valid_idx):
-                rec["heldout_loss"] = heldout_loss(model, data, valid_idx, cfg.crop_frames)
+                gap = conditioning_gap(model, data, valid_idx, cfg.crop_frames)
+                model.train()
+                rec["heldout_loss"] = gap["own"]
+                # nats/token the caption is worth: the signal that prompt adherence is being learned
+                rec["gap_null"], rec["gap_shuffled"] = gap["gap_null"], gap["gap_shuffled"]
             with open(log_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
         if time.time() - last > cfg.checkpoint_minutes * 60:
