@@ -313,7 +313,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     return _finish(cfg, res, runner, out, "evaluate")
 
 
-def load_labels(cfg: FeatureSteeringConfig, sae_name: str) -> dict[int, str]:
+def load_labels(cfg: FeatureSteeringConfig, sae_names: set[str]) -> dict[int, str]:
     """{feature: label} from --labels or the features dir's annotations.json."""
     import json
 
@@ -336,7 +336,7 @@ def load_labels(cfg: FeatureSteeringConfig, sae_name: str) -> dict[int, str]:
     out = {}
     for key, by in data.items():
         sae, _, j = key.rpartition("/")
-        if sae != sae_name:
+        if sae not in sae_names:
             continue
         for s in order:
             if by.get(s, {}).get("label"):
@@ -349,7 +349,8 @@ def run_feature_steering(cfg: FeatureSteeringConfig) -> dict:
     from ..steer.experiments import feature_steering
     from ..steer.inject import check_strength
     from ..steer.metrics import MeasureContext
-    from ..steer.sae_steer import betas_from_catalogue, catalogue_rows_for, feature_steer, load_sae_checked
+    from ..steer.sae_steer import (betas_from_catalogue, catalogue_names, catalogue_rows_for, feature_steer,
+                                   load_sae_checked)
     from ..steer.inject import sae_layer
 
     if not (math.isfinite(cfg.seconds) and cfg.seconds > 0):
@@ -360,8 +361,7 @@ def run_feature_steering(cfg: FeatureSteeringConfig) -> dict:
     model = _model(cfg)
     sae = load_sae_checked(cfg.sae, model)
     layer = sae_layer(sae)
-    sae_name = Path(cfg.sae).name
-    labels = load_labels(cfg, sae_name)
+    labels = load_labels(cfg, catalogue_names(cfg.sae))
     feats = list(cfg.feature)
     if not feats:
         if not cfg.features_dir:

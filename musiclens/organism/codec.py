@@ -39,7 +39,7 @@ from .losses import MultiScaleMel, reconstruction_loss
 class CodecTrainConfig:
     """Codec training options (saved as RUN/codec/config.json)."""
 
-    steps: int = option(1000, "total optimiser steps (the LR schedule spans these; --minutes may stop earlier)")
+    steps: int = option(14000, "total optimiser steps (the LR schedule spans these; --minutes may stop earlier)")
     warmup_steps: int = option(0, "plain-autoencoder steps before k-means codebook init (0: k-means right after the data-dependent init)")
     warmup_noise: float = option(0.1, "std of Gaussian noise added to the latent during warm-up (spreads it for k-means)")
     batch_size: int = option(8, "crops per step")

@@ -36,7 +36,7 @@ from .codes import load_codes
 class LMTrainConfig:
     """Language-model training options (saved as RUN/lm/config.json)."""
 
-    steps: int = option(3000, "total optimiser steps (the LR schedule spans these; --minutes may stop earlier)")
+    steps: int = option(9000, "total optimiser steps (the LR schedule spans these; --minutes may stop earlier)")
     batch_size: int = option(8, "clips per step")
     crop_frames: int = option(300, "frames per training crop (50 frames = 1 s)")
     layers: int = option(8, "decoder layers")

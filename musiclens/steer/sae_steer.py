@@ -65,11 +65,22 @@ def _catalogue_rows(path: Path) -> list[dict]:
     return list(rows)
 
 
+def catalogue_names(sae_path: str | Path) -> set[str]:
+    """The names an SAE may have in a features catalogue / annotations.json.
+
+    `musiclens features` names an SAE by its folder, and prefixes the parent folder when several
+    SAEs share a folder name (sweep/L4/topk_x32_k32 -> "L4_topk_x32_k32"), so both spellings count.
+    """
+    p = Path(sae_path)
+    return {p.name, f"{p.parent.name}_{p.name}"}
+
+
 def catalogue_rows_for(catalogue: str | Path, sae_path: str | Path, layer: int) -> list[dict]:
-    """The catalogue rows that belong to this SAE (by directory name, else by layer)."""
+    """The catalogue rows that belong to this SAE (by name, else by layer)."""
     rows = _catalogue_rows(Path(catalogue))
     name = Path(sae_path).name
-    mine = [r for r in rows if r.get("sae") == name]
+    names = catalogue_names(sae_path)
+    mine = [r for r in rows if r.get("sae") in names]
     if not mine:
         mine = [r for r in rows if int(r.get("layer", -1)) == layer]
         if len({r.get("sae") for r in mine}) > 1:
