@@ -74,6 +74,13 @@ def load_control(cell: str | Path, autoencoder: str | None = None, device: str =
     ae = load_autoencoder(autoencoder, device)
     if ae.dim != sae.d_in:
         raise MusiclensError(f"autoencoder {ae.name} has latent width {ae.dim}, the SAE expects {sae.d_in}")
+    # a cell shipped with a flow model records the codec weights it was trained on; another codec of the
+    # same width (e.g. a retrained organism) gives latents the SAE and probes have never seen
+    flow_cfg = cell.parent / "config.json"
+    trained_on = json.loads(flow_cfg.read_text()).get("codec_weights_hash") if flow_cfg.exists() else None
+    if trained_on and trained_on != ae.weights_hash:
+        raise MusiclensError(f"{cell} was trained on {ae.name} codec weights {trained_on}, these are {ae.weights_hash}: "
+                             "retrain it (`python bench/latent.py --ship`) or pass a cell of this codec")
     return ControlModel(ae, sae, probes, cell)
 
 
