@@ -62,6 +62,12 @@ def layer_of_hook(hook: str) -> int:
         raise MusiclensError(f"SAE hook name {hook!r} is not of the form layer.<i>")
 
 
+def qualified_name(path: str | Path) -> str:
+    """An SAE's catalogue name when its folder name repeats in a run: "<parent>_<folder>" (L4_topk_x4_k32)."""
+    p = Path(path)
+    return f"{p.parent.name}_{p.name}"
+
+
 def load_saes(paths: list[str | Path]) -> list[SAEInfo]:
     """Load SAEs (SAELens layout) and give each a unique, readable name."""
     try:
@@ -73,7 +79,7 @@ def load_saes(paths: list[str | Path]) -> list[SAEInfo]:
     paths = [Path(p) for p in paths]
     base = [p.name or "sae" for p in paths]
     # sweeps write one folder per setting (topk_x4_k32, ...) under one folder per layer: qualify repeats
-    base = [f"{p.parent.name}_{b}" if base.count(b) > 1 and p.parent.name else b for p, b in zip(paths, base)]
+    base = [qualified_name(p) if base.count(b) > 1 and p.parent.name else b for p, b in zip(paths, base)]
     for p, name in zip(paths, base):
         sae = load_sae(p)
         sae.eval() if hasattr(sae, "eval") else None

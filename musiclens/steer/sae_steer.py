@@ -71,8 +71,9 @@ def catalogue_names(sae_path: str | Path) -> set[str]:
     `musiclens features` names an SAE by its folder, and prefixes the parent folder when several
     SAEs share a folder name (sweep/L4/topk_x32_k32 -> "L4_topk_x32_k32"), so both spellings count.
     """
-    p = Path(sae_path)
-    return {p.name, f"{p.parent.name}_{p.name}"}
+    from ..features.scan import qualified_name
+
+    return {Path(sae_path).name, qualified_name(sae_path)}
 
 
 def catalogue_rows_for(catalogue: str | Path, sae_path: str | Path, layer: int) -> list[dict]:
