@@ -39,6 +39,8 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-card", action="store_true", help="do not rewrite the model card")
+    ap.add_argument("--tagger", default="", help="tagger folder for instrument / drums (default: shipped); the "
+                                                 "result then goes to bench/results/organism_tagger_<folder>.json")
     ap.add_argument("--codec-dir", default="", help="measure only this codec HF folder (e.g. RUN/codec/hf, "
                                                      "before the LM exists)")
     a = ap.parse_args()
@@ -64,14 +66,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = OrganismEvalConfig(model=a.model or str(organism_path()), run=a.run, corpus=a.corpus, out=str(Path(tmp) / "eval.json"), what=a.what,
                                  n_codec=a.n_codec, n_prompts=a.n_prompts, n_uncond=a.n_uncond, seconds=a.seconds,
-                                 guidance=a.guidance, seed=a.seed)
+                                 guidance=a.guidance, seed=a.seed, tagger=a.tagger)
         res = evaluate(cfg)
     if "codec" in res:
         write_result("organism_codec", {"model": res["model"], **res["codec"]})
     if "generation" in res:
-        write_result("organism", {"model": res["model"], "tagger": res["tagger"],
-                                  "teacher_forced": res.get("teacher_forced"), **res["generation"]})
-    if not a.no_card and shipped:
+        name = f"organism_tagger_{Path(a.tagger).name}" if a.tagger else "organism"
+        write_result(name, {"model": res["model"], "tagger": res["tagger"],
+                            "teacher_forced": res.get("teacher_forced"), **res["generation"]})
+    if not a.no_card and shipped and not a.tagger:
         write_card()
 
 

@@ -50,7 +50,10 @@ def parse_args(argv=None):
     ap.add_argument("--batch-size", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--embedder", default="auto", choices=["auto", "tagger", "clap", "mel"])
-    ap.add_argument("--reference", default=None, help="folder of real clips as FAD reference")
+    ap.add_argument("--reference", default=None,
+                    help="FAD reference: a folder of real clips, or a rendered corpus (its test split is used)")
+    ap.add_argument("--reference-clips", type=int, default=200,
+                    help="at most this many clips of --reference (default 200)")
     ap.add_argument("--fad-factor", type=float, default=2.0)
     ap.add_argument("--time-reps", type=int, default=5)
     ap.add_argument("--sae", default=None, help="SAE directory for the feature-steering share")
@@ -100,6 +103,25 @@ def timing(model, prompts, seconds, batch_size, vecs, layer, reps: int) -> dict:
             "hooked_layers": model.n_layers, "goal_overhead_max": 0.05}
 
 
+def reference_paths(reference: str, limit: int) -> list[Path]:
+    """Real clips for the FAD reference: a corpus's test split (first `limit`) or a folder's audio files."""
+    from musiclens.corpus.render import load_metadata
+    from musiclens.steer.generation import list_audio
+
+    ref = Path(reference)
+    if (ref / "metadata.jsonl").exists():
+        paths = [ref / r["path"] for r in load_metadata(ref) if r.get("split") == "test"]
+    else:
+        paths = list_audio(ref)
+    return paths[:limit]
+
+
+def reference_audio(reference: str, limit: int, sample_rate: int) -> list:
+    from musiclens.steer.generation import read_audio
+
+    return [read_audio(f, sample_rate)[0] for f in reference_paths(reference, limit)]
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import numpy as np
@@ -109,7 +131,6 @@ def main(argv=None) -> int:
     from musiclens.measure.fad import load_embedder
     from musiclens.steer.diffmean import compute_diffmean
     from musiclens.steer.experiments import Runner, markdown, pick_strength, plot, scan_layers, sweep
-    from musiclens.steer.generation import list_audio, read_audio
     from musiclens.steer.inject import DiffMeanSteer
     from musiclens.steer.prompts import CONCEPTS, concept_prompts, neutral_prompts
 
@@ -119,9 +140,7 @@ def main(argv=None) -> int:
     grid = sorted({float(x) for x in args.grid.split(",")} | {0.0})
     work = Path(args.work) / model.weights_hash
     emb = load_embedder(args.embedder)
-    ref = None
-    if args.reference:
-        ref = [read_audio(f, model.sample_rate)[0] for f in list_audio(args.reference)]
+    ref = reference_audio(args.reference, args.reference_clips, model.sample_rate) if args.reference else None
     held_out = neutral_prompts(args.n_prompts)
     scan_prompts = neutral_prompts(args.scan_prompts, offset=args.n_prompts)   # disjoint from the held-out set
     metrics = [CONCEPTS[c][2] for c in concepts]
@@ -215,7 +234,8 @@ def main(argv=None) -> int:
         "pipeline only and say nothing about steerability",
         "n_prompts": args.n_prompts, "n_diffmean": args.n_diffmean, "seconds": args.seconds, "grid": grid,
         "fad_embedder": getattr(emb, "name", None),
-        "fad_reference": "given clips" if ref is not None else "independent unsteered generation",
+        "fad_reference": (f"{len(ref)} real clips from {args.reference}" if ref is not None
+                          else "independent unsteered generation"),
         "concepts": results, "timing": timing_res, "feature_steering": feature,
         "wall_s": round(time.perf_counter() - t_start, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
         "tables": "bench/results/steering/steering.md",

@@ -8,13 +8,15 @@ import json
 def register(sub) -> None:
     from ..config import add_arguments
     from ..organism.pipeline import OrganismEvalConfig, OrganismExportConfig, OrganismTrainConfig
+    from ..organism.reconstruct import ReconstructConfig
 
     p = sub.add_parser("organism", help="train, evaluate or export the organism (musiclens's own MusicGen)")
     osub = p.add_subparsers(dest="organism_command", metavar="<action>")
     t = osub.add_parser("train", help="train codec and language model on a rendered corpus",
                         description="Stages: codec (EnCodec: data-dependent init, k-means codebooks, EMA VQ, dead-code restarts), "
                                     "codes (encode the corpus + MiniLM caption states once), lm (MusicGen "
-                                    "decoder). Each stage checkpoints every few minutes; --minutes M stops "
+                                    "decoder), tune (the decoder fine-tuned with a caption-contrast loss "
+                                    "so that it follows tempo, register, dynamics and drums words). Each stage checkpoints every few minutes; --minutes M stops "
                                     "each stage after M minutes and --resume continues. Uses a GPU when "
                                     "available (--device auto).")
     add_arguments(t, OrganismTrainConfig)
@@ -30,6 +32,12 @@ def register(sub) -> None:
                                     "(musiclens/assets/organism/musicgen).")
     add_arguments(x, OrganismExportConfig)
     x.set_defaults(func=_export)
+    r = osub.add_parser("reconstruct", help="the corpus as the organism's codec hears it (encode + decode)",
+                        description="Writes a corpus-format folder (audio/ + metadata.jsonl) of codec "
+                                    "reconstructions, for listening and for `musiclens tagger eval|train`: "
+                                    "what the codec erases, no generation can contain. Resumable.")
+    add_arguments(r, ReconstructConfig)
+    r.set_defaults(func=_reconstruct)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
@@ -40,6 +48,16 @@ def _train(args) -> int:
     summary = train(from_args(OrganismTrainConfig, args))
     for stage, s in summary.items():
         print(f"{stage}: {json.dumps(s)}")
+    return 0
+
+
+def _reconstruct(args) -> int:
+    from ..config import from_args
+    from ..organism.reconstruct import ReconstructConfig, reconstruct
+
+    cfg = from_args(ReconstructConfig, args)
+    s = reconstruct(cfg)
+    print(f"wrote {s['clips']} clips ({s['reconstructed_now']} new, {s['seconds_each']:.2f} s each) to {cfg.out}")
     return 0
 
 

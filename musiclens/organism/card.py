@@ -60,6 +60,8 @@ def card_text(folder: Path | None = None) -> str:
     codec_log, lm_log = _jsonl(tr / "codec_log.jsonl"), _jsonl(tr / "lm_log.jsonl")
     codec_prog, lm_prog = _json(tr / "codec_progress.json") or {}, _json(tr / "lm_progress.json") or {}
     codec_cfg, lm_cfg = _json(tr / "codec_config.json") or {}, _json(tr / "lm_config.json") or {}
+    tune_log, tune_prog, tune_cfg = (_jsonl(tr / "tune_log.jsonl"), _json(tr / "tune_progress.json") or {},
+                                     _json(tr / "tune_config.json") or {})
     cres = (_json(RESULTS / "organism_codec.json") or {}).get("figures")
     gres = (_json(RESULTS / "organism.json") or {}).get("figures")
     size = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 1e6
@@ -103,7 +105,9 @@ def card_text(folder: Path | None = None) -> str:
           "Stages: codec (data-dependent init of the encoder, k-means codebook init, EMA codebooks with "
           "dead-code restarts; waveform L1 + multi-scale mel with 4-128 ms windows + onset-envelope loss), codes (corpus "
           "encoded once, MiniLM caption states computed once), lm (AdamW, warm-up + cosine, random crops, 15 % "
-          "null captions for classifier-free guidance). Every stage checkpoints and resumes.", ""]
+          "null captions for classifier-free guidance), tune (the LM fine-tuned with an extra hinge that makes each "
+          "clip's opening less likely under its caption with one concept's words flipped: the base LM had learned "
+          "to ignore tempo words). Every stage checkpoints and resumes.", ""]
     corpus = _json(tr / "corpus.json")
     codes = _json(tr / "codes_summary.json")
     if corpus:
@@ -127,6 +131,17 @@ def card_text(folder: Path | None = None) -> str:
                  f"{lm_log[-1].get('frames_per_s')} frames/s; held-out token loss by step: "
                  + ", ".join(f"{r['step']}: {r.get('heldout_loss', float('nan')):.3f}"
                              for r in lm_log[:: max(1, len(lm_log) // 10)]))
+    if tune_log:
+        first, last = tune_log[0].get("concept_gap") or {}, tune_log[-1].get("concept_gap") or {}
+        L.append(f"* caption-contrast fine-tuning (the shipped weights): step "
+                 f"{max(tune_prog.get('step', 0), tune_log[-1]['step'])} of {tune_cfg.get('steps', '?')} from the "
+                 f"language model above, peak LR {tune_cfg.get('lr')}, hinge weight {tune_cfg.get('contrast_weight')} "
+                 f"and margin {tune_cfg.get('contrast_margin')} nats on the first {tune_cfg.get('contrast_frames')} "
+                 f"frames, flipping {tune_cfg.get('contrast_concepts')}; held-out loss "
+                 f"{_f(tune_log[0].get('heldout_loss'))} -> {_f(tune_log[-1].get('heldout_loss'))}; per-concept "
+                 "caption gap (valid clips, loss with that concept's words flipped minus own, first frames) "
+                 f"at step {tune_log[0]['step']} -> {tune_log[-1]['step']}: "
+                 + ", ".join(f"{c} {_f(first.get(c))} -> {_f(v)}" for c, v in last.items()))
     if not codec_log and not lm_log:
         L.append("* (no training logs in this folder)")
     L += ["", "Machine: CPU, 2 cores (see the logs' minutes).", ""]
@@ -152,6 +167,17 @@ def card_text(folder: Path | None = None) -> str:
               f"Held-out token loss on {tf['n']} valid clips (first 6 s): own caption {tf['own']:.3f}, another "
               f"clip's caption {tf['shuffled']:.3f} (+{tf['gap_shuffled']:.3f}), no caption {tf['null']:.3f} "
               f"(+{tf['gap_null']:.3f}) nats per token.", ""]
+        pc = tf.get("per_concept")
+        if isinstance(pc, dict):
+            L += [f"Per concept (`musiclens.organism.sensitivity`): the clip's own caption with only that concept's "
+                  f"words flipped (slow <-> fast, dark <-> bright, organ -> trumpet, ...), loss on the first "
+                  f"{pc.get('frames')} frames minus the own caption's. Near 0 = the LM ignores those words.", "",
+                  "| concept | gap (nats/token) | flipped worse in | n | p (sign test) |", "|---|---:|---:|---:|---:|"]
+            for c, v in pc.items():
+                if isinstance(v, dict) and v.get("n"):
+                    L.append(f"| {c} | {v['gap']:+.4f} | {100 * v['share_positive']:.0f} % | {v['n']} | "
+                             f"{v['p_sign']:.2g} |")
+            L.append("")
     L += ["## Prompt adherence (generations from test-split captions)", ""]
     if gres:
         L += [f"{gres['n_prompts']} captions, {gres['seconds_per_clip']} s each, CFG {gres['guidance_scale']}. "

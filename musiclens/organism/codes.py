@@ -54,9 +54,12 @@ def encode_clips(codec, wavs: list[np.ndarray], device: str = "cpu", batch: int 
 
 
 @torch.no_grad()
-def caption_states(captions: list[str], device: str = "cpu", batch: int = 64):
-    """Frozen MiniLM last hidden states for captions -> (states [N, L, 384] fp16, mask [N, L] int8)."""
-    enc, tok = O.load_text_encoder(device)
+def caption_states(captions: list[str], device: str = "cpu", batch: int = 64, encoder=None):
+    """Frozen MiniLM last hidden states for captions -> (states [N, L, 384] fp16, mask [N, L] int8).
+
+    `encoder`: an already loaded (model, tokenizer) pair, for callers that encode many small batches.
+    """
+    enc, tok = encoder if encoder is not None else O.load_text_encoder(device)
     t = tok(captions, return_tensors="pt", padding=True)
     L = t["input_ids"].shape[1]
     states = torch.zeros(len(captions), L, enc.config.hidden_size, dtype=torch.float16)

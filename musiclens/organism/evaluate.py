@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -53,11 +54,13 @@ def _estimators():
     return est
 
 
-def load_tagger():
-    """The corpus tagger, or None when it is not available (the result then says so)."""
-    try:
-        from ..measure.tagger import Tagger
+def load_tagger(path: str | Path | None = None):
+    """The corpus tagger (or the one at `path`), or None when the shipped one is not available."""
+    from ..measure.tagger import Tagger
 
+    if path:
+        return Tagger.load(path)  # asked for by name: a missing one is an error, not a silent None
+    try:
         return Tagger.load()
     except Exception:
         return None

@@ -51,6 +51,16 @@ class LMTrainConfig:
     eval_every: int = option(200, "steps between held-out loss and caption-gap evaluations")
     checkpoint_minutes: float = option(5.0, "minutes between checkpoints (+ HF export)")
     seed: int = option(0, "random seed")
+    init: str = option("", "start from this LM checkpoint (e.g. RUN/lm/ckpt.pt) with a fresh optimiser and "
+                           "schedule, instead of random weights (the `tune` stage)")
+    contrast_weight: float = option(0.0, "weight of the caption-contrast loss (0 = off): a hinge that makes a "
+                                         "clip's opening less likely under its caption with one concept flipped")
+    contrast_margin: float = option(0.1, "nats per token the own caption must beat the flipped one by")
+    contrast_frames: int = option(100, "opening frames the contrast is measured on (the caption is all the "
+                                       "model has there)")
+    contrast_concepts: str = option("tempo,drums,register,dynamics",
+                                    "concepts whose words are flipped (see organism/sensitivity.py); instrument "
+                                    "and brightness are left out: the base LM already obeys them")
 
 
 def delay_pattern(codes: torch.Tensor, pad: int) -> torch.Tensor:
@@ -147,6 +157,52 @@ def _lr(cfg: LMTrainConfig, step: int) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
 
 
+class Contrasts:
+    """Every train clip's flipped captions, encoded once by the frozen MiniLM (cached in `cache`)."""
+
+    def __init__(self, data: CodeData, idx: np.ndarray, concepts: list[str], cache: Path, device: str = "cpu"):
+        from safetensors.torch import load_file, save_file
+
+        from .codes import caption_states
+        from .sensitivity import flip_caption
+
+        pairs = [(int(i), c, f) for i in idx for c in concepts
+                 if (f := flip_caption(data.rows[int(i)]["caption"], data.rows[int(i)], c)) is not None]
+        key = f"{len(pairs)}:{','.join(concepts)}"
+        if cache.exists() and json.loads(load_file(str(cache))["key"].numpy().tobytes().decode()) == key:
+            t = load_file(str(cache))
+        else:
+            st, m = caption_states([f for _, _, f in pairs])
+            t = {"states": st, "mask": m, "key": torch.frombuffer(bytearray(json.dumps(key).encode()), dtype=torch.uint8)}
+            with atomic_path(cache, suffix=".safetensors") as tmp:
+                save_file(t, str(tmp))
+        self.states, self.mask, self.device = t["states"], t["mask"], device
+        self.by_clip: dict[int, list[int]] = {}
+        for j, (i, _, _) in enumerate(pairs):
+            self.by_clip.setdefault(i, []).append(j)
+        self.concept = [c for _, c, _ in pairs]
+
+    def pick(self, idx, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(clips that have a flip, one random flip row for each)."""
+        clips = np.array([i for i in idx if int(i) in self.by_clip], dtype=int)
+        rows = np.array([rng.choice(self.by_clip[int(i)]) for i in clips], dtype=int)
+        return clips, rows
+
+
+def contrast_loss(model, data: CodeData, con: Contrasts, idx, rng, cfg: LMTrainConfig) -> torch.Tensor | None:
+    """Hinge: mean relu(margin - (loss under flipped caption - loss under own caption)) on the clips' openings."""
+    clips, rows = con.pick(idx, rng)
+    if len(clips) == 0:
+        return None
+    pad = model.config.decoder.pad_token_id
+    ids, st, m = data.batch(clips, cfg.contrast_frames, pad, None)
+    own = lm_loss(model, ids, st, m)[1]
+    fst = con.states[rows].float().to(data.device)
+    fm = con.mask[rows].long().to(data.device)
+    flip = lm_loss(model, ids, fst, fm)[1]
+    return F.relu(cfg.contrast_margin - (flip - own)).mean()
+
+
 @torch.no_grad()
 def heldout_loss(model, data: CodeData, idx: np.ndarray, crop: int, batch: int = 16, null: bool = False) -> float:
     """Mean token loss on held-out clips (first `crop` frames, real captions or the null condition)."""
@@ -206,14 +262,21 @@ def export_organism(model, out: Path, extra_files: dict[str, str] | None = None)
             (tmp / name).write_text(text)
 
 
-def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool, device: str = "cpu") -> dict:
-    """Train (or continue) the LM in `out/lm`; returns a summary dict."""
+def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool, device: str = "cpu",
+             subdir: str = "lm") -> dict:
+    """Train (or continue) the LM in `out/<subdir>`; returns a summary dict.
+
+    With `cfg.init` the weights start from that checkpoint (fine-tuning, e.g.
+    the `tune` stage in `out/tune`), with a fresh optimiser and LR schedule.
+    """
     from .codec import load_codec
 
-    ldir = out / "lm"
+    ldir = out / subdir
     ckpt = ldir / "ckpt.pt"
     if ckpt.exists() and not resume:
         raise MusiclensError(f"{ldir} already has a checkpoint: pass --resume to continue or choose another --out")
+    if cfg.init and not Path(cfg.init).exists():
+        raise MusiclensError(f"checkpoint to start from not found: {cfg.init}")
     ldir.mkdir(parents=True, exist_ok=True)
     data = CodeData(out, device)
     codec = load_codec(out / "codec" / "hf", device)
@@ -229,6 +292,13 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
     rng = np.random.default_rng(cfg.seed)
     step = 0
+    if cfg.init and not (resume and ckpt.exists()):
+        state = torch.load(cfg.init, map_location=device, weights_only=False)
+        try:
+            model.decoder.load_state_dict(state["decoder"])
+            model.enc_to_dec_proj.load_state_dict(state["proj"])
+        except RuntimeError as e:
+            raise MusiclensError(f"{cfg.init} does not fit this decoder shape: {str(e).splitlines()[0]}")
     if resume and ckpt.exists():
         state = torch.load(ckpt, map_location=device, weights_only=False)
         model.decoder.load_state_dict(state["decoder"])
@@ -244,6 +314,15 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
     if len(train_idx) == 0:
         raise MusiclensError("no train clips among the precomputed codes")
     log_path = ldir / "log.jsonl"
+    con = None
+    if cfg.contrast_weight > 0:
+        concepts = [c.strip() for c in cfg.contrast_concepts.split(",") if c.strip()]
+        from .sensitivity import FLIPS
+
+        bad = [c for c in concepts if c not in FLIPS]
+        if bad:
+            raise MusiclensError(f"unknown contrast concept(s) {bad}; choose from {sorted(FLIPS)}")
+        con = Contrasts(data, train_idx, concepts, ldir / "contrasts.safetensors", device)
 
     def checkpoint():
         state = {"decoder": model.decoder.state_dict(), "proj": model.enc_to_dec_proj.state_dict(),
@@ -271,6 +350,9 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
         idx = rng.choice(train_idx, size=cfg.batch_size, replace=len(train_idx) < cfg.batch_size)
         ids, st, m = data.batch(idx, cfg.crop_frames, pad, rng, null_prob=cfg.null_prob)
         loss, _ = lm_loss(model, ids, st, m)
+        closs = contrast_loss(model, data, con, idx, rng, cfg) if con is not None else None
+        if closs is not None:
+            loss = loss + cfg.contrast_weight * closs
         if not torch.isfinite(loss):
             raise MusiclensError(f"LM loss became {float(loss)} at step {step}: lower --lr and --resume")
         opt.zero_grad(set_to_none=True)
@@ -284,12 +366,20 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
         if step % cfg.eval_every == 0 or step == cfg.steps:
             rec = {"step": step, "minutes": round((time.time() - t0) / 60, 2), "train_loss": float(loss.detach()),
                    "lr": _lr(cfg, step), "frames_per_s": round(frames / (time.time() - t0), 1)}
+            if closs is not None:
+                rec["contrast_loss"] = float(closs.detach())
             if len(valid_idx):
                 gap = conditioning_gap(model, data, valid_idx, cfg.crop_frames)
                 model.train()
                 rec["heldout_loss"] = gap["own"]
                 # nats/token the caption is worth: the signal that prompt adherence is being learned
                 rec["gap_null"], rec["gap_shuffled"] = gap["gap_null"], gap["gap_shuffled"]
+                if con is not None:  # per concept: does flipping its words cost the real audio likelihood?
+                    from .sensitivity import concept_sensitivity
+
+                    sens = concept_sensitivity(model, data, valid_idx, frames=cfg.contrast_frames)
+                    model.train()
+                    rec["concept_gap"] = {c: v["gap"] for c, v in sens.items() if isinstance(v, dict)}
             with open(log_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
         if time.time() - last > cfg.checkpoint_minutes * 60:

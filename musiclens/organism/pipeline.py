@@ -1,6 +1,7 @@
 """The three organism jobs behind `musiclens organism train|eval|export`.
 
-`train` runs the stages codec -> codes -> lm into one run directory; each
+`train` runs the stages codec -> codes -> lm -> tune into one run directory
+(`tune` fine-tunes the LM with the caption-contrast loss, see lm.py); each
 stage is resumable (`--resume`) and stops after `--minutes` so a 4-hour
 CPU schedule can be split over sittings. `export` copies the run's current
 LM folder (codec + decoder + projection, no MiniLM) into a shippable folder
@@ -36,7 +37,7 @@ class OrganismTrainConfig:
 
     corpus: str = option("data/corpus", "rendered corpus directory (`musiclens corpus render`)")
     out: str = option("runs/organism", "run directory (checkpoints, codes, logs, HF exports)")
-    stage: str = option("all", "which stage(s) to run", choices=["codec", "codes", "lm", "all"])
+    stage: str = option("all", "which stage(s) to run", choices=["codec", "codes", "lm", "tune", "all"])
     minutes: float | None = option(None, "stop each stage after this many minutes (resume later with --resume)")
     resume: bool = option(False, "continue from the run directory's checkpoints")
     device: str = option("auto", "cpu, cuda, or auto (GPU when available)")
@@ -46,6 +47,10 @@ class OrganismTrainConfig:
     lm_batch_size: int = option(8, "language-model clips per step")
     lm_layers: int = option(8, "decoder layers")
     lm_d_model: int = option(128, "decoder width (heads = width / 32, ffn = 4 x width)")
+    tune_steps: int = option(3500, "caption-contrast fine-tuning steps from the LM's weights (0 = skip the "
+                                   "stage; shipped run: ~50 min on 2 CPU cores)")
+    tune_lr: float = option(5e-4, "peak learning rate of the fine-tuning")
+    contrast_weight: float = option(1.0, "weight of the caption-contrast hinge during fine-tuning")
     codes_seconds: float | None = option(6.4, "encode only each clip's first S seconds for the LM (encoding is slow on CPU)")
     seed: int = option(0, "random seed")
 
@@ -61,7 +66,7 @@ def train(cfg: OrganismTrainConfig) -> dict:
         raise MusiclensError(f"corpus directory not found: {corpus}")
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.json")
-    stages = ["codec", "codes", "lm"] if cfg.stage == "all" else [cfg.stage]
+    stages = ["codec", "codes", "lm", "tune"] if cfg.stage == "all" else [cfg.stage]
     summary = {}
     if "codec" in stages:
         ccfg = CodecTrainConfig(steps=cfg.codec_steps, batch_size=cfg.codec_batch_size, seed=cfg.seed)
@@ -78,6 +83,16 @@ def train(cfg: OrganismTrainConfig) -> dict:
                              d_model=cfg.lm_d_model, heads=max(1, cfg.lm_d_model // 32), ffn=4 * cfg.lm_d_model,
                              seed=cfg.seed)
         summary["lm"] = train_lm(lcfg, out, cfg.minutes, cfg.resume, device)
+        if not summary["lm"]["done"] and cfg.stage == "all":
+            return summary
+    if "tune" in stages and cfg.tune_steps > 0:
+        init = out / "lm" / "ckpt.pt"
+        if not init.exists():
+            raise MusiclensError(f"no LM checkpoint to fine-tune in {init}: run the lm stage first")
+        tcfg = LMTrainConfig(steps=cfg.tune_steps, batch_size=cfg.lm_batch_size, layers=cfg.lm_layers,
+                             d_model=cfg.lm_d_model, heads=max(1, cfg.lm_d_model // 32), ffn=4 * cfg.lm_d_model,
+                             lr=cfg.tune_lr, init=str(init), contrast_weight=cfg.contrast_weight, seed=cfg.seed + 1)
+        summary["tune"] = train_lm(tcfg, out, cfg.minutes, cfg.resume, device, subdir="tune")
     return summary
 
 
@@ -96,6 +111,8 @@ class OrganismEvalConfig:
     seconds: float = option(6.0, "seconds per generated clip")
     guidance: float = option(3.0, "classifier-free guidance scale")
     seed: int = option(0, "random seed")
+    tagger: str = option("", "tagger folder for the instrument / drums figures (default: the shipped tagger); "
+                             "e.g. one trained on `organism reconstruct` output, which hears through the codec")
 
 
 def evaluate(cfg: OrganismEvalConfig) -> dict:
@@ -106,8 +123,8 @@ def evaluate(cfg: OrganismEvalConfig) -> dict:
     model, tok = O.load_organism_hf("cpu", folder)
     corpus = Path(cfg.corpus)
     rows = read_metadata(corpus)
-    tagger = load_tagger()
-    res: dict = {"model": str(folder), "tagger": tagger is not None}
+    tagger = load_tagger(cfg.tagger or None)
+    res: dict = {"model": str(folder), "tagger": (cfg.tagger or "shipped") if tagger is not None else False}
     t0 = time.time()
     if cfg.what in ("codec", "all"):
         test = load_clips(corpus, ("test",), O.SAMPLE_RATE, rows=rows, limit=cfg.n_codec)
@@ -116,7 +133,10 @@ def evaluate(cfg: OrganismEvalConfig) -> dict:
         from .lm import CodeData, conditioning_gap
 
         data = CodeData(Path(cfg.run))
+        from .sensitivity import concept_sensitivity
+
         res["teacher_forced"] = conditioning_gap(model, data, data.indices("valid")[:128], 300)
+        res["teacher_forced"]["per_concept"] = concept_sensitivity(model, data, data.indices("valid")[:200], 100)
     if cfg.what in ("generation", "all"):
         res["generation"] = generation_eval(model, tok, rows, cfg.n_prompts, cfg.n_uncond, cfg.seconds, cfg.seed,
                                             cfg.guidance, tagger, corpus)
@@ -132,6 +152,8 @@ class OrganismExportConfig:
     run: str = option("runs/organism", "run directory whose current LM export is shipped")
     out: str = option("", "destination folder (default: the package's shipped organism folder)")
     corpus: str = option("data/corpus", "the corpus it was trained on (summarised in the model card)")
+    lm: str = option("auto", "which LM to ship: the fine-tuned one (RUN/tune), the base one (RUN/lm), or auto "
+                             "(tune when it exists)", choices=["auto", "tune", "lm"])
 
 
 def _corpus_summary(corpus: Path) -> dict | None:
@@ -151,13 +173,16 @@ def _corpus_summary(corpus: Path) -> dict | None:
 
 
 def export(cfg: OrganismExportConfig) -> Path:
-    """Copy RUN/lm/hf (+ training logs) to the destination and write the model card from measured files."""
+    """Copy RUN/tune/hf or RUN/lm/hf (+ training logs) to the destination; write the model card from measured files."""
     import shutil
 
     from ..io import atomic_dir
     from .card import write_card
 
-    src = Path(cfg.run) / "lm" / "hf"
+    which = cfg.lm
+    if which == "auto":
+        which = "tune" if (Path(cfg.run) / "tune" / "hf" / "model.safetensors").exists() else "lm"
+    src = Path(cfg.run) / which / "hf"
     if not (src / "model.safetensors").exists():
         raise MusiclensError(f"no LM export in {src}: train first (`musiclens organism train`)")
     size = sum(f.stat().st_size for f in src.iterdir() if f.is_file())
@@ -168,7 +193,7 @@ def export(cfg: OrganismExportConfig) -> Path:
         for f in src.iterdir():
             shutil.copy2(f, tmp / f.name)
         (tmp / "training").mkdir()
-        for stage in ("codec", "lm"):
+        for stage in ("codec", "lm") + (("tune",) if which == "tune" else ()):
             for name in ("config.json", "progress.json", "log.jsonl"):
                 p = Path(cfg.run) / stage / name
                 if p.exists():

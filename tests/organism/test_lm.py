@@ -59,6 +59,29 @@ def test_precompute_train_resume_and_load(tiny_corpus, tmp_path):
     cfg.steps = 22
     assert train_lm(cfg, tmp_path, None, True)["step"] == 22
 
+    # fine-tuning (the tune stage): starts from the LM checkpoint, adds the caption-contrast hinge, logs per-concept gaps
+    import json
+
+    import pytest
+
+    from musiclens.errors import MusiclensError
+
+    tcfg = LMTrainConfig(steps=2, batch_size=4, crop_frames=40, layers=2, d_model=32, heads=2, ffn=64, lr=1e-9,
+                         warmup=1, eval_every=2, checkpoint_minutes=100, init=str(tmp_path / "lm" / "ckpt.pt"),
+                         contrast_weight=1.0, contrast_frames=20, contrast_concepts="tempo")
+    assert train_lm(tcfg, tmp_path, None, False, subdir="tune")["step"] == 2
+    rec = json.loads((tmp_path / "tune" / "log.jsonl").read_text().splitlines()[-1])
+    assert rec["contrast_loss"] >= 0 and rec["concept_gap"]["tempo"] is not None
+    tuned, _ = O.load_organism_hf(path=tmp_path / "tune" / "hf")
+    base = torch.load(tmp_path / "lm" / "ckpt.pt", weights_only=False)["decoder"]
+    k = next(k for k in base if k.endswith("fc1.weight"))
+    assert torch.allclose(tuned.decoder.state_dict()[k], base[k], atol=1e-5)  # lr ~0: still the LM's weights
+    with pytest.raises(MusiclensError, match="already has a checkpoint"):
+        train_lm(tcfg, tmp_path, None, False, subdir="tune")
+    tcfg.init = str(tmp_path / "nope.pt")
+    with pytest.raises(MusiclensError, match="not found"):
+        train_lm(tcfg, tmp_path / "other", None, False, subdir="tune")
+
     # null conditions (zero states + empty mask) give finite losses
     ids, st, m = data.batch(idx[:2], 40, 32, None, null_kind=np.array([1, 2]))
     loss, per = lm_loss(model, ids, st, m)
