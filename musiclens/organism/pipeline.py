@@ -47,8 +47,9 @@ class OrganismTrainConfig:
     lm_batch_size: int = option(8, "language-model clips per step")
     lm_layers: int = option(8, "decoder layers")
     lm_d_model: int = option(128, "decoder width (heads = width / 32, ffn = 4 x width)")
-    tune_steps: int = option(3500, "caption-contrast fine-tuning steps from the LM's weights (0 = skip the "
-                                   "stage; shipped run: ~50 min on 2 CPU cores)")
+    tune_steps: int = option(5500, "caption-contrast fine-tuning steps from the LM's weights (0 = skip the "
+                                   "stage; shipped run: 3,500 steps, extended to 5,500 with --resume, ~78 min "
+                                   "on 2 CPU cores)")
     tune_lr: float = option(5e-4, "peak learning rate of the fine-tuning")
     contrast_weight: float = option(1.0, "weight of the caption-contrast hinge during fine-tuning")
     codes_seconds: float | None = option(6.4, "encode only each clip's first S seconds for the LM (encoding is slow on CPU)")
