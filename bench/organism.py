@@ -41,6 +41,8 @@ def main() -> None:
     ap.add_argument("--no-card", action="store_true", help="do not rewrite the model card")
     ap.add_argument("--tagger", default="", help="tagger folder for instrument / drums (default: shipped); the "
                                                  "result then goes to bench/results/organism_<folder name>.json")
+    ap.add_argument("--name", default="", help="results file name (default: organism, or organism_<tagger folder> "
+                                               "with --tagger); any other name leaves the model card alone")
     ap.add_argument("--codec-dir", default="", help="measure only this codec HF folder (e.g. RUN/codec/hf, "
                                                      "before the LM exists)")
     a = ap.parse_args()
@@ -71,10 +73,10 @@ def main() -> None:
     if "codec" in res:
         write_result("organism_codec", {"model": res["model"], **res["codec"]})
     if "generation" in res:
-        name = f"organism_{Path(a.tagger).name}" if a.tagger else "organism"
+        name = a.name or (f"organism_{Path(a.tagger).name}" if a.tagger else "organism")
         write_result(name, {"model": res["model"], "tagger": res["tagger"],
                             "teacher_forced": res.get("teacher_forced"), **res["generation"]})
-    if not a.no_card and shipped and not a.tagger:
+    if not a.no_card and shipped and not a.tagger and a.name in ("", "organism"):
         write_card()
 
 

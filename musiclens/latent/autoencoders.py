@@ -236,7 +236,8 @@ def build_tiny(name: str) -> torch.nn.Module:
     return model.eval()
 
 
-def _load_folder(path: Path):
+def load_folder(path: Path):
+    """(model, kind) from an autoencoder folder: EnCodec, DAC, Oobleck, or a MusicGen folder's codec."""
     if (path / "vae" / "config.json").exists() and not (path / "config.json").exists():
         path = path / "vae"  # a Stable Audio pipeline folder
     cfg_file = path / "config.json"
@@ -298,7 +299,7 @@ def organism_codec() -> torch.nn.Module:
     path = organism_path()
     if not (path / "config.json").exists() or not any(path.glob("*.safetensors")):
         raise MusiclensError("the organism weights are not trained yet: run `musiclens organism train`")
-    return _load_folder(path)[0]
+    return load_folder(path)[0]
 
 
 def load_autoencoder(name: str = "organism", device: str = "cpu") -> LatentAutoencoder:
@@ -313,7 +314,7 @@ def load_autoencoder(name: str = "organism", device: str = "cpu") -> LatentAutoe
     if path.exists():
         if not path.is_dir():
             raise MusiclensError(f"{name} is a file; an autoencoder is a folder with config.json")
-        model, kind = _load_folder(path)
+        model, kind = load_folder(path)
         return LatentAutoencoder(model, kind, str(path), device)
     if "/" in name:
         try:
@@ -323,6 +324,6 @@ def load_autoencoder(name: str = "organism", device: str = "cpu") -> LatentAutoe
         except Exception as e:  # offline or unknown id
             raise MusiclensError(f"cannot fetch {name!r} from the hub ({type(e).__name__}); "
                                  "pass a local folder instead")
-        model, kind = _load_folder(local)
+        model, kind = load_folder(local)
         return LatentAutoencoder(model, kind, name, device)
     raise MusiclensError(f"unknown autoencoder {name!r}: use organism, {', '.join(TINY_NAMES)}, a folder or a hub id")

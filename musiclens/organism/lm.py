@@ -158,29 +158,38 @@ def _lr(cfg: LMTrainConfig, step: int) -> float:
 
 
 class Contrasts:
-    """Every train clip's flipped captions, encoded once by the frozen MiniLM (cached in `cache`)."""
+    """Every train clip's flipped captions, encoded once by the frozen MiniLM.
 
-    def __init__(self, data: CodeData, idx: np.ndarray, concepts: list[str], cache: Path, device: str = "cpu"):
+    Cached in `cache` (a safetensors file whose metadata holds a hash of the
+    flipped captions), so a resumed run does not encode them again.
+    """
+
+    def __init__(self, data: CodeData, idx: np.ndarray, concepts: list[str], cache: Path):
+        import hashlib
+
+        from safetensors import safe_open
         from safetensors.torch import load_file, save_file
 
         from .codes import caption_states
-        from .sensitivity import flip_caption
+        from .sensitivity import flip_pairs
 
-        pairs = [(int(i), c, f) for i in idx for c in concepts
-                 if (f := flip_caption(data.rows[int(i)]["caption"], data.rows[int(i)], c)) is not None]
-        key = f"{len(pairs)}:{','.join(concepts)}"
-        if cache.exists() and json.loads(load_file(str(cache))["key"].numpy().tobytes().decode()) == key:
+        pairs = [p for c in concepts for p in flip_pairs(data.rows, idx, c)]
+        key = hashlib.sha1("\n".join(f"{i}\t{f}" for i, f in pairs).encode()).hexdigest()
+        cached = False
+        if cache.exists():
+            with safe_open(str(cache), "pt") as fh:
+                cached = (fh.metadata() or {}).get("captions_sha1") == key
+        if cached:
             t = load_file(str(cache))
         else:
-            st, m = caption_states([f for _, _, f in pairs])
-            t = {"states": st, "mask": m, "key": torch.frombuffer(bytearray(json.dumps(key).encode()), dtype=torch.uint8)}
+            st, m = caption_states([f for _, f in pairs])
+            t = {"states": st, "mask": m}
             with atomic_path(cache, suffix=".safetensors") as tmp:
-                save_file(t, str(tmp))
-        self.states, self.mask, self.device = t["states"], t["mask"], device
+                save_file(t, str(tmp), metadata={"captions_sha1": key})
+        self.states, self.mask = t["states"], t["mask"]
         self.by_clip: dict[int, list[int]] = {}
-        for j, (i, _, _) in enumerate(pairs):
+        for j, (i, _) in enumerate(pairs):
             self.by_clip.setdefault(i, []).append(j)
-        self.concept = [c for _, c, _ in pairs]
 
     def pick(self, idx, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """(clips that have a flip, one random flip row for each)."""
@@ -191,16 +200,15 @@ class Contrasts:
 
 def contrast_loss(model, data: CodeData, con: Contrasts, idx, rng, cfg: LMTrainConfig) -> torch.Tensor | None:
     """Hinge: mean relu(margin - (loss under flipped caption - loss under own caption)) on the clips' openings."""
+    from .sensitivity import flip_gap
+
     clips, rows = con.pick(idx, rng)
     if len(clips) == 0:
         return None
     pad = model.config.decoder.pad_token_id
     ids, st, m = data.batch(clips, cfg.contrast_frames, pad, None)
-    own = lm_loss(model, ids, st, m)[1]
-    fst = con.states[rows].float().to(data.device)
-    fm = con.mask[rows].long().to(data.device)
-    flip = lm_loss(model, ids, fst, fm)[1]
-    return F.relu(cfg.contrast_margin - (flip - own)).mean()
+    flipped = (con.states[rows].float().to(data.device), con.mask[rows].long().to(data.device))
+    return F.relu(cfg.contrast_margin - flip_gap(model, ids, (st, m), flipped)).mean()
 
 
 @torch.no_grad()
@@ -314,15 +322,16 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
     if len(train_idx) == 0:
         raise MusiclensError("no train clips among the precomputed codes")
     log_path = ldir / "log.jsonl"
-    con = None
+    con = encoder = None
     if cfg.contrast_weight > 0:
-        concepts = [c.strip() for c in cfg.contrast_concepts.split(",") if c.strip()]
         from .sensitivity import FLIPS
 
+        concepts = [c.strip() for c in cfg.contrast_concepts.split(",") if c.strip()]
         bad = [c for c in concepts if c not in FLIPS]
         if bad:
             raise MusiclensError(f"unknown contrast concept(s) {bad}; choose from {sorted(FLIPS)}")
-        con = Contrasts(data, train_idx, concepts, ldir / "contrasts.safetensors", device)
+        con = Contrasts(data, train_idx, concepts, ldir / "contrasts.safetensors")
+        encoder = O.load_text_encoder(device)  # for the per-concept gaps logged at each evaluation
 
     def checkpoint():
         state = {"decoder": model.decoder.state_dict(), "proj": model.enc_to_dec_proj.state_dict(),
@@ -377,7 +386,7 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
                 if con is not None:  # per concept: does flipping its words cost the real audio likelihood?
                     from .sensitivity import concept_sensitivity
 
-                    sens = concept_sensitivity(model, data, valid_idx, frames=cfg.contrast_frames)
+                    sens = concept_sensitivity(model, data, valid_idx, frames=cfg.contrast_frames, encoder=encoder)
                     model.train()
                     rec["concept_gap"] = {c: v["gap"] for c, v in sens.items() if isinstance(v, dict)}
             with open(log_path, "a") as f:

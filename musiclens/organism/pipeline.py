@@ -132,10 +132,9 @@ def evaluate(cfg: OrganismEvalConfig) -> dict:
         res["codec"] = codec_fidelity(model.audio_encoder, test, cfg.n_codec, tagger)
     if cfg.run and (Path(cfg.run) / "codes" / "index.json").exists():
         from .lm import CodeData, conditioning_gap
-
-        data = CodeData(Path(cfg.run))
         from .sensitivity import concept_sensitivity
 
+        data = CodeData(Path(cfg.run))
         res["teacher_forced"] = conditioning_gap(model, data, data.indices("valid")[:128], 300)
         res["teacher_forced"]["per_concept"] = concept_sensitivity(model, data, data.indices("valid")[:200], 100)
     if cfg.what in ("generation", "all"):

@@ -24,7 +24,6 @@ from tqdm.auto import tqdm
 
 from ..config import option, save_config
 from ..errors import MusiclensError
-from ..models import organism as O
 
 
 @dataclasses.dataclass
@@ -41,18 +40,16 @@ class ReconstructConfig:
     threads: int = option(2, "torch CPU threads")
 
 
-def load_any_codec(folder: str, device: str = "cpu"):
-    """An EncodecModel from a codec folder, an organism (MusicGen) folder, or the shipped organism."""
-    from transformers import AutoConfig, EncodecModel
+def load_codec_any(folder: str):
+    """An EncodecModel: the shipped organism's (default), or from an EnCodec or MusicGen folder."""
+    from ..latent.autoencoders import load_folder, organism_codec
 
     if not folder:
-        return O.load_organism_hf(device)[0].audio_encoder.eval()
-    path = Path(folder)
-    if not (path / "config.json").exists():
-        raise MusiclensError(f"no model config in {path}")
-    if AutoConfig.from_pretrained(path).model_type == "musicgen":
-        return O.load_organism_hf(device, path)[0].audio_encoder.eval()
-    return EncodecModel.from_pretrained(path).to(device).eval()
+        return organism_codec().eval()
+    model, kind = load_folder(Path(folder))
+    if kind != "encodec":
+        raise MusiclensError(f"{folder} is a {kind} model; reconstruct needs an EnCodec (or MusicGen) folder")
+    return model.eval()
 
 
 @torch.no_grad()
@@ -80,7 +77,7 @@ def reconstruct(cfg: ReconstructConfig, progress: bool = True) -> dict:
     if not chosen:
         raise MusiclensError(f"no clips of split(s) {splits} in {corpus}")
     torch.set_num_threads(cfg.threads)
-    codec = load_any_codec(cfg.codec)
+    codec = load_codec_any(cfg.codec)
     sr = codec.config.sampling_rate
     hop = int(np.prod(codec.config.upsampling_ratios))
     n = max(hop, int(cfg.seconds * sr) // hop * hop)

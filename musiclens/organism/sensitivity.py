@@ -83,28 +83,44 @@ def flip_caption(caption: str, row: dict, concept: str) -> str | None:
     return out
 
 
+def flip_pairs(rows: list[dict], idx, concept: str) -> list[tuple[int, str]]:
+    """(row index, flipped caption) for the rows of `idx` whose caption names `concept`."""
+    return [(int(i), f) for i in idx
+            if (f := flip_caption(rows[int(i)]["caption"], rows[int(i)], concept)) is not None]
+
+
+def flip_gap(model, ids: torch.Tensor, own: tuple, flipped: tuple) -> torch.Tensor:
+    """Per clip: teacher-forced loss of `ids` under the flipped caption minus under the own one.
+
+    `own` and `flipped` are (states [B, L, 384], mask [B, L]) pairs. Used both to
+    measure (`concept_sensitivity`) and to train (the tune stage's hinge, `lm.contrast_loss`).
+    """
+    from .lm import lm_loss
+
+    return lm_loss(model, ids, *flipped)[1] - lm_loss(model, ids, *own)[1]
+
+
 @torch.no_grad()
 def concept_sensitivity(model, data, idx: np.ndarray, frames: int = 100, batch: int = 16,
-                        concepts: tuple[str, ...] = tuple(FLIPS)) -> dict:
+                        concepts: tuple[str, ...] = tuple(FLIPS), encoder=None) -> dict:
     """Per concept: mean teacher-forced loss with the flipped caption minus with the own caption.
 
     `data` is an `lm.CodeData`; `idx` its held-out rows. Both captions go
     through the same frozen MiniLM call, so only the flipped words differ.
+    `encoder`: a loaded (MiniLM, tokenizer) pair, for callers that measure often.
     Returns {concept: {gap, n, share_positive, p_sign}} (one-sided sign test).
     """
     from scipy.stats import binomtest
 
     from ..models.organism import load_text_encoder
     from .codes import caption_states
-    from .lm import lm_loss
 
     model.eval()
     pad = model.config.decoder.pad_token_id
-    encoder = load_text_encoder()
+    encoder = encoder or load_text_encoder()
     out = {}
     for concept in concepts:
-        pairs = [(int(i), f) for i in idx
-                 if (f := flip_caption(data.rows[int(i)]["caption"], data.rows[int(i)], concept)) is not None]
+        pairs = flip_pairs(data.rows, idx, concept)
         diffs: list[float] = []
         for s in range(0, len(pairs), batch):
             part = pairs[s: s + batch]
@@ -113,9 +129,7 @@ def concept_sensitivity(model, data, idx: np.ndarray, frames: int = 100, batch: 
             caps = [data.rows[i]["caption"] for i, _ in part] + [f for _, f in part]
             st, m = caption_states(caps, encoder=encoder)
             n = len(part)
-            own = lm_loss(model, ids, st[:n].float(), m[:n].long())[1]
-            flip = lm_loss(model, ids, st[n:].float(), m[n:].long())[1]
-            diffs += (flip - own).tolist()
+            diffs += flip_gap(model, ids, (st[:n].float(), m[:n].long()), (st[n:].float(), m[n:].long())).tolist()
         d = np.array(diffs)
         pos = int((d > 0).sum())
         out[concept] = {"gap": round(float(d.mean()), 4) if len(d) else None, "n": len(d),

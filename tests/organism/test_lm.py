@@ -68,10 +68,12 @@ def test_precompute_train_resume_and_load(tiny_corpus, tmp_path):
 
     tcfg = LMTrainConfig(steps=2, batch_size=4, crop_frames=40, layers=2, d_model=32, heads=2, ffn=64, lr=1e-9,
                          warmup=1, eval_every=2, checkpoint_minutes=100, init=str(tmp_path / "lm" / "ckpt.pt"),
-                         contrast_weight=1.0, contrast_frames=20, contrast_concepts="tempo")
+                         contrast_weight=1.0, contrast_margin=10.0, contrast_frames=20, contrast_concepts="tempo")
     assert train_lm(tcfg, tmp_path, None, False, subdir="tune")["step"] == 2
     rec = json.loads((tmp_path / "tune" / "log.jsonl").read_text().splitlines()[-1])
-    assert rec["contrast_loss"] >= 0 and rec["concept_gap"]["tempo"] is not None
+    # margin 10 nats is far beyond any gap an untrained model has: the hinge is active, at about 10 - gap
+    assert 9.0 < rec["contrast_loss"] < 11.0 and rec["concept_gap"]["tempo"] is not None
+    assert (tmp_path / "tune" / "contrasts.safetensors").exists()
     tuned, _ = O.load_organism_hf(path=tmp_path / "tune" / "hf")
     base = torch.load(tmp_path / "lm" / "ckpt.pt", weights_only=False)["decoder"]
     k = next(k for k in base if k.endswith("fc1.weight"))
