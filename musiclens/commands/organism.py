@@ -14,7 +14,8 @@ def register(sub) -> None:
     osub = p.add_subparsers(dest="organism_command", metavar="<action>")
     t = osub.add_parser("train", help="train codec and language model on a rendered corpus",
                         description="Stages: codec (EnCodec: data-dependent init, k-means codebooks, EMA VQ, dead-code restarts), "
-                                    "codes (encode the corpus + MiniLM caption states once), lm (MusicGen "
+                                    "decoder (the codec's decoder fine-tuned with an STFT discriminator, codes "
+                                    "frozen), codes (encode the corpus + MiniLM caption states once), lm (MusicGen "
                                     "decoder), tune (the decoder fine-tuned with a caption-contrast loss "
                                     "so that it follows tempo, register, dynamics and drums words). Each stage checkpoints every few minutes; --minutes M stops "
                                     "each stage after M minutes and --resume continues. Uses a GPU when "

@@ -59,6 +59,7 @@ def _eval(args) -> int:
     if not recs:
         raise MusiclensError(f"no {args.split} clips in {args.corpus}")
     correct = {h: 0 for h in tagger.heads}
+    confusion: dict = {h: {} for h in tagger.heads}  # head -> true label -> predicted label -> count
     for i in tqdm(range(0, len(recs), 16), desc="tagging", unit="batch", disable=None):
         chunk = recs[i:i + 16]
         clips, srs = zip(*(sf.read(str(Path(args.corpus) / r["path"]), dtype="float32") for r in chunk))
@@ -66,10 +67,21 @@ def _eval(args) -> int:
         for r, p in zip(chunk, preds):
             for h in tagger.heads:
                 correct[h] += int(p[h] == r.get(h))
+                row = confusion[h].setdefault(str(r.get(h)), {})
+                row[p[h]] = row.get(p[h], 0) + 1
     acc = {h: {"accuracy": round(correct[h] / len(recs), 4), "chance": round(1 / len(tagger.heads[h]), 4),
-               "n": len(recs)} for h in tagger.heads}
+               "n": len(recs), "confusion": confusion[h]} for h in tagger.heads}
     print(f"{args.split} split of {args.corpus}:")
     _print_acc(acc)
+    for h in tagger.heads:  # where the errors go: the labels predicted far more often than they occur
+        pred = {}
+        for row in confusion[h].values():
+            for lab, n in row.items():
+                pred[lab] = pred.get(lab, 0) + n
+        over = sorted(((n - sum(confusion[h].get(lab, {}).values()), lab, n) for lab, n in pred.items()), reverse=True)
+        if over and over[0][0] > 0.1 * len(recs):
+            print(f"  {h}: most over-predicted " + ", ".join(f"{lab} ({n} predicted, "
+                  f"{sum(confusion[h].get(lab, {}).values())} true)" for d, lab, n in over[:2] if d > 0))
     if args.out:
         write_json(args.out, acc)
     return 0

@@ -190,6 +190,11 @@ def card_text(folder: Path | None = None) -> str:
                          f"(n={v['n']}, chance {100 * v['chance']:.0f} %, p={v['p_vs_chance']:.3g}) |")
             else:
                 L.append(f"| {k} [{target}] | {v} |")
+            c = gres.get(f"{k}_codes")
+            if isinstance(c, dict) and c.get("n"):  # diagnostic: the same generations, read before decoding
+                L.append(f"| {k}, in the sampled codes (diagnostic) | a linear probe on the codes finds the requested "
+                         f"value in {100 * c['accuracy']:.0f} % (n={c['n']}, p={c['p_vs_chance']:.3g}; the probe is "
+                         f"right on {100 * c['probe_valid_accuracy']:.0f} % of real valid clips' codes) |")
         t = gres.get("tempo")
         if isinstance(t, dict):
             L.append(f"| tempo [Spearman >= 0.5] | Spearman(requested, estimated BPM) {t['spearman_bpm']:.2f} "

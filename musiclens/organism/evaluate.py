@@ -246,8 +246,13 @@ def _accuracy(pairs: list[tuple[str, str]], chance: float) -> dict:
 
 
 def generation_eval(model, tok, rows: list[dict], n_prompts: int = 64, n_uncond: int = 16, seconds: float = 6.0,
-                    seed: int = 0, guidance: float = 3.0, tagger=None, corpus=None) -> dict:
-    """The issue's 'Prove it' metrics on test-split captions (see module docstring)."""
+                    seed: int = 0, guidance: float = 3.0, tagger=None, corpus=None, code_probe=None) -> dict:
+    """The issue's 'Prove it' metrics on test-split captions (see module docstring).
+
+    With a `codeprobe.CodeProbe`, instrument and drums are also read from the
+    codes the LM sampled (`<factor>_codes`), before the codec decodes them.
+    """
+    from .codeprobe import capture_decoder_input
     from scipy.stats import spearmanr
 
     from ..corpus.factors import tempo_word
@@ -256,7 +261,8 @@ def generation_eval(model, tok, rows: list[dict], n_prompts: int = 64, n_uncond:
     sr = O.SAMPLE_RATE
     prompts = pick_prompts(rows, n_prompts, seed)
     t0 = time.time()
-    audio = generate(model, tok, [r["caption"] for r in prompts], seconds, seed, guidance)
+    with capture_decoder_input(model.audio_encoder) as latents:
+        audio = generate(model, tok, [r["caption"] for r in prompts], seconds, seed, guidance)
     t_gen = time.time() - t0
     named = [named_factors(r) for r in prompts]
     tags = tagger.predict_batch(audio, sr) if tagger is not None else [None] * len(audio)
@@ -282,6 +288,13 @@ def generation_eval(model, tok, rows: list[dict], n_prompts: int = 64, n_uncond:
         res["drums_presence"] = _accuracy([(a != "none", b != "none") for a, b in dr], 0.5)
     else:
         res["instrument"] = res["drums"] = "tagger not available"
+    if code_probe is not None:
+        read = code_probe.predict(np.concatenate(latents))
+        for f in code_probe.probes:
+            pairs = [(nf[f], read[f][i]) for i, nf in enumerate(named) if f in nf]
+            n_levels = len({str(r.get(f)) for r in rows})
+            res[f"{f}_codes"] = {**_accuracy(pairs, 1.0 / max(n_levels, 1)),
+                                 "probe_valid_accuracy": code_probe.valid_accuracy[f], "probe_train_clips": code_probe.n_train}
     # tempo: Spearman requested vs estimated BPM, onset rate ordered slow < fast
     tp = [(r["bpm"], m["bpm"], m["onset_rate"], nf["tempo"]) for r, nf, m in zip(prompts, named, meas) if "tempo" in nf]
     if len(tp) >= 3:

@@ -278,6 +278,7 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
     the `tune` stage in `out/tune`), with a fresh optimiser and LR schedule.
     """
     from .codec import load_codec
+    from .polish import polished_codec_dir
 
     ldir = out / subdir
     ckpt = ldir / "ckpt.pt"
@@ -287,7 +288,7 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
         raise MusiclensError(f"checkpoint to start from not found: {cfg.init}")
     ldir.mkdir(parents=True, exist_ok=True)
     data = CodeData(out, device)
-    codec = load_codec(out / "codec" / "hf", device)
+    codec = load_codec(polished_codec_dir(out), device)  # the codes come from RUN/codec either way
     torch.manual_seed(cfg.seed)
     dec_cfg = O.decoder_config(codec.config.codebook_size, cfg.layers, cfg.d_model, cfg.heads, cfg.ffn, cfg.dropout)
     model, _ = O.build_organism(codec, dec_cfg, device)

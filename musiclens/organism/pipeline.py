@@ -1,7 +1,9 @@
 """The three organism jobs behind `musiclens organism train|eval|export`.
 
-`train` runs the stages codec -> codes -> lm -> tune into one run directory
-(`tune` fine-tunes the LM with the caption-contrast loss, see lm.py); each
+`train` runs the stages codec -> decoder -> codes -> lm -> tune into one run
+directory (`decoder` polishes the codec's decoder adversarially with the
+codes frozen, see polish.py; `tune` fine-tunes the LM with the
+caption-contrast loss, see lm.py); each
 stage is resumable (`--resume`) and stops after `--minutes` so a 4-hour
 CPU schedule can be split over sittings. `export` copies the run's current
 LM folder (codec + decoder + projection, no MiniLM) into a shippable folder
@@ -37,12 +39,15 @@ class OrganismTrainConfig:
 
     corpus: str = option("data/corpus", "rendered corpus directory (`musiclens corpus render`)")
     out: str = option("runs/organism", "run directory (checkpoints, codes, logs, HF exports)")
-    stage: str = option("all", "which stage(s) to run", choices=["codec", "codes", "lm", "tune", "all"])
+    stage: str = option("all", "which stage(s) to run", choices=["codec", "decoder", "codes", "lm", "tune", "all"])
     minutes: float | None = option(None, "stop each stage after this many minutes (resume later with --resume)")
     resume: bool = option(False, "continue from the run directory's checkpoints")
     device: str = option("auto", "cpu, cuda, or auto (GPU when available)")
     codec_steps: int = option(14000, "codec optimiser steps (shipped run: 14000, ~40 min on 2 CPU cores)")
     codec_batch_size: int = option(8, "codec crops (0.5 s) per step")
+    decoder_steps: int = option(0, "adversarial fine-tuning steps of the codec's decoder, codes frozen (0 = skip; "
+                                   "not in the shipped recipe: 1,800-2,000 steps on 2 CPU cores did not help, "
+                                   "see docs/organism.md; ~0.5 s a step)")
     lm_steps: int = option(9000, "language-model optimiser steps (shipped run: 8715 of 9000, ~66 min on 2 CPU cores)")
     lm_batch_size: int = option(8, "language-model clips per step")
     lm_layers: int = option(8, "decoder layers")
@@ -67,13 +72,24 @@ def train(cfg: OrganismTrainConfig) -> dict:
         raise MusiclensError(f"corpus directory not found: {corpus}")
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.json")
-    stages = ["codec", "codes", "lm", "tune"] if cfg.stage == "all" else [cfg.stage]
+    stages = ["codec", "decoder", "codes", "lm", "tune"] if cfg.stage == "all" else [cfg.stage]
     summary = {}
     if "codec" in stages:
         ccfg = CodecTrainConfig(steps=cfg.codec_steps, batch_size=cfg.codec_batch_size, seed=cfg.seed)
         summary["codec"] = train_codec(ccfg, corpus, out, cfg.minutes, cfg.resume, device)
         if not summary["codec"]["done"] and cfg.stage == "all":
             return summary  # out of minutes: continue later with --resume
+    if cfg.stage == "decoder" and cfg.decoder_steps <= 0:
+        raise MusiclensError("--stage decoder needs --decoder-steps N (N > 0)")
+    if "decoder" in stages and cfg.decoder_steps > 0:
+        from .polish import PolishConfig, train_decoder
+
+        if not (out / "codec" / "hf" / "config.json").exists():
+            raise MusiclensError(f"no trained codec in {out / 'codec' / 'hf'}: run the codec stage first")
+        pcfg = PolishConfig(steps=cfg.decoder_steps, batch_size=cfg.codec_batch_size, seed=cfg.seed)
+        summary["decoder"] = train_decoder(pcfg, corpus, out, cfg.minutes, cfg.resume, device)
+        if not summary["decoder"]["done"] and cfg.stage == "all":
+            return summary
     if "codes" in stages:
         if not (corpus / "metadata.jsonl").exists():
             raise MusiclensError(f"the corpus at {corpus} is not complete yet (no metadata.jsonl)")
@@ -138,8 +154,13 @@ def evaluate(cfg: OrganismEvalConfig) -> dict:
         res["teacher_forced"] = conditioning_gap(model, data, data.indices("valid")[:128], 300)
         res["teacher_forced"]["per_concept"] = concept_sensitivity(model, data, data.indices("valid")[:200], 100)
     if cfg.what in ("generation", "all"):
+        probe = None
+        if cfg.run and (Path(cfg.run) / "codes" / "index.json").exists():
+            from .codeprobe import train_code_probe
+
+            probe = train_code_probe(cfg.run, model.audio_encoder, seed=cfg.seed)
         res["generation"] = generation_eval(model, tok, rows, cfg.n_prompts, cfg.n_uncond, cfg.seconds, cfg.seed,
-                                            cfg.guidance, tagger, corpus)
+                                            cfg.guidance, tagger, corpus, code_probe=probe)
     res["eval_seconds"] = round(time.time() - t0, 1)
     write_json(cfg.out, res)
     return res
@@ -193,7 +214,7 @@ def export(cfg: OrganismExportConfig) -> Path:
         for f in src.iterdir():
             shutil.copy2(f, tmp / f.name)
         (tmp / "training").mkdir()
-        for stage in ("codec", "lm") + (("tune",) if which == "tune" else ()):
+        for stage in ("codec", "decoder", "lm") + (("tune",) if which == "tune" else ()):
             for name in ("config.json", "progress.json", "log.jsonl"):
                 p = Path(cfg.run) / stage / name
                 if p.exists():

@@ -75,3 +75,21 @@ def test_shipped_tagger_beats_chance(corpus):
     acc = {h: np.mean([p[h] == r[h] for p, r in zip(preds, recs)]) for h in HEADS}
     for h in ("instrument", "drums", "brightness", "dynamics", "register"):
         assert acc[h] > 1.0 / len(HEADS[h]) + 0.25, acc
+
+
+def test_eval_command_writes_accuracy_and_confusion(corpus, tmp_path):
+    import json
+
+    from musiclens.cli import main
+
+    out = tmp_path / "eval.json"
+    split = load_metadata(corpus)[0]["split"]
+    assert main(["tagger", "eval", "--corpus", str(corpus), "--split", split, "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    recs = [r for r in load_metadata(corpus) if r["split"] == split]
+    for head in HEADS:
+        conf = res[head]["confusion"]
+        assert sum(sum(row.values()) for row in conf.values()) == len(recs) == res[head]["n"]
+        hits = sum(row.get(true, 0) for true, row in conf.items())
+        assert hits / len(recs) == pytest.approx(res[head]["accuracy"], abs=1e-4)
+        assert set(conf) == {str(r[head]) for r in recs}  # rows are the true labels
