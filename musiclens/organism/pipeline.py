@@ -46,7 +46,7 @@ class OrganismTrainConfig:
     codec_steps: int = option(14000, "codec optimiser steps (shipped run: 14000, ~40 min on 2 CPU cores)")
     codec_batch_size: int = option(8, "codec crops (0.5 s) per step")
     decoder_steps: int = option(0, "adversarial fine-tuning steps of the codec's decoder, codes frozen (0 = skip; "
-                                   "not in the shipped recipe: 1,800-2,000 steps on 2 CPU cores did not help, "
+                                   "not in the shipped recipe: up to 5,010 steps on 2 CPU cores did not help, "
                                    "see docs/organism.md; ~0.5 s a step)")
     lm_steps: int = option(9000, "language-model optimiser steps (shipped run: 8715 of 9000, ~66 min on 2 CPU cores)")
     lm_batch_size: int = option(8, "language-model clips per step")
