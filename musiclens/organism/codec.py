@@ -9,9 +9,11 @@ Phases, all in one resumable loop:
 3. VQ training: straight-through residual quantisation with EMA codebooks,
    commitment loss, dead-code restarts every step.
 Losses: waveform L1 + multi-scale mel (4-128 ms windows) + onset envelope
-(see `losses.py`). Checkpoints (model, optimiser, step, RNG) are written
-atomically every few minutes, and the current codec is also exported as a
-standard HF folder (`codec/hf`) that `encode`/`decode` and MusicGen can use.
+(see `losses.py`), and optionally (`w_adv`, `w_feat`; off in the shipped
+codec) an STFT discriminator from `disc_start` on (`discriminator.py`).
+Checkpoints (model, optimiser, step, RNG) are written atomically every few
+minutes, and the current codec is also exported as a standard HF folder
+(`codec/hf`) that `encode`/`decode` and MusicGen can use.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from ..io import atomic_path, write_json
 from ..models import organism as O
 from . import quantizer as Q
 from .data import ClipSet, load_clips
+from .discriminator import Adversary
 from .losses import MultiScaleMel, reconstruction_loss
 
 
@@ -54,6 +57,12 @@ class CodecTrainConfig:
     ema_decay: float = option(0.95, "EMA decay of the codebooks (fast: 200-frame batches, drifting encoder)")
     dead_threshold: float = option(0.3, "a code is restarted when its EMA usage falls below this fraction of uniform usage")
     restart_every: int = option(1, "steps between dead-code restarts")
+    w_adv: float = option(0.0, "weight of the adversarial hinge loss from a multi-scale STFT discriminator (0 = off, "
+                               "the shipped codec; see discriminator.py)")
+    w_feat: float = option(0.0, "weight of the discriminator feature-matching loss (0 = off)")
+    disc_start: int = option(1000, "step from which the discriminator trains and its losses count (after the "
+                                   "codebooks have settled)")
+    disc_channels: int = option(16, "channels of each STFT discriminator")
     kmeans_batches: int = option(24, "batches of encoder output for k-means init")
     checkpoint_minutes: float = option(4.0, "minutes between checkpoints")
     seed: int = option(0, "random seed")
@@ -184,11 +193,14 @@ def train_codec(cfg: CodecTrainConfig, corpus: Path, out: Path, minutes: float |
     codec = new_codec(cfg).to(device)
     opt = torch.optim.AdamW(codec.parameters(), lr=cfg.lr, betas=(0.8, 0.99), weight_decay=0.0)
     rng = np.random.default_rng(cfg.seed)
+    adversary = Adversary(cfg.disc_channels, cfg.lr, device) if (cfg.w_adv > 0 or cfg.w_feat > 0) else None
     step = 0
     if resume and ckpt.exists():
         state = torch.load(ckpt, map_location=device, weights_only=False)
         codec.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
+        if adversary is not None and "disc" in state:
+            adversary.load_state_dict(state)
         step = state["step"]
         rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
@@ -226,6 +238,13 @@ def train_codec(cfg: CodecTrainConfig, corpus: Path, out: Path, minutes: float |
                                                  noise=cfg.warmup_noise)
         losses = reconstruction_loss(mel, x, y, w_wave=cfg.w_wave, w_onset=cfg.w_onset)
         loss = losses["total"] + cfg.w_commit * commit
+        adv = feat = d_loss = 0.0
+        if adversary is not None and step >= cfg.disc_start:
+            adversary.set_lr(_lr(cfg, step))
+            d_loss = adversary.step(x, y)
+            adv_t, feat_t = adversary.losses(x, y)
+            loss = loss + cfg.w_adv * adv_t + cfg.w_feat * feat_t
+            adv, feat = float(adv_t.detach()), float(torch.as_tensor(feat_t).detach())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(codec.parameters(), 1.0)
@@ -244,17 +263,19 @@ def train_codec(cfg: CodecTrainConfig, corpus: Path, out: Path, minutes: float |
                      "train_mel": float(losses["mel"]), "train_onset": float(losses["onset"]),
                      "train_wave": float(losses["wave"]), "commit": float(commit.detach()), "restarted": restarted,
                      "heldout_mel": heldout_mel(codec, mel, valid, device, quantise)}
+            if adversary is not None:
+                stats.update(adv=adv, feat=feat, disc=d_loss)
             if codes is not None:
                 stats["codes_used"] = Q.usage(codec, codes)
             with open(log_path, "a") as f:
                 f.write(json.dumps(stats) + "\n")
         if time.time() - last_ckpt > cfg.checkpoint_minutes * 60:
-            _save(cdir, codec, opt, step, rng, cfg, {})
+            _save(cdir, codec, opt, step, rng, cfg, adversary.state_dict() if adversary else {})
             if step > cfg.warmup_steps:
                 export_codec(codec, cdir / "hf")
             last_ckpt = time.time()
     bar.close()
-    _save(cdir, codec, opt, step, rng, cfg, {})
+    _save(cdir, codec, opt, step, rng, cfg, adversary.state_dict() if adversary else {})
     if step > cfg.warmup_steps:
         export_codec(codec, cdir / "hf")
     summary = {"step": step, "steps": cfg.steps, "done": step >= cfg.steps,

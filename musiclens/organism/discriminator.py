@@ -75,3 +75,37 @@ def generator_losses(real: list, fake: list) -> tuple[torch.Tensor, torch.Tensor
             feat = feat + F.l1_loss(b, a.detach()) / (a.detach().abs().mean() + 1e-8)
             n += 1
     return adv, feat / max(n, 1)
+
+
+class Adversary:
+    """A discriminator with its optimiser: what codec and decoder training add when adversarial.
+
+    `step(x, y)` trains the discriminator on real x against generated y (detached)
+    and returns its loss; `losses(x, y)` gives the generator's (adversarial,
+    feature-matching) losses, to be weighted by the caller.
+    """
+
+    def __init__(self, channels: int, lr: float, device: str):
+        self.disc = MultiScaleSTFTDiscriminator(channels=channels).to(device)
+        self.opt = torch.optim.AdamW(self.disc.parameters(), lr=lr, betas=(0.5, 0.9), weight_decay=0.0)
+
+    def set_lr(self, lr: float) -> None:
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        loss = discriminator_loss(self.disc(x), self.disc(y.detach()))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return float(loss.detach())
+
+    def losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return generator_losses(self.disc(x), self.disc(y))
+
+    def state_dict(self) -> dict:
+        return {"disc": self.disc.state_dict(), "opt_d": self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.disc.load_state_dict(state["disc"])
+        self.opt.load_state_dict(state["opt_d"])

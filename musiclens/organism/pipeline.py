@@ -45,6 +45,10 @@ class OrganismTrainConfig:
     device: str = option("auto", "cpu, cuda, or auto (GPU when available)")
     codec_steps: int = option(14000, "codec optimiser steps (shipped run: 14000, ~40 min on 2 CPU cores)")
     codec_batch_size: int = option(8, "codec crops (0.5 s) per step")
+    codec_filters: int = option(16, "EnCodec num_filters of a new codec (its width; shipped: 16)")
+    codec_w_adv: float = option(0.0, "adversarial loss weight of codec training (0 = off, as shipped; e.g. 0.2 "
+                                     "with --codec-w-feat 0.5 for a GPU run, see docs/organism.md)")
+    codec_w_feat: float = option(0.0, "feature-matching loss weight of codec training (0 = off)")
     decoder_steps: int = option(0, "adversarial fine-tuning steps of the codec's decoder, codes frozen (0 = skip; "
                                    "not in the shipped recipe: up to 5,010 steps on 2 CPU cores did not help, "
                                    "see docs/organism.md; ~0.5 s a step)")
@@ -75,7 +79,8 @@ def train(cfg: OrganismTrainConfig) -> dict:
     stages = ["codec", "decoder", "codes", "lm", "tune"] if cfg.stage == "all" else [cfg.stage]
     summary = {}
     if "codec" in stages:
-        ccfg = CodecTrainConfig(steps=cfg.codec_steps, batch_size=cfg.codec_batch_size, seed=cfg.seed)
+        ccfg = CodecTrainConfig(steps=cfg.codec_steps, batch_size=cfg.codec_batch_size, num_filters=cfg.codec_filters,
+                                w_adv=cfg.codec_w_adv, w_feat=cfg.codec_w_feat, seed=cfg.seed)
         summary["codec"] = train_codec(ccfg, corpus, out, cfg.minutes, cfg.resume, device)
         if not summary["codec"]["done"] and cfg.stage == "all":
             return summary  # out of minutes: continue later with --resume

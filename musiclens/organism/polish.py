@@ -37,7 +37,7 @@ from ..errors import MusiclensError
 from ..io import atomic_path, write_json
 from . import quantizer as Q
 from .codec import export_codec, heldout_mel, load_codec, training_audio
-from .discriminator import MultiScaleSTFTDiscriminator, discriminator_loss, generator_losses
+from .discriminator import Adversary
 from .losses import reconstruction_loss
 
 
@@ -114,21 +114,19 @@ def train_decoder(cfg: PolishConfig, corpus: Path, out: Path, minutes: float | N
     codec = load_codec(out / "codec" / "hf", device)
     ddir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    disc = MultiScaleSTFTDiscriminator(channels=cfg.disc_channels).to(device)
+    adversary = Adversary(cfg.disc_channels, cfg.lr, device)
     for p in codec.parameters():
         p.requires_grad_(False)
     for p in codec.decoder.parameters():
         p.requires_grad_(True)
     opt_g = torch.optim.AdamW(codec.decoder.parameters(), lr=cfg.lr, betas=(0.5, 0.9), weight_decay=0.0)
-    opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9), weight_decay=0.0)
     rng = np.random.default_rng(cfg.seed)
     step = 0
     if resume and ckpt.exists():
         state = torch.load(ckpt, map_location=device, weights_only=False)
         codec.decoder.load_state_dict(state["decoder"])
-        disc.load_state_dict(state["disc"])
+        adversary.load_state_dict(state)
         opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
         step = state["step"]
         rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
@@ -140,8 +138,8 @@ def train_decoder(cfg: PolishConfig, corpus: Path, out: Path, minutes: float | N
     log_path = ddir / "log.jsonl"
 
     def save():
-        state = {"decoder": codec.decoder.state_dict(), "disc": disc.state_dict(), "opt_g": opt_g.state_dict(),
-                 "opt_d": opt_d.state_dict(), "step": step, "rng": rng.bit_generator.state,
+        state = {"decoder": codec.decoder.state_dict(), **adversary.state_dict(), "opt_g": opt_g.state_dict(),
+                 "step": step, "rng": rng.bit_generator.state,
                  "torch_rng": torch.get_rng_state(), "config": to_dict(cfg)}
         with atomic_path(ckpt) as tmp:
             torch.save(state, tmp)
@@ -158,24 +156,19 @@ def train_decoder(cfg: PolishConfig, corpus: Path, out: Path, minutes: float | N
     while step < cfg.steps:
         if minutes is not None and time.time() - t0 > minutes * 60:
             break
-        for o in (opt_g, opt_d):
-            for g in o.param_groups:
-                g["lr"] = _lr(cfg, step)
+        for g in opt_g.param_groups:
+            g["lr"] = _lr(cfg, step)
+        adversary.set_lr(_lr(cfg, step))
         x = torch.tensor(train.random_crops(rng, cfg.batch_size, crop), device=device)
         y = codec.decoder(_codes_latent(codec, x))[:, 0, : x.shape[-1]]
 
-        d_loss = torch.zeros(())
-        if adversarial:
-            d_loss = discriminator_loss(disc(x), disc(y.detach()))
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
+        d_loss = adversary.step(x, y) if adversarial else 0.0
 
         rec = reconstruction_loss(mel, x, y, w_wave=cfg.w_wave, w_onset=cfg.w_onset)
         loss = rec["total"]
         adv = feat = torch.zeros(())
         if adversarial and step >= cfg.disc_warmup:
-            adv, feat = generator_losses(disc(x), disc(y))
+            adv, feat = adversary.losses(x, y)
             loss = loss + cfg.w_adv * adv + cfg.w_feat * feat
         opt_g.zero_grad(set_to_none=True)
         loss.backward()

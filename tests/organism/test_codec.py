@@ -98,3 +98,28 @@ def test_latent_init_normalises_quiet_audio():
     stats = init_latent_scale(c, x)
     assert stats["std_before"] < 0.1
     assert abs(stats["std_after"] - 1.0) < 0.05 and stats["mean_norm_after"] < 1e-3
+
+
+def test_adversarial_codec_training_logs_and_resumes_its_discriminator(tiny_corpus, tmp_path):
+    cfg = CodecTrainConfig(steps=4, warmup_steps=0, batch_size=2, crop_seconds=0.2, kmeans_batches=2,
+                           w_adv=0.2, w_feat=0.5, disc_start=2, disc_channels=4, **TINY)
+    train_codec(cfg, tiny_corpus, tmp_path, minutes=None, resume=False)
+    state = torch.load(tmp_path / "codec" / "ckpt.pt", weights_only=False)
+    assert "disc" in state and "opt_d" in state  # the discriminator resumes with the codec
+    before = {k: v.clone() for k, v in state["disc"].items()}
+    cfg.steps = 100
+    s = train_codec(cfg, tiny_corpus, tmp_path, minutes=None, resume=True)
+    assert s["last"]["adv"] > 0 and s["last"]["feat"] > 0 and s["last"]["disc"] > 0
+    after = torch.load(tmp_path / "codec" / "ckpt.pt", weights_only=False)["disc"]
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # it kept training
+
+
+def test_wider_codec_from_the_train_command(tiny_corpus, tmp_path):
+    from musiclens.cli import main
+
+    assert main(["organism", "train", "--corpus", str(tiny_corpus), "--out", str(tmp_path / "r"), "--stage", "codec",
+                 "--codec-steps", "2", "--codec-batch-size", "2", "--codec-filters", "8", "--codec-w-adv", "0.2",
+                 "--codec-w-feat", "0.5", "--device", "cpu"]) == 0
+    assert load_codec(tmp_path / "r" / "codec" / "hf").config.num_filters == 8
+    cfg = json.loads((tmp_path / "r" / "codec" / "config.json").read_text())
+    assert cfg["num_filters"] == 8 and cfg["w_adv"] == 0.2 and cfg["w_feat"] == 0.5
