@@ -52,6 +52,10 @@ class OrganismTrainConfig:
     decoder_steps: int = option(0, "adversarial fine-tuning steps of the codec's decoder, codes frozen (0 = skip; "
                                    "not in the shipped recipe: up to 5,010 steps on 2 CPU cores did not help, "
                                    "see docs/organism.md; ~0.5 s a step)")
+    decoder_lr: float = option(1e-4, "peak learning rate of the decoder stage")
+    decoder_w_adv: float = option(0.2, "adversarial loss weight of the decoder stage (0 with --decoder-w-feat 0: "
+                                       "plain fine-tuning)")
+    decoder_w_feat: float = option(0.5, "feature-matching loss weight of the decoder stage")
     lm_steps: int = option(9000, "language-model optimiser steps (shipped run: 8715 of 9000, ~66 min on 2 CPU cores)")
     lm_batch_size: int = option(8, "language-model clips per step")
     lm_layers: int = option(8, "decoder layers")
@@ -91,7 +95,8 @@ def train(cfg: OrganismTrainConfig) -> dict:
 
         if not (out / "codec" / "hf" / "config.json").exists():
             raise MusiclensError(f"no trained codec in {out / 'codec' / 'hf'}: run the codec stage first")
-        pcfg = PolishConfig(steps=cfg.decoder_steps, batch_size=cfg.codec_batch_size, seed=cfg.seed)
+        pcfg = PolishConfig(steps=cfg.decoder_steps, batch_size=cfg.codec_batch_size, lr=cfg.decoder_lr,
+                            w_adv=cfg.decoder_w_adv, w_feat=cfg.decoder_w_feat, seed=cfg.seed)
         summary["decoder"] = train_decoder(pcfg, corpus, out, cfg.minutes, cfg.resume, device)
         if not summary["decoder"]["done"] and cfg.stage == "all":
             return summary

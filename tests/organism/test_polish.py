@@ -96,3 +96,14 @@ def test_decoder_stage_without_steps_is_a_one_line_error(tiny_corpus, tmp_path, 
     assert "--decoder-steps" in capsys.readouterr().err
     assert main(args + ["--decoder-steps", "3"]) == 2  # no codec trained yet
     assert "run the codec stage first" in capsys.readouterr().err
+
+
+def test_train_command_passes_decoder_loss_weights(tiny_corpus, tmp_path):
+    run = _codec_run(tiny_corpus, tmp_path)
+    assert main(["organism", "train", "--corpus", str(tiny_corpus), "--out", str(run), "--stage", "decoder",
+                 "--decoder-steps", "2", "--codec-batch-size", "2", "--decoder-lr", "3e-4", "--decoder-w-adv", "0",
+                 "--decoder-w-feat", "0", "--device", "cpu"]) == 0
+    cfg = json.loads((run / "decoder" / "config.json").read_text())
+    assert cfg["lr"] == 3e-4 and cfg["w_adv"] == 0 and cfg["w_feat"] == 0
+    log = [json.loads(line) for line in (run / "decoder" / "log.jsonl").read_text().splitlines()]
+    assert all(r.get("adv", 0) == 0 and r.get("disc", 0) == 0 for r in log)  # plain fine-tuning: no discriminator
