@@ -69,7 +69,7 @@ def train_code_probe(run: str | Path, codec, factors: tuple[str, ...] = ("instru
 
     from .codes import load_codes
 
-    codes, _, rows = load_codes(Path(run))
+    codes, _, rows = load_codes(Path(run), text=False)
     x = latent_of_codes(codec, codes["codes"], codes["lengths"])
     split = np.array([r["split"] for r in rows])
     tr, va = split == "train", split == "valid"

@@ -123,10 +123,11 @@ def precompute(corpus: Path, out: Path, device: str = "cpu", resume: bool = Fals
     return summary
 
 
-def load_codes(out: Path) -> tuple[dict, dict, list[dict]]:
-    """(codes tensors, text tensors, rows) written by `precompute`."""
+def load_codes(out: Path, text: bool = True) -> tuple[dict, dict | None, list[dict]]:
+    """(codes tensors, text tensors, rows) written by `precompute`; text=False skips the caption states."""
     cdir = out / "codes"
     if not (cdir / "index.json").exists():
         raise MusiclensError(f"no precomputed codes in {cdir}: run `musiclens organism train --stage codes`")
     rows = json.loads((cdir / "index.json").read_text())["rows"]
-    return load_file(str(cdir / "codes.safetensors")), load_file(str(cdir / "text.safetensors")), rows
+    states = load_file(str(cdir / "text.safetensors")) if text else None  # ~116 MB on the shipped run
+    return load_file(str(cdir / "codes.safetensors")), states, rows

@@ -18,6 +18,7 @@ compared with FAD of noise at the corpus loudness.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from pathlib import Path
@@ -261,7 +262,9 @@ def generation_eval(model, tok, rows: list[dict], n_prompts: int = 64, n_uncond:
     sr = O.SAMPLE_RATE
     prompts = pick_prompts(rows, n_prompts, seed)
     t0 = time.time()
-    with capture_decoder_input(model.audio_encoder) as latents:
+    # the decoder-input hook only when a probe will read it: generation stays untouched otherwise
+    capture = capture_decoder_input(model.audio_encoder) if code_probe is not None else contextlib.nullcontext([])
+    with capture as latents:
         audio = generate(model, tok, [r["caption"] for r in prompts], seconds, seed, guidance)
     t_gen = time.time() - t0
     named = [named_factors(r) for r in prompts]

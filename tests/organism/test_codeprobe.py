@@ -35,14 +35,14 @@ def test_probe_reads_a_factor_from_real_codes(coded_run):
     probe = train_code_probe(coded_run, codec, factors=("register",))
     assert probe.n_train == 8
     assert probe.valid_accuracy["register"] == 1.0  # 110 vs 440 Hz is plain in the latent
-    codes, _, rows = load_codes(coded_run)
+    codes, _, rows = load_codes(coded_run, text=False)
     pred = probe.predict(latent_of_codes(codec, codes["codes"], codes["lengths"]))["register"]
     assert pred == [r["register"] for r in rows]
 
 
 def test_capture_sees_what_the_probe_is_trained_on_and_unhooks(coded_run):
     codec = load_codec(coded_run / "codec" / "hf")
-    codes, _, _ = load_codes(coded_run)
+    codes, _, _ = load_codes(coded_run, text=False)
     c = codes["codes"][:3].long()
     with capture_decoder_input(codec) as got:
         with torch.no_grad():
