@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--split", default="test", choices=["test", "valid"],
+                    help="captions' split: test for reported figures, valid for choosing a checkpoint or guidance")
     ap.add_argument("--no-card", action="store_true", help="do not rewrite the model card")
     ap.add_argument("--tagger", default="", help="tagger folder for instrument / drums (default: shipped); the "
                                                  "result then goes to bench/results/organism_<folder name>.json")
@@ -68,7 +70,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = OrganismEvalConfig(model=a.model or str(organism_path()), run=a.run, corpus=a.corpus, out=str(Path(tmp) / "eval.json"), what=a.what,
                                  n_codec=a.n_codec, n_prompts=a.n_prompts, n_uncond=a.n_uncond, seconds=a.seconds,
-                                 guidance=a.guidance, seed=a.seed, tagger=a.tagger)
+                                 guidance=a.guidance, seed=a.seed, tagger=a.tagger, split=a.split)
         res = evaluate(cfg)
     if "codec" in res:
         write_result("organism_codec", {"model": res["model"], **res["codec"]})
@@ -76,7 +78,7 @@ def main() -> None:
         name = a.name or (f"organism_{Path(a.tagger).name}" if a.tagger else "organism")
         write_result(name, {"model": res["model"], "tagger": res["tagger"],
                             "teacher_forced": res.get("teacher_forced"), **res["generation"]})
-    if not a.no_card and shipped and not a.tagger and a.name in ("", "organism"):
+    if not a.no_card and shipped and not a.tagger and a.name in ("", "organism") and a.split == "test":
         write_card()
 
 

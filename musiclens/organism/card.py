@@ -51,6 +51,18 @@ def r_ex(r: dict) -> str:
     return f"{lv[0]} < {lv[-1]}: {r.get('extremes_ordered')}"
 
 
+def _tune_line(title: str, log: list[dict], prog: dict, cfg: dict, start: str) -> str:
+    first, last = log[0].get("concept_gap") or {}, log[-1].get("concept_gap") or {}
+    return (f"* {title}: step {max(prog.get('step', 0), log[-1]['step'])} of {cfg.get('steps', '?')} from "
+            f"{start}, peak LR {cfg.get('lr')}, hinge weight {cfg.get('contrast_weight')} "
+            f"and margin {cfg.get('contrast_margin')} nats on the first {cfg.get('contrast_frames')} "
+            f"frames, flipping {cfg.get('contrast_concepts')}; held-out loss "
+            f"{_f(log[0].get('heldout_loss'))} -> {_f(log[-1].get('heldout_loss'))}; per-concept "
+            "caption gap (valid clips, loss with that concept's words flipped minus own, first frames) "
+            f"at step {log[0]['step']} -> {log[-1]['step']}: "
+            + ", ".join(f"{c} {_f(first.get(c))} -> {_f(v)}" for c, v in last.items()))
+
+
 def card_text(folder: Path | None = None) -> str:
     folder = folder or O.organism_path()
     cfg = _json(folder / "config.json") or {}
@@ -62,6 +74,9 @@ def card_text(folder: Path | None = None) -> str:
     codec_cfg, lm_cfg = _json(tr / "codec_config.json") or {}, _json(tr / "lm_config.json") or {}
     tune_log, tune_prog, tune_cfg = (_jsonl(tr / "tune_log.jsonl"), _json(tr / "tune_progress.json") or {},
                                      _json(tr / "tune_config.json") or {})
+    # a tune stage that continued another run's fine-tuning (`--tune-init`): that first part, and its codes
+    init_log, init_prog, init_cfg = (_jsonl(tr / "tune_init_log.jsonl"), _json(tr / "tune_init_progress.json") or {},
+                                     _json(tr / "tune_init_config.json") or {})
     cres = (_json(RESULTS / "organism_codec.json") or {}).get("figures")
     gres = (_json(RESULTS / "organism.json") or {}).get("figures")
     size = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 1e6
@@ -114,6 +129,19 @@ def card_text(folder: Path | None = None) -> str:
         L += [f"Corpus: {corpus['clips']} clips ({corpus['hours']} h, {corpus['sample_rate']} Hz, seed "
               f"{corpus['seed']}, {corpus['sources']} source pieces), split by source piece {corpus['split']}. "
               "Captions, e.g.: " + "; ".join(f"\"{c}\"" for c in corpus["example_captions"]) + ".", ""]
+    init_codes = _json(tr / "tune_init_codes_summary.json")
+    if init_log and init_codes:
+        L += [f"The codec, the language model and the first fine-tuning saw the codes of {init_codes['clips']} "
+              f"clips ({'/'.join(init_codes.get('splits', []))}) of a smaller corpus; the continued fine-tuning "
+              "saw the corpus below, whose first clips are that corpus (a clip depends only on seed and index).", ""]
+    if corpus and init_log:
+        L += ["```", f"musiclens corpus render --out data/corpus{corpus['clips'] // 1000}k --clips {corpus['clips']} "
+              f"--seed {corpus['seed']}",
+              f"musiclens organism train --corpus data/corpus{corpus['clips'] // 1000}k --out RUN2 --stage codes   "
+              "# with RUN/codec copied to RUN2/codec",
+              f"musiclens organism train --corpus data/corpus{corpus['clips'] // 1000}k --out RUN2 --stage tune "
+              f"--tune-init RUN/tune/ckpt.pt --tune-steps {tune_cfg.get('steps')} --tune-lr {tune_cfg.get('lr')}",
+              "musiclens organism export --run RUN2 --corpus data/corpus" f"{corpus['clips'] // 1000}k", "```", ""]
     if codes:
         L += [f"The LM saw the codes of {codes['clips']} clips ({'/'.join(codes.get('splits', []))}), "
               f"first {codes.get('max_seconds')} s each ({codes['frames']} frames; codes used per codebook "
@@ -131,17 +159,12 @@ def card_text(folder: Path | None = None) -> str:
                  f"{lm_log[-1].get('frames_per_s')} frames/s; held-out token loss by step: "
                  + ", ".join(f"{r['step']}: {r.get('heldout_loss', float('nan')):.3f}"
                              for r in lm_log[:: max(1, len(lm_log) // 10)]))
+    if init_log:
+        L.append(_tune_line("caption-contrast fine-tuning", init_log, init_prog, init_cfg, "the language model above"))
     if tune_log:
-        first, last = tune_log[0].get("concept_gap") or {}, tune_log[-1].get("concept_gap") or {}
-        L.append(f"* caption-contrast fine-tuning (the shipped weights): step "
-                 f"{max(tune_prog.get('step', 0), tune_log[-1]['step'])} of {tune_cfg.get('steps', '?')} from the "
-                 f"language model above, peak LR {tune_cfg.get('lr')}, hinge weight {tune_cfg.get('contrast_weight')} "
-                 f"and margin {tune_cfg.get('contrast_margin')} nats on the first {tune_cfg.get('contrast_frames')} "
-                 f"frames, flipping {tune_cfg.get('contrast_concepts')}; held-out loss "
-                 f"{_f(tune_log[0].get('heldout_loss'))} -> {_f(tune_log[-1].get('heldout_loss'))}; per-concept "
-                 "caption gap (valid clips, loss with that concept's words flipped minus own, first frames) "
-                 f"at step {tune_log[0]['step']} -> {tune_log[-1]['step']}: "
-                 + ", ".join(f"{c} {_f(first.get(c))} -> {_f(v)}" for c, v in last.items()))
+        L.append(_tune_line("caption-contrast fine-tuning (the shipped weights)", tune_log, tune_prog, tune_cfg,
+                            "the fine-tuned checkpoint above, on the larger corpus" if init_log
+                            else "the language model above"))
     if not codec_log and not lm_log:
         L.append("* (no training logs in this folder)")
     L += ["", "Machine: CPU, 2 cores (see the logs' minutes).", ""]

@@ -167,9 +167,13 @@ def named_factors(row: dict) -> dict:
     return out
 
 
-def pick_prompts(rows: list[dict], n: int, seed: int = 0) -> list[dict]:
-    """n test-split clips, preferring captions that name many factors (more evidence per generation)."""
-    test = [r for r in rows if r["split"] == "test"]
+def pick_prompts(rows: list[dict], n: int, seed: int = 0, split: str = "test") -> list[dict]:
+    """n clips of `split`, preferring captions that name many factors (more evidence per generation).
+
+    Reported figures use "test"; choices made by looking at generations (a checkpoint, a guidance
+    scale) use "valid", so the test captions never steer them.
+    """
+    test = [r for r in rows if r["split"] == split]
     rng = np.random.default_rng(seed)
     rng.shuffle(test)
     test.sort(key=lambda r: -len(named_factors(r)))
@@ -247,8 +251,11 @@ def _accuracy(pairs: list[tuple[str, str]], chance: float) -> dict:
 
 
 def generation_eval(model, tok, rows: list[dict], n_prompts: int = 64, n_uncond: int = 16, seconds: float = 6.0,
-                    seed: int = 0, guidance: float = 3.0, tagger=None, corpus=None, code_probe=None) -> dict:
+                    seed: int = 0, guidance: float = 3.0, tagger=None, corpus=None, code_probe=None,
+                    split: str = "test") -> dict:
     """The issue's 'Prove it' metrics on test-split captions (see module docstring).
+
+    `split="valid"` draws the captions from the valid split instead, for model selection.
 
     With a `codeprobe.CodeProbe`, instrument and drums are also read from the
     codes the LM sampled (`<factor>_codes`), before the codec decodes them.
@@ -260,7 +267,7 @@ def generation_eval(model, tok, rows: list[dict], n_prompts: int = 64, n_uncond:
 
     est = _estimators()
     sr = O.SAMPLE_RATE
-    prompts = pick_prompts(rows, n_prompts, seed)
+    prompts = pick_prompts(rows, n_prompts, seed, split)
     t0 = time.time()
     # the decoder-input hook only when a probe will read it: generation stays untouched otherwise
     capture = capture_decoder_input(model.audio_encoder) if code_probe is not None else contextlib.nullcontext([])
@@ -277,7 +284,7 @@ def generation_eval(model, tok, rows: list[dict], n_prompts: int = 64, n_uncond:
         if tag is not None:
             m["tag"] = tag
         meas.append(m)
-    res: dict = {"n_prompts": len(prompts), "seconds_per_clip": seconds, "guidance_scale": guidance,
+    res: dict = {"split": split, "n_prompts": len(prompts), "seconds_per_clip": seconds, "guidance_scale": guidance,
                  "generation_seconds": round(t_gen, 1)}
     # instrument / drums via the tagger
     if tagger is not None:

@@ -64,6 +64,8 @@ class OrganismTrainConfig:
                                    "stage; shipped run: 3,500 steps, extended to 5,500 with --resume, ~78 min "
                                    "on 2 CPU cores)")
     tune_lr: float = option(5e-4, "peak learning rate of the fine-tuning")
+    tune_init: str = option("", "LM checkpoint the tune stage starts from (default: RUN/lm/ckpt.pt); e.g. "
+                                "another run's tune/ckpt.pt, to continue fine-tuning on a larger corpus")
     contrast_weight: float = option(1.0, "weight of the caption-contrast hinge during fine-tuning")
     codes_seconds: float | None = option(6.4, "encode only each clip's first S seconds for the LM (encoding is slow on CPU)")
     seed: int = option(0, "random seed")
@@ -113,9 +115,10 @@ def train(cfg: OrganismTrainConfig) -> dict:
         if not summary["lm"]["done"] and cfg.stage == "all":
             return summary
     if "tune" in stages and cfg.tune_steps > 0:
-        init = out / "lm" / "ckpt.pt"
+        init = Path(cfg.tune_init) if cfg.tune_init else out / "lm" / "ckpt.pt"
         if not init.exists():
-            raise MusiclensError(f"no LM checkpoint to fine-tune in {init}: run the lm stage first")
+            raise MusiclensError(f"no LM checkpoint to fine-tune in {init}: "
+                                 + ("check --tune-init" if cfg.tune_init else "run the lm stage first"))
         tcfg = LMTrainConfig(steps=cfg.tune_steps, batch_size=cfg.lm_batch_size, layers=cfg.lm_layers,
                              d_model=cfg.lm_d_model, heads=max(1, cfg.lm_d_model // 32), ffn=4 * cfg.lm_d_model,
                              lr=cfg.tune_lr, init=str(init), contrast_weight=cfg.contrast_weight, seed=cfg.seed + 1)
@@ -133,7 +136,9 @@ class OrganismEvalConfig:
     out: str = option("organism_eval.json", "JSON file to write")
     what: str = option("all", "codec fidelity, generation metrics, or both", choices=["codec", "generation", "all"])
     n_codec: int = option(40, "held-out clips for codec fidelity")
-    n_prompts: int = option(64, "test captions to generate from")
+    n_prompts: int = option(64, "captions to generate from")
+    split: str = option("test", "split the captions come from: test for reported figures, valid for choosing "
+                                "a checkpoint or guidance scale", choices=["test", "valid"])
     n_uncond: int = option(16, "unconditional generations for FAD")
     seconds: float = option(6.0, "seconds per generated clip")
     guidance: float = option(3.0, "classifier-free guidance scale")
@@ -170,7 +175,7 @@ def evaluate(cfg: OrganismEvalConfig) -> dict:
 
             probe = train_code_probe(cfg.run, model.audio_encoder, seed=cfg.seed)
         res["generation"] = generation_eval(model, tok, rows, cfg.n_prompts, cfg.n_uncond, cfg.seconds, cfg.seed,
-                                            cfg.guidance, tagger, corpus, code_probe=probe)
+                                            cfg.guidance, tagger, corpus, code_probe=probe, split=cfg.split)
     res["eval_seconds"] = round(time.time() - t0, 1)
     write_json(cfg.out, res)
     return res
@@ -203,6 +208,22 @@ def _corpus_summary(corpus: Path) -> dict | None:
             "sample_rate": cfg.get("sample_rate"), "example_captions": [r["caption"] for r in rows[:4]]}
 
 
+def _tune_base(run: Path) -> Path | None:
+    """The run whose tuned checkpoint this run's tune stage continued (`--tune-init OTHER/tune/ckpt.pt`), if any.
+
+    The card then shows the whole lineage: that run's LM and first fine-tuning,
+    and this run's continuation (e.g. on a larger corpus).
+    """
+    tcfg = run / "tune" / "config.json"
+    init = json.loads(tcfg.read_text()).get("init") if tcfg.exists() else None
+    if not init:
+        return None
+    init = Path(init)
+    if init.parent.name != "tune" or init.resolve() == (run / "tune" / "ckpt.pt").resolve():
+        return None
+    return init.parent.parent
+
+
 def export(cfg: OrganismExportConfig) -> Path:
     """Copy RUN/tune/hf or RUN/lm/hf (+ training logs) to the destination; write the model card from measured files."""
     import shutil
@@ -220,18 +241,27 @@ def export(cfg: OrganismExportConfig) -> Path:
     if size > 60e6:
         raise MusiclensError(f"the organism in {src} is {size / 1e6:.1f} MB, over the 60 MB budget")
     dst = Path(cfg.out) if cfg.out else O.organism_path()
+    run = Path(cfg.run)
+    base = _tune_base(run) if which == "tune" else None
     with atomic_dir(dst, overwrite=True) as tmp:
         for f in src.iterdir():
             shutil.copy2(f, tmp / f.name)
         (tmp / "training").mkdir()
-        for stage in ("codec", "decoder", "lm") + (("tune",) if which == "tune" else ()):
+        # (stage folder, name in training/): a stage this run did not train comes from the run it started from
+        logs = [(run / s if (run / s).is_dir() or base is None else base / s, s) for s in ("codec", "decoder", "lm")]
+        if which == "tune":
+            logs.append((run / "tune", "tune"))
+            if base is not None:
+                logs.append((base / "tune", "tune_init"))
+        for folder, stage in logs:
             for name in ("config.json", "progress.json", "log.jsonl"):
-                p = Path(cfg.run) / stage / name
+                p = folder / name
                 if p.exists():
                     shutil.copy2(p, tmp / "training" / f"{stage}_{name}")
-        idx = Path(cfg.run) / "codes" / "index.json"
-        if idx.exists():
-            write_json(tmp / "training" / "codes_summary.json", json.loads(idx.read_text())["summary"])
+        for r, prefix in ((run, ""), (base, "tune_init_")):
+            idx = r / "codes" / "index.json" if r is not None else None
+            if idx is not None and idx.exists():
+                write_json(tmp / "training" / f"{prefix}codes_summary.json", json.loads(idx.read_text())["summary"])
         summary = _corpus_summary(Path(cfg.corpus))
         if summary:
             write_json(tmp / "training" / "corpus.json", summary)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from musiclens.organism.evaluate import _accuracy, _ordered, named_factors, si_sdr
+from musiclens.organism.evaluate import _accuracy, _ordered, named_factors, pick_prompts, si_sdr
 
 ROW = {"instrument": "organ", "bpm": 70.0, "brightness": "dark", "register": "low", "dynamics": "soft",
        "drums": "none", "mode": "minor"}
@@ -34,3 +34,12 @@ def test_accuracy_and_si_sdr():
     assert a["accuracy"] == 0.8 and a["p_vs_chance"] < 1e-4
     x = np.sin(np.linspace(0, 100, 16000))
     assert si_sdr(x, x) > 60 and si_sdr(x, x + np.random.default_rng(0).normal(0, 1, 16000)) < 0
+
+
+def test_pick_prompts_draws_from_the_asked_split_only():
+    rows = [dict(ROW, id=f"{i:03d}", split=("test", "valid", "train")[i % 3],
+                 caption="a slow, dark organ chorale in a minor key" if i % 2 else "an organ tune") for i in range(60)]
+    test, valid = pick_prompts(rows, 8), pick_prompts(rows, 8, split="valid")
+    assert len(test) == len(valid) == 8
+    assert {r["split"] for r in test} == {"test"} and {r["split"] for r in valid} == {"valid"}
+    assert pick_prompts(rows, 8, seed=0) == test  # deterministic for a seed

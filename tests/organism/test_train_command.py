@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from musiclens.cli import main
 from musiclens.models import organism as O
 
@@ -27,3 +29,37 @@ def test_train_all_stages_then_resume_and_export(tiny_corpus, tmp_path):
     assert "caption-contrast fine-tuning" in (dst / "README.md").read_text()
     model, _ = O.load_organism_hf(path=dst)
     assert model.config.decoder.num_hidden_layers == 1 and model.config.decoder.hidden_size == 32
+
+
+def test_tune_continues_from_another_runs_checkpoint(tiny_corpus, tmp_path, capsys):
+    """--tune-init: fine-tune a run's tuned LM again on a new run's codes (e.g. a larger corpus)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    run, run2 = tmp_path / "run", tmp_path / "run2"
+    common = ["--corpus", str(tiny_corpus), "--codec-batch-size", "2", "--lm-batch-size", "2", "--lm-layers", "1",
+              "--lm-d-model", "32", "--codes-seconds", "1.0", "--device", "cpu"]
+    assert main(["organism", "train", "--out", str(run), "--codec-steps", "2", "--lm-steps", "2", "--tune-steps", "2",
+                 *common]) == 0
+    run2.mkdir()
+    shutil.copytree(run / "codec", run2 / "codec")
+    assert main(["organism", "train", "--out", str(run2), "--stage", "codes", *common]) == 0
+    missing = ["organism", "train", "--out", str(run2), "--stage", "tune", "--tune-init", str(run / "nope.pt"), *common]
+    assert main(missing) == 2 and "--tune-init" in capsys.readouterr().err
+    # learning rate 0: the continued model must be exactly the checkpoint it started from
+    assert main(["organism", "train", "--out", str(run2), "--stage", "tune", "--tune-init", str(run / "tune" / "ckpt.pt"),
+                 "--tune-steps", "1", "--tune-lr", "0", *common]) == 0
+    a, b = (load_file(str(r / "tune" / "hf" / "model.safetensors")) for r in (run, run2))
+    dec = [k for k in a if k.startswith("decoder.")]
+    assert dec and all(torch.equal(a[k], b[k]) for k in dec)
+    assert not (run2 / "lm").exists()
+    # the export shows the whole lineage: the base run's LM and first fine-tuning, then the continuation
+    dst = tmp_path / "ship"
+    assert main(["organism", "export", "--run", str(run2), "--out", str(dst), "--corpus", str(tiny_corpus)]) == 0
+    tr = dst / "training"
+    for f in ("codec_log.jsonl", "lm_log.jsonl", "tune_init_log.jsonl", "tune_log.jsonl", "tune_init_codes_summary.json"):
+        assert (tr / f).exists(), f
+    assert json.loads((tr / "tune_config.json").read_text())["lr"] == 0
+    card = (dst / "README.md").read_text()
+    assert "on the larger corpus" in card and "--tune-init RUN/tune/ckpt.pt" in card
