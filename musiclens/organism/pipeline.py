@@ -115,7 +115,8 @@ def train(cfg: OrganismTrainConfig) -> dict:
         if not summary["lm"]["done"] and cfg.stage == "all":
             return summary
     if "tune" in stages and cfg.tune_steps > 0:
-        init = Path(cfg.tune_init) if cfg.tune_init else out / "lm" / "ckpt.pt"
+        # another run's checkpoint is recorded as an absolute path: export follows it to show the lineage
+        init = Path(cfg.tune_init).resolve() if cfg.tune_init else out / "lm" / "ckpt.pt"
         if not init.exists():
             raise MusiclensError(f"no LM checkpoint to fine-tune in {init}: "
                                  + ("check --tune-init" if cfg.tune_init else "run the lm stage first"))
@@ -208,20 +209,22 @@ def _corpus_summary(corpus: Path) -> dict | None:
             "sample_rate": cfg.get("sample_rate"), "example_captions": [r["caption"] for r in rows[:4]]}
 
 
-def _tune_base(run: Path) -> Path | None:
-    """The run whose tuned checkpoint this run's tune stage continued (`--tune-init OTHER/tune/ckpt.pt`), if any.
+def _tune_base(run: Path) -> tuple[Path | None, bool]:
+    """(the run this run's tune stage started from, whether it continued that run's fine-tuning).
 
-    The card then shows the whole lineage: that run's LM and first fine-tuning,
-    and this run's continuation (e.g. on a larger corpus).
+    `--tune-init OTHER/tune/ckpt.pt` continues OTHER's fine-tuning; `OTHER/lm/ckpt.pt` fine-tunes
+    OTHER's LM. The card then shows the whole lineage: OTHER's codec and LM (and first
+    fine-tuning), then this run's stage (e.g. on a larger corpus). (None, False) for a run's own LM.
     """
     tcfg = run / "tune" / "config.json"
     init = json.loads(tcfg.read_text()).get("init") if tcfg.exists() else None
     if not init:
-        return None
+        return None, False
     init = Path(init)
-    if init.parent.name != "tune" or init.resolve() == (run / "tune" / "ckpt.pt").resolve():
-        return None
-    return init.parent.parent
+    base = init.parent.parent
+    if init.parent.name not in ("tune", "lm") or base.resolve() == run.resolve():
+        return None, False
+    return base, init.parent.name == "tune"
 
 
 def export(cfg: OrganismExportConfig) -> Path:
@@ -242,7 +245,7 @@ def export(cfg: OrganismExportConfig) -> Path:
         raise MusiclensError(f"the organism in {src} is {size / 1e6:.1f} MB, over the 60 MB budget")
     dst = Path(cfg.out) if cfg.out else O.organism_path()
     run = Path(cfg.run)
-    base = _tune_base(run) if which == "tune" else None
+    base, continued = _tune_base(run) if which == "tune" else (None, False)
     with atomic_dir(dst, overwrite=True) as tmp:
         for f in src.iterdir():
             shutil.copy2(f, tmp / f.name)
@@ -251,14 +254,14 @@ def export(cfg: OrganismExportConfig) -> Path:
         logs = [(run / s if (run / s).is_dir() or base is None else base / s, s) for s in ("codec", "decoder", "lm")]
         if which == "tune":
             logs.append((run / "tune", "tune"))
-            if base is not None:
+            if continued:
                 logs.append((base / "tune", "tune_init"))
         for folder, stage in logs:
             for name in ("config.json", "progress.json", "log.jsonl"):
                 p = folder / name
                 if p.exists():
                     shutil.copy2(p, tmp / "training" / f"{stage}_{name}")
-        for r, prefix in ((run, ""), (base, "tune_init_")):
+        for r, prefix in ((run, ""), (base if continued else None, "tune_init_")):
             idx = r / "codes" / "index.json" if r is not None else None
             if idx is not None and idx.exists():
                 write_json(tmp / "training" / f"{prefix}codes_summary.json", json.loads(idx.read_text())["summary"])
