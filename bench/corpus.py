@@ -3,6 +3,8 @@
     python bench/corpus.py --corpus data/corpus [--tagger DIR]
     python bench/corpus.py --corpus runs/corpus_recon --skip render,pitch,tagger --name corpus_recon \
         --cache data/bench_corpus_recon_cache.json     # the same estimators through the codec
+    python bench/corpus.py --seconds 6.4 --skip render,pitch,tagger --name corpus_6s \
+        --cache data/bench_corpus_6s_cache.json        # ... and on the same clean 6.4 s
 
 Writes bench/results/corpus.json. Figures:
 * render: clips/s and audio-seconds/s for a fresh render (2 processes);
@@ -37,11 +39,15 @@ from musiclens.corpus.factors import tempo_word  # noqa: E402
 from musiclens.io import write_json  # noqa: E402
 
 
+# --seconds: measure only each clip's first S seconds (0 = whole clip); set before the worker pool forks
+SECONDS = 0.0
+
+
 def _read(corpus: Path, rec: dict):
     import soundfile as sf
 
     y, sr = sf.read(str(corpus / rec["path"]), dtype="float32")
-    return y, sr
+    return (y[: int(SECONDS * sr)] if SECONDS else y), sr
 
 
 def _measure_basic(job):
@@ -239,9 +245,14 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--cache", default=str(ROOT / "data" / "bench_corpus_cache.json"))
     ap.add_argument("--skip", default="", help="comma-separated sections to skip (render,tempo,pitch,tagger)")
+    ap.add_argument("--seconds", type=float, default=0.0,
+                    help="measure only each clip's first S seconds (0 = whole clip), e.g. 6.4 to compare with "
+                         "codec reconstructions; use its own --cache")
     ap.add_argument("--name", default="corpus", help="results file name, e.g. corpus_recon for the estimators on "
                                                      "`musiclens organism reconstruct` output (the codec's ceiling)")
     args = ap.parse_args()
+    global SECONDS
+    SECONDS = args.seconds
     skip = set(filter(None, args.skip.split(",")))
     corpus = Path(args.corpus)
     recs = load_metadata(corpus)
@@ -253,6 +264,7 @@ def main() -> None:
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     cfg = json.loads((corpus / "config.json").read_text()) if (corpus / "config.json").exists() else {}
     figures: dict = {"corpus": {"path": str(corpus), "clips": len(recs), "seed": cfg.get("seed"),
+                                "measured_seconds": args.seconds or "whole clip",
                                 "seconds": cfg.get("seconds"), "sample_rate": cfg.get("sample_rate"),
                                 "hours": round(sum(r["seconds"] for r in recs) / 3600, 3)}}
     if "render" not in skip:
