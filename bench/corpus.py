@@ -3,8 +3,7 @@
     python bench/corpus.py --corpus data/corpus [--tagger DIR]
     python bench/corpus.py --corpus runs/corpus_recon --skip render,pitch,tagger --name corpus_recon \
         --cache data/bench_corpus_recon_cache.json     # the same estimators through the codec
-    python bench/corpus.py --seconds 6.4 --skip render,pitch,tagger --name corpus_6s \
-        --cache data/bench_corpus_6s_cache.json        # ... and on the same clean 6.4 s
+    python bench/corpus.py --seconds 6.4 --skip render,pitch --name corpus_6s   # ... and on the same clean 6.4 s
 
 Writes bench/results/corpus.json. Figures:
 * render: clips/s and audio-seconds/s for a fresh render (2 processes);
@@ -243,17 +242,22 @@ def main() -> None:
     ap.add_argument("--test-clips", type=int, default=0, help="test clips (0 = the whole test split)")
     ap.add_argument("--pitch-per-register", type=int, default=30)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--cache", default=str(ROOT / "data" / "bench_corpus_cache.json"))
+    ap.add_argument("--cache", default="", help="per-clip measurement cache (default: data/bench_corpus_cache.json, "
+                                                "or ..._cache_<S>s.json with --seconds)")
     ap.add_argument("--skip", default="", help="comma-separated sections to skip (render,tempo,pitch,tagger)")
     ap.add_argument("--seconds", type=float, default=0.0,
                     help="measure only each clip's first S seconds (0 = whole clip), e.g. 6.4 to compare with "
-                         "codec reconstructions; use its own --cache")
+                         "codec reconstructions (tempo, spectral and pitch sections; the tagger section is skipped)")
     ap.add_argument("--name", default="corpus", help="results file name, e.g. corpus_recon for the estimators on "
                                                      "`musiclens organism reconstruct` output (the codec's ceiling)")
     args = ap.parse_args()
     global SECONDS
     SECONDS = args.seconds
     skip = set(filter(None, args.skip.split(",")))
+    if SECONDS:
+        skip.add("tagger")  # the tagger reads whole clips
+    if not args.cache:
+        args.cache = str(ROOT / "data" / (f"bench_corpus_cache_{SECONDS:g}s.json" if SECONDS else "bench_corpus_cache.json"))
     corpus = Path(args.corpus)
     recs = load_metadata(corpus)
     test = [r for r in recs if r["split"] == "test"]
