@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..errors import MusiclensError
 from ..io import atomic_path, write_json
 from ..models import organism as O
-from .data import load_clips, read_metadata
+from .data import read_metadata
 
 
 @torch.no_grad()
@@ -71,45 +71,114 @@ def caption_states(captions: list[str], device: str = "cpu", batch: int = 64, en
     return states, t["attention_mask"].to(torch.int8)
 
 
+def _read_clip(path: Path, sample_rate: int, max_seconds: float | None) -> np.ndarray | None:
+    """A clip's first `max_seconds` as float32 mono (the same values `load_clips` gives); None if unreadable."""
+    import soundfile as sf
+
+    frames = int(max_seconds * sample_rate) if max_seconds else -1
+    try:
+        a, sr = sf.read(str(path), frames=frames, dtype="float32", always_2d=True)
+    except Exception:
+        return None
+    if sr != sample_rate:
+        raise MusiclensError(f"{path}: sample rate {sr}, the organism needs {sample_rate}")
+    return np.ascontiguousarray(a.mean(axis=1) if a.shape[1] > 1 else a[:, 0])
+
+
+def _fingerprint(out: Path, rows: list[dict], max_seconds: float | None) -> str:
+    """What a partial encoding depends on: the codec file, the clips and their cut."""
+    import hashlib
+
+    st = (out / "codec" / "hf" / "model.safetensors").stat()
+    key = f"{st.st_size}:{st.st_mtime_ns}:{max_seconds}:" + ",".join(r["id"] for r in rows)
+    return hashlib.sha1(key.encode()).hexdigest()
+
+
 def precompute(corpus: Path, out: Path, device: str = "cpu", resume: bool = False,
-               max_seconds: float | None = None, splits: tuple[str, ...] = ("train", "valid", "test")) -> dict:
+               max_seconds: float | None = None, splits: tuple[str, ...] = ("train", "valid", "test"),
+               minutes: float | None = None, chunk: int = 64) -> dict:
     """Encode every clip of the corpus with the trained codec and every caption with MiniLM.
 
     `max_seconds` keeps only each clip's beginning and `splits` limits the
     clips (encoding is the slow part on CPU; the LM trains on crops of a few
     seconds of train clips and tracks its loss on valid clips).
+
+    Clips are read `chunk` at a time (only their first `max_seconds`), so memory
+    holds the codes, not the corpus. Progress is saved to `codes/partial.safetensors`
+    every few minutes and when `minutes` run out (summary `done: False`); with
+    `resume` the next call continues from it, if codec and clips are unchanged.
+    With `resume` a finished encoding is returned as it is.
     """
     from .codec import load_codec
 
     cdir = out / "codes"
     if (cdir / "index.json").exists() and resume:
         return json.loads((cdir / "index.json").read_text())["summary"]
+    if not (out / "codec" / "hf" / "model.safetensors").exists():
+        raise MusiclensError(f"no trained codec in {out / 'codec' / 'hf'}: run the codec stage first")
+    rows = [r for r in read_metadata(corpus) if r.get("split") in splits]
+    if not rows:
+        raise MusiclensError(f"no clips of splits {', '.join(splits)} in {corpus}")
     codec = load_codec(out / "codec" / "hf", device)
-    rows = read_metadata(corpus)
-    t0 = time.time()
-    clips = load_clips(corpus, tuple(splits), O.SAMPLE_RATE, rows=rows)
-    if len(clips) == 0:
-        raise MusiclensError(f"no clips found in {corpus}")
-    codes_list = []
-    bar = tqdm(total=len(clips), desc="codes", disable=None)
-    chunk = 64
-    for s in range(0, len(clips), chunk):
-        wavs = [clips.wav(i) for i in range(s, min(len(clips), s + chunk))]
-        if max_seconds:
-            wavs = [w[: int(max_seconds * clips.sample_rate)] for w in wavs]
-        codes_list += encode_clips(codec, wavs, device, batch=1)
-        bar.update(min(chunk, len(clips) - s))
+    partial = cdir / "partial.safetensors"
+    key = _fingerprint(out, rows, max_seconds)
+    done_pos: list[int] = []       # positions in `rows` already encoded (unreadable clips are left out)
+    codes_list: list[torch.Tensor] = []
+    spent, start = 0.0, 0
+    if resume and partial.exists():
+        from safetensors import safe_open
+
+        with safe_open(str(partial), "pt") as fh:
+            meta = fh.metadata() or {}
+        if meta.get("key") == key:
+            p = load_file(str(partial))
+            ends = torch.cumsum(p["lengths"], 0).tolist()
+            codes_list = [p["codes"][:, e - n: e] for e, n in zip(ends, p["lengths"].tolist())]
+            done_pos = p["positions"].tolist()
+            spent, start = float(meta.get("seconds", 0.0)), int(meta["next"])
+        else:
+            print(f"codes: {partial} belongs to another codec or clip list; encoding from the start")
+
+    def save_partial(next_pos: int, seconds: float) -> None:
+        cdir.mkdir(parents=True, exist_ok=True)
+        cat = torch.cat(codes_list, 1) if codes_list else torch.zeros(O.N_CODEBOOKS, 0, dtype=torch.int16)
+        with atomic_path(partial, suffix=".safetensors") as tmp:
+            save_file({"codes": cat.to(torch.int16).contiguous(),
+                       "lengths": torch.tensor([c.shape[1] for c in codes_list], dtype=torch.long),
+                       "positions": torch.tensor(done_pos, dtype=torch.long)}, str(tmp),
+                      metadata={"key": key, "next": str(next_pos), "seconds": f"{seconds:.1f}"})
+
+    t0, last_save = time.time(), time.time()
+    bar = tqdm(total=len(rows), initial=start, desc="codes", disable=None)
+    for s in range(start, len(rows), chunk):
+        pos = list(range(s, min(len(rows), s + chunk)))
+        wavs = [(p, _read_clip(corpus / rows[p]["path"], O.SAMPLE_RATE, max_seconds)) for p in pos]
+        wavs = [(p, w) for p, w in wavs if w is not None]  # unreadable (e.g. still being written): left out
+        if wavs:
+            codes_list += [c.to(torch.int16) for c in encode_clips(codec, [w for _, w in wavs], device, batch=1)]
+            done_pos += [p for p, _ in wavs]
+        bar.update(len(pos))
+        nxt = pos[-1] + 1
+        if minutes is not None and time.time() - t0 >= minutes * 60 and nxt < len(rows):
+            bar.close()
+            save_partial(nxt, spent + time.time() - t0)
+            return {"done": False, "clips_encoded": len(done_pos), "clips": len(rows)}
+        if time.time() - last_save > 120 and nxt < len(rows):
+            save_partial(nxt, spent + time.time() - t0)
+            last_save = time.time()
     bar.close()
+    if not codes_list:
+        raise MusiclensError(f"no readable clips in {corpus}")
+    kept = [rows[p] for p in done_pos]
     F = max(c.shape[1] for c in codes_list)
     K = codes_list[0].shape[0]
     codes = torch.full((len(codes_list), K, F), -1, dtype=torch.int16)
     lengths = torch.zeros(len(codes_list), dtype=torch.long)
     for i, c in enumerate(codes_list):
-        codes[i, :, : c.shape[1]] = c.to(torch.int16)
+        codes[i, :, : c.shape[1]] = c
         lengths[i] = c.shape[1]
-    t_codes = time.time() - t0
-    captions = [r["caption"] for r in clips.rows]
-    states, mask = caption_states(captions + [""], device)
+    t_codes = spent + time.time() - t0
+    states, mask = caption_states([r["caption"] for r in kept] + [""], device)
     cdir.mkdir(parents=True, exist_ok=True)
     with atomic_path(cdir / "codes.safetensors") as tmp:
         save_file({"codes": codes, "lengths": lengths}, str(tmp))
@@ -117,9 +186,10 @@ def precompute(corpus: Path, out: Path, device: str = "cpu", resume: bool = Fals
         save_file({"states": states[:-1].contiguous(), "mask": mask[:-1].contiguous(),
                    "empty_states": states[-1:].contiguous(), "empty_mask": mask[-1:].contiguous()}, str(tmp))
     used = [int(torch.unique(codes[:, k][codes[:, k] >= 0]).numel()) for k in range(K)]
-    summary = {"clips": len(clips), "splits": list(splits), "frames": int(lengths.sum()), "max_seconds": max_seconds, "codes_used": used,
-               "encode_seconds": round(t_codes, 1), "text_len": int(mask.shape[1])}
-    write_json(cdir / "index.json", {"summary": summary, "rows": clips.rows})
+    summary = {"clips": len(kept), "splits": list(splits), "frames": int(lengths.sum()), "max_seconds": max_seconds,
+               "codes_used": used, "encode_seconds": round(t_codes, 1), "text_len": int(mask.shape[1]), "done": True}
+    write_json(cdir / "index.json", {"summary": summary, "rows": kept})
+    partial.unlink(missing_ok=True)
     return summary
 
 

@@ -105,8 +105,10 @@ def train(cfg: OrganismTrainConfig) -> dict:
     if "codes" in stages:
         if not (corpus / "metadata.jsonl").exists():
             raise MusiclensError(f"the corpus at {corpus} is not complete yet (no metadata.jsonl)")
-        summary["codes"] = precompute(corpus, out, device, resume=cfg.resume and cfg.stage == "all",
-                                      max_seconds=cfg.codes_seconds, splits=("train", "valid"))
+        summary["codes"] = precompute(corpus, out, device, resume=cfg.resume, max_seconds=cfg.codes_seconds,
+                                      splits=("train", "valid"), minutes=cfg.minutes)
+        if not summary["codes"].get("done", True):  # (indexes written before resumable encoding lack "done")
+            return summary  # out of minutes: continue later with --resume
     if "lm" in stages:
         lcfg = LMTrainConfig(steps=cfg.lm_steps, batch_size=cfg.lm_batch_size, layers=cfg.lm_layers,
                              d_model=cfg.lm_d_model, heads=max(1, cfg.lm_d_model // 32), ffn=4 * cfg.lm_d_model,

@@ -88,3 +88,29 @@ def test_precompute_train_resume_and_load(tiny_corpus, tmp_path):
     ids, st, m = data.batch(idx[:2], 40, 32, None, null_kind=np.array([1, 2]))
     loss, per = lm_loss(model, ids, st, m)
     assert torch.isfinite(per).all() and int(m[0].sum()) == 0 and int(m[1].sum()) > 0
+
+
+def test_precompute_stops_on_minutes_and_resumes_to_the_same_codes(tiny_corpus, tmp_path, capsys):
+    import shutil
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    train_codec(CodecTrainConfig(steps=2, warmup_steps=1, batch_size=2, crop_seconds=0.2, kmeans_batches=2,
+                                 **TINY_CODEC), tiny_corpus, a, None, False)
+    b.mkdir()
+    shutil.copytree(a / "codec", b / "codec")
+    whole = precompute(tiny_corpus, a, max_seconds=1.0)
+    # minutes=0: one chunk, then stop with the progress saved
+    first = precompute(tiny_corpus, b, max_seconds=1.0, minutes=0, chunk=5)
+    assert first == {"done": False, "clips_encoded": 5, "clips": 12}
+    assert (b / "codes" / "partial.safetensors").exists() and not (b / "codes" / "index.json").exists()
+    # a partial made for another cut of the clips is not reused
+    assert precompute(tiny_corpus, b, max_seconds=0.5, minutes=0, chunk=5, resume=True)["clips_encoded"] == 5
+    assert "encoding from the start" in capsys.readouterr().out
+    precompute(tiny_corpus, b, max_seconds=1.0, minutes=0, chunk=5)                   # 5 of 12 again
+    assert precompute(tiny_corpus, b, max_seconds=1.0, minutes=0, chunk=5, resume=True)["clips_encoded"] == 10
+    done = precompute(tiny_corpus, b, max_seconds=1.0, chunk=5, resume=True)
+    assert done["done"] and done["clips"] == whole["clips"] == 12 and done["frames"] == whole["frames"] == 12 * 50
+    assert not (b / "codes" / "partial.safetensors").exists()
+    (ca, _, ra), (cb, _, rb) = load_codes(a, text=False), load_codes(b, text=False)
+    assert torch.equal(ca["codes"], cb["codes"]) and [r["id"] for r in ra] == [r["id"] for r in rb]
+    assert precompute(tiny_corpus, b, resume=True) == done  # finished: returned as it is
