@@ -80,6 +80,8 @@ def train(cfg: OrganismTrainConfig) -> dict:
     device = pick_device(cfg.device)
     if not corpus.is_dir():
         raise MusiclensError(f"corpus directory not found: {corpus}")
+    if cfg.tune_init and not Path(cfg.tune_init).exists():  # before anything is written to --out
+        raise MusiclensError(f"no LM checkpoint to fine-tune in {cfg.tune_init}: check --tune-init")
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.json")
     stages = ["codec", "decoder", "codes", "lm", "tune"] if cfg.stage == "all" else [cfg.stage]

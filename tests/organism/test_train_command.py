@@ -47,6 +47,7 @@ def test_tune_continues_from_another_runs_checkpoint(tiny_corpus, tmp_path, caps
     assert main(["organism", "train", "--out", str(run2), "--stage", "codes", *common]) == 0
     missing = ["organism", "train", "--out", str(run2), "--stage", "tune", "--tune-init", str(run / "nope.pt"), *common]
     assert main(missing) == 2 and "--tune-init" in capsys.readouterr().err
+    assert not (run2 / "tune").exists()  # nothing written for a bad --tune-init
     # learning rate 0: the continued model must be exactly the checkpoint it started from
     assert main(["organism", "train", "--out", str(run2), "--stage", "tune", "--tune-init", str(run / "tune" / "ckpt.pt"),
                  "--tune-steps", "1", "--tune-lr", "0", *common]) == 0
