@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 
 def register(sub) -> None:
     from ..config import add_arguments
@@ -74,14 +76,14 @@ def _eval(args) -> int:
     print(f"{args.split} split of {args.corpus}:")
     _print_acc(acc)
     for h in tagger.heads:  # where the errors go: the labels predicted far more often than they occur
-        pred = {}
+        true = {lab: sum(row.values()) for lab, row in confusion[h].items()}
+        pred = Counter()
         for row in confusion[h].values():
-            for lab, n in row.items():
-                pred[lab] = pred.get(lab, 0) + n
-        over = sorted(((n - sum(confusion[h].get(lab, {}).values()), lab, n) for lab, n in pred.items()), reverse=True)
+            pred.update(row)
+        over = sorted(((n - true.get(lab, 0), lab, n) for lab, n in pred.items()), reverse=True)
         if over and over[0][0] > 0.1 * len(recs):
-            print(f"  {h}: most over-predicted " + ", ".join(f"{lab} ({n} predicted, "
-                  f"{sum(confusion[h].get(lab, {}).values())} true)" for d, lab, n in over[:2] if d > 0))
+            print(f"  {h}: most over-predicted " + ", ".join(f"{lab} ({n} predicted, {true.get(lab, 0)} true)"
+                                                          for d, lab, n in over[:2] if d > 0))
     if args.out:
         write_json(args.out, acc)
     return 0

@@ -135,13 +135,12 @@ def card_text(folder: Path | None = None) -> str:
               f"clips ({'/'.join(init_codes.get('splits', []))}) of a smaller corpus; the continued fine-tuning "
               "saw the corpus below, whose first clips are that corpus (a clip depends only on seed and index).", ""]
     if corpus and init_log:
-        L += ["```", f"musiclens corpus render --out data/corpus{corpus['clips'] // 1000}k --clips {corpus['clips']} "
-              f"--seed {corpus['seed']}",
-              f"musiclens organism train --corpus data/corpus{corpus['clips'] // 1000}k --out RUN2 --stage codes   "
-              "# with RUN/codec copied to RUN2/codec",
-              f"musiclens organism train --corpus data/corpus{corpus['clips'] // 1000}k --out RUN2 --stage tune "
-              f"--tune-init RUN/tune/ckpt.pt --tune-steps {tune_cfg.get('steps')} --tune-lr {tune_cfg.get('lr')}",
-              "musiclens organism export --run RUN2 --corpus data/corpus" f"{corpus['clips'] // 1000}k", "```", ""]
+        big = f"data/corpus{corpus['clips'] // 1000}k"
+        L += ["```", f"musiclens corpus render --out {big} --clips {corpus['clips']} --seed {corpus['seed']}",
+              f"musiclens organism train --corpus {big} --out RUN2 --stage codes   # with RUN/codec copied to RUN2/codec",
+              f"musiclens organism train --corpus {big} --out RUN2 --stage tune --tune-init RUN/tune/ckpt.pt "
+              f"--tune-steps {tune_cfg.get('steps')} --tune-lr {tune_cfg.get('lr')}",
+              f"musiclens organism export --run RUN2 --corpus {big}", "```", ""]
     if codes:
         L += [f"The LM saw the codes of {codes['clips']} clips ({'/'.join(codes.get('splits', []))}), "
               f"first {codes.get('max_seconds')} s each ({codes['frames']} frames; codes used per codebook "

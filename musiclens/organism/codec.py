@@ -19,7 +19,6 @@ minutes, and the current codec is also exported as a standard HF folder
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from . import quantizer as Q
 from .data import ClipSet, load_clips
 from .discriminator import Adversary
 from .losses import MultiScaleMel, reconstruction_loss
+from .schedule import warmup_cosine
 
 
 @dataclass
@@ -127,10 +127,7 @@ def init_latent_scale(codec, x: torch.Tensor) -> dict:
 
 
 def _lr(cfg: CodecTrainConfig, step: int) -> float:
-    if step < 200:
-        return cfg.lr * (step + 1) / 200
-    p = min(1.0, (step - 200) / max(1, cfg.steps - 200))
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
+    return warmup_cosine(cfg.lr, step, cfg.steps, warmup=200)
 
 
 def _save(path: Path, codec, opt, step: int, rng, cfg, log_extra: dict) -> None:
@@ -154,7 +151,8 @@ def load_codec(folder: str | Path, device: str = "cpu"):
 
     folder = Path(folder)
     if not (folder / "config.json").exists():
-        raise MusiclensError(f"no trained codec at {folder}: run `musiclens organism train --stage codec`")
+        raise MusiclensError(f"no trained codec in {folder}: run the codec stage first "
+                             "(`musiclens organism train --stage codec`)")
     return EncodecModel.from_pretrained(folder).to(device).eval()
 
 

@@ -114,12 +114,10 @@ def precompute(corpus: Path, out: Path, device: str = "cpu", resume: bool = Fals
     cdir = out / "codes"
     if (cdir / "index.json").exists() and resume:
         return json.loads((cdir / "index.json").read_text())["summary"]
-    if not (out / "codec" / "hf" / "model.safetensors").exists():
-        raise MusiclensError(f"no trained codec in {out / 'codec' / 'hf'}: run the codec stage first")
+    codec = load_codec(out / "codec" / "hf", device)
     rows = [r for r in read_metadata(corpus) if r.get("split") in splits]
     if not rows:
         raise MusiclensError(f"no clips of splits {', '.join(splits)} in {corpus}")
-    codec = load_codec(out / "codec" / "hf", device)
     partial = cdir / "partial.safetensors"
     key = _fingerprint(out, rows, max_seconds)
     done_pos: list[int] = []       # positions in `rows` already encoded (unreadable clips are left out)
@@ -132,8 +130,7 @@ def precompute(corpus: Path, out: Path, device: str = "cpu", resume: bool = Fals
             meta = fh.metadata() or {}
         if meta.get("key") == key:
             p = load_file(str(partial))
-            ends = torch.cumsum(p["lengths"], 0).tolist()
-            codes_list = [p["codes"][:, e - n: e] for e, n in zip(ends, p["lengths"].tolist())]
+            codes_list = list(torch.split(p["codes"], p["lengths"].tolist(), dim=1))
             done_pos = p["positions"].tolist()
             spent, start = float(meta.get("seconds", 0.0)), int(meta["next"])
         else:
@@ -143,7 +140,7 @@ def precompute(corpus: Path, out: Path, device: str = "cpu", resume: bool = Fals
         cdir.mkdir(parents=True, exist_ok=True)
         cat = torch.cat(codes_list, 1) if codes_list else torch.zeros(O.N_CODEBOOKS, 0, dtype=torch.int16)
         with atomic_path(partial, suffix=".safetensors") as tmp:
-            save_file({"codes": cat.to(torch.int16).contiguous(),
+            save_file({"codes": cat.contiguous(),
                        "lengths": torch.tensor([c.shape[1] for c in codes_list], dtype=torch.long),
                        "positions": torch.tensor(done_pos, dtype=torch.long)}, str(tmp),
                       metadata={"key": key, "next": str(next_pos), "seconds": f"{seconds:.1f}"})

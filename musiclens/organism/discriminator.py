@@ -101,7 +101,9 @@ class Adversary:
         return float(loss.detach())
 
     def losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return generator_losses(self.disc(x), self.disc(y))
+        with torch.no_grad():  # real audio's maps are targets only: no graph to build or backpropagate
+            real = self.disc(x)
+        return generator_losses(real, self.disc(y))
 
     def state_dict(self) -> dict:
         return {"disc": self.disc.state_dict(), "opt_d": self.opt.state_dict()}

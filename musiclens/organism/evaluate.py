@@ -173,11 +173,11 @@ def pick_prompts(rows: list[dict], n: int, seed: int = 0, split: str = "test") -
     Reported figures use "test"; choices made by looking at generations (a checkpoint, a guidance
     scale) use "valid", so the test captions never steer them.
     """
-    test = [r for r in rows if r["split"] == split]
+    pool = [r for r in rows if r["split"] == split]
     rng = np.random.default_rng(seed)
-    rng.shuffle(test)
-    test.sort(key=lambda r: -len(named_factors(r)))
-    top = test[: max(n * 2, n)]
+    rng.shuffle(pool)
+    pool.sort(key=lambda r: -len(named_factors(r)))
+    top = pool[: max(n * 2, n)]
     idx = rng.choice(len(top), size=min(n, len(top)), replace=False)
     return [top[i] for i in sorted(idx)]
 

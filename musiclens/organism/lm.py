@@ -15,7 +15,6 @@ exported as a shippable HF folder at each checkpoint.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from ..errors import MusiclensError
 from ..io import atomic_path, write_json
 from ..models import organism as O
 from .codes import load_codes
+from .schedule import warmup_cosine
 
 
 @dataclass
@@ -151,10 +151,7 @@ class CodeData:
 
 
 def _lr(cfg: LMTrainConfig, step: int) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    p = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
+    return warmup_cosine(cfg.lr, step, cfg.steps, cfg.warmup)
 
 
 class Contrasts:

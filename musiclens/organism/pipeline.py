@@ -80,8 +80,11 @@ def train(cfg: OrganismTrainConfig) -> dict:
     device = pick_device(cfg.device)
     if not corpus.is_dir():
         raise MusiclensError(f"corpus directory not found: {corpus}")
-    if cfg.tune_init and not Path(cfg.tune_init).exists():  # before anything is written to --out
+    # option errors before anything is written to --out
+    if cfg.tune_init and not Path(cfg.tune_init).exists():
         raise MusiclensError(f"no LM checkpoint to fine-tune in {cfg.tune_init}: check --tune-init")
+    if cfg.stage == "decoder" and cfg.decoder_steps <= 0:
+        raise MusiclensError("--stage decoder needs --decoder-steps N (N > 0)")
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.json")
     stages = ["codec", "decoder", "codes", "lm", "tune"] if cfg.stage == "all" else [cfg.stage]
@@ -92,13 +95,9 @@ def train(cfg: OrganismTrainConfig) -> dict:
         summary["codec"] = train_codec(ccfg, corpus, out, cfg.minutes, cfg.resume, device)
         if not summary["codec"]["done"] and cfg.stage == "all":
             return summary  # out of minutes: continue later with --resume
-    if cfg.stage == "decoder" and cfg.decoder_steps <= 0:
-        raise MusiclensError("--stage decoder needs --decoder-steps N (N > 0)")
     if "decoder" in stages and cfg.decoder_steps > 0:
         from .polish import PolishConfig, train_decoder
 
-        if not (out / "codec" / "hf" / "config.json").exists():
-            raise MusiclensError(f"no trained codec in {out / 'codec' / 'hf'}: run the codec stage first")
         pcfg = PolishConfig(steps=cfg.decoder_steps, batch_size=cfg.codec_batch_size, lr=cfg.decoder_lr,
                             w_adv=cfg.decoder_w_adv, w_feat=cfg.decoder_w_feat, seed=cfg.seed)
         summary["decoder"] = train_decoder(pcfg, corpus, out, cfg.minutes, cfg.resume, device)
@@ -121,9 +120,8 @@ def train(cfg: OrganismTrainConfig) -> dict:
     if "tune" in stages and cfg.tune_steps > 0:
         # another run's checkpoint is recorded as an absolute path: export follows it to show the lineage
         init = Path(cfg.tune_init).resolve() if cfg.tune_init else out / "lm" / "ckpt.pt"
-        if not init.exists():
-            raise MusiclensError(f"no LM checkpoint to fine-tune in {init}: "
-                                 + ("check --tune-init" if cfg.tune_init else "run the lm stage first"))
+        if not init.exists():  # (--tune-init was checked above)
+            raise MusiclensError(f"no LM checkpoint to fine-tune in {init}: run the lm stage first")
         tcfg = LMTrainConfig(steps=cfg.tune_steps, batch_size=cfg.lm_batch_size, layers=cfg.lm_layers,
                              d_model=cfg.lm_d_model, heads=max(1, cfg.lm_d_model // 32), ffn=4 * cfg.lm_d_model,
                              lr=cfg.tune_lr, init=str(init), contrast_weight=cfg.contrast_weight, seed=cfg.seed + 1)
@@ -265,9 +263,9 @@ def export(cfg: OrganismExportConfig) -> Path:
                 p = folder / name
                 if p.exists():
                     shutil.copy2(p, tmp / "training" / f"{stage}_{name}")
-        for r, prefix in ((run, ""), (base if continued else None, "tune_init_")):
-            idx = r / "codes" / "index.json" if r is not None else None
-            if idx is not None and idx.exists():
+        for r, prefix in [(run, "")] + ([(base, "tune_init_")] if continued else []):
+            idx = r / "codes" / "index.json"
+            if idx.exists():
                 write_json(tmp / "training" / f"{prefix}codes_summary.json", json.loads(idx.read_text())["summary"])
         summary = _corpus_summary(Path(cfg.corpus))
         if summary:

@@ -23,7 +23,6 @@ thousands of steps.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from . import quantizer as Q
 from .codec import export_codec, heldout_mel, load_codec, training_audio
 from .discriminator import Adversary
 from .losses import reconstruction_loss
+from .schedule import warmup_cosine
 
 
 @dataclass
@@ -64,11 +64,6 @@ def polished_codec_dir(run: Path) -> Path:
     """The codec an LM export should carry: the polished one when it exists."""
     p = Path(run) / "decoder" / "hf"
     return p if (p / "config.json").exists() else Path(run) / "codec" / "hf"
-
-
-def _lr(cfg: PolishConfig, step: int) -> float:
-    p = min(1.0, step / max(1, cfg.steps))
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
 
 
 @torch.no_grad()
@@ -114,7 +109,8 @@ def train_decoder(cfg: PolishConfig, corpus: Path, out: Path, minutes: float | N
     codec = load_codec(out / "codec" / "hf", device)
     ddir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    adversary = Adversary(cfg.disc_channels, cfg.lr, device)
+    adversarial = cfg.w_adv > 0 or cfg.w_feat > 0  # both 0: plain decoder-only fine-tuning on the frozen codes
+    adversary = Adversary(cfg.disc_channels, cfg.lr, device) if adversarial else None
     for p in codec.parameters():
         p.requires_grad_(False)
     for p in codec.decoder.parameters():
@@ -125,7 +121,8 @@ def train_decoder(cfg: PolishConfig, corpus: Path, out: Path, minutes: float | N
     if resume and ckpt.exists():
         state = torch.load(ckpt, map_location=device, weights_only=False)
         codec.decoder.load_state_dict(state["decoder"])
-        adversary.load_state_dict(state)
+        if adversary is not None and "disc" in state:
+            adversary.load_state_dict(state)
         opt_g.load_state_dict(state["opt_g"])
         step = state["step"]
         rng.bit_generator.state = state["rng"]
@@ -138,14 +135,14 @@ def train_decoder(cfg: PolishConfig, corpus: Path, out: Path, minutes: float | N
     log_path = ddir / "log.jsonl"
 
     def save():
-        state = {"decoder": codec.decoder.state_dict(), **adversary.state_dict(), "opt_g": opt_g.state_dict(),
+        state = {"decoder": codec.decoder.state_dict(), **(adversary.state_dict() if adversary else {}),
+                 "opt_g": opt_g.state_dict(),
                  "step": step, "rng": rng.bit_generator.state,
                  "torch_rng": torch.get_rng_state(), "config": to_dict(cfg)}
         with atomic_path(ckpt) as tmp:
             torch.save(state, tmp)
         export_codec(codec, ddir / "hf")
 
-    adversarial = cfg.w_adv > 0 or cfg.w_feat > 0  # both 0: plain decoder-only fine-tuning on the frozen codes
     t0 = last_ckpt = time.time()
     codec.decoder.train()
     bar = tqdm(total=cfg.steps, initial=step, desc="decoder", disable=None, dynamic_ncols=True)
@@ -156,9 +153,11 @@ def train_decoder(cfg: PolishConfig, corpus: Path, out: Path, minutes: float | N
     while step < cfg.steps:
         if minutes is not None and time.time() - t0 > minutes * 60:
             break
+        lr = warmup_cosine(cfg.lr, step, cfg.steps)
         for g in opt_g.param_groups:
-            g["lr"] = _lr(cfg, step)
-        adversary.set_lr(_lr(cfg, step))
+            g["lr"] = lr
+        if adversary is not None:
+            adversary.set_lr(lr)
         x = torch.tensor(train.random_crops(rng, cfg.batch_size, crop), device=device)
         y = codec.decoder(_codes_latent(codec, x))[:, 0, : x.shape[-1]]
 
