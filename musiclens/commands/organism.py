@@ -1,4 +1,4 @@
-"""`musiclens organism train|eval|export`: reproduce, measure and ship the organism."""
+"""`musiclens organism train|eval|export|reconstruct|pack`: reproduce, measure and ship the organism."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 def register(sub) -> None:
     from ..config import add_arguments
     from ..organism.pipeline import OrganismEvalConfig, OrganismExportConfig, OrganismTrainConfig
+    from ..organism.pack import PackConfig
     from ..organism.reconstruct import ReconstructConfig
 
     p = sub.add_parser("organism", help="train, evaluate or export the organism (musiclens's own MusicGen)")
@@ -39,6 +40,13 @@ def register(sub) -> None:
                                     "what the codec erases, no generation can contain. Resumable.")
     add_arguments(r, ReconstructConfig)
     r.set_defaults(func=_reconstruct)
+    k = osub.add_parser("pack", help="a size-capped Opus copy of the corpus, to train the codec on a lent GPU",
+                        description="Writes a corpus-format folder of the first S seconds of train clips "
+                                    "(seeded random order) as Ogg Opus, up to --max-mb, plus 16 valid clips: "
+                                    "what a GPU machine without FluidSynth and with a 64 MiB transfer limit "
+                                    "needs for `organism train --stage codec` (docs/organism.md).")
+    add_arguments(k, PackConfig)
+    k.set_defaults(func=_pack)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
@@ -59,6 +67,17 @@ def _reconstruct(args) -> int:
     cfg = from_args(ReconstructConfig, args)
     s = reconstruct(cfg)
     print(f"wrote {s['clips']} clips ({s['reconstructed_now']} new, {s['seconds_each']:.2f} s each) to {cfg.out}")
+    return 0
+
+
+def _pack(args) -> int:
+    from ..config import from_args
+    from ..organism.pack import PackConfig, pack
+
+    cfg = from_args(PackConfig, args)
+    s = pack(cfg)
+    print(f"wrote {s['clips']} clips {s['per_split']} of {s['seconds']:g} s, {s['mib']} MiB "
+          f"({s['kib_per_clip']} KiB a clip, {s['format']}) to {cfg.out}")
     return 0
 
 

@@ -77,6 +77,7 @@ def card_text(folder: Path | None = None) -> str:
     # a tune stage that continued another run's fine-tuning (`--tune-init`): that first part, and its codes
     init_log, init_prog, init_cfg = (_jsonl(tr / "tune_init_log.jsonl"), _json(tr / "tune_init_progress.json") or {},
                                      _json(tr / "tune_init_config.json") or {})
+    dec_log, dec_cfg = _jsonl(tr / "decoder_log.jsonl"), _json(tr / "decoder_config.json") or {}
     cres = (_json(RESULTS / "organism_codec.json") or {}).get("figures")
     gres = (_json(RESULTS / "organism.json") or {}).get("figures")
     size = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 1e6
@@ -115,10 +116,14 @@ def card_text(folder: Path | None = None) -> str:
           "## Training data and commands", "",
           "```", "musiclens corpus render --out data/corpus --clips 4000 --seed 0",
           "musiclens organism train --corpus data/corpus --out runs/organism --minutes 45 [--resume]",
+          *([f"musiclens organism train --corpus data/corpus --out runs/organism --stage decoder --decoder-steps "
+             f"{dec_cfg.get('steps')} --decoder-lr {dec_cfg.get('lr')} --decoder-w-stft {dec_cfg.get('w_stft', 0)} "
+             f"--decoder-w-adv {dec_cfg.get('w_adv')} --decoder-w-feat {dec_cfg.get('w_feat')}"] if dec_log else []),
           "musiclens organism export --run runs/organism",
           "python bench/organism.py --corpus data/corpus", "```", "",
           "Stages: codec (data-dependent init of the encoder, k-means codebook init, EMA codebooks with "
-          "dead-code restarts; waveform L1 + multi-scale mel with 4-128 ms windows + onset-envelope loss), codes (corpus "
+          "dead-code restarts; waveform L1 + multi-scale mel with 4-128 ms windows + onset-envelope loss), decoder (the "
+          "codec's decoder fine-tuned alone on frozen codes, + a linear-frequency log-STFT loss), codes (corpus "
           "encoded once, MiniLM caption states computed once), lm (AdamW, warm-up + cosine, random crops, 15 % "
           "null captions for classifier-free guidance), tune (the LM fine-tuned with an extra hinge that makes each "
           "clip's opening less likely under its caption with one concept's words flipped: the base LM had learned "
@@ -152,6 +157,12 @@ def card_text(folder: Path | None = None) -> str:
                  f"(batch {codec_cfg.get('batch_size')} x {codec_cfg.get('crop_seconds')} s crops); held-out "
                  f"multi-scale mel loss (log + linear mel L1, the training loss's mel term) by step: "
                  + ", ".join(f"{r['step']}: {r['heldout_mel']:.3f}" for r in codec_log[:: max(1, len(codec_log) // 8)]))
+    if dec_log:
+        L.append(f"* decoder stage (the codec's decoder fine-tuned on frozen codes, so the LM's codes are "
+                 f"unchanged): step {dec_log[-1]['step']} of {dec_cfg.get('steps', '?')}, lr {dec_cfg.get('lr')}, "
+                 f"linear-STFT weight {dec_cfg.get('w_stft', 0)}, adversarial {dec_cfg.get('w_adv')} / feature "
+                 f"matching {dec_cfg.get('w_feat')}; held-out mel loss {dec_log[0]['heldout_mel']:.3f} before, "
+                 f"{dec_log[-1]['heldout_mel']:.3f} after")
     if lm_log:
         L.append(f"* language model: step {max(lm_prog.get('step', 0), lm_log[-1]['step'])} of {lm_cfg.get('steps', '?')} "
                  f"(batch {lm_cfg.get('batch_size')} x {lm_cfg.get('crop_frames')} frames), "

@@ -9,8 +9,9 @@ Phases, all in one resumable loop:
 3. VQ training: straight-through residual quantisation with EMA codebooks,
    commitment loss, dead-code restarts every step.
 Losses: waveform L1 + multi-scale mel (4-128 ms windows) + onset envelope
-(see `losses.py`), and optionally (`w_adv`, `w_feat`; off in the shipped
-codec) an STFT discriminator from `disc_start` on (`discriminator.py`).
+(see `losses.py`), and optionally (off in the shipped codec) a
+linear-frequency log-STFT loss (`w_stft`) and an STFT discriminator from
+`disc_start` on (`w_adv`, `w_feat`; `discriminator.py`).
 Checkpoints (model, optimiser, step, RNG) are written atomically every few
 minutes, and the current codec is also exported as a standard HF folder
 (`codec/hf`) that `encode`/`decode` and MusicGen can use.
@@ -34,7 +35,7 @@ from ..models import organism as O
 from . import quantizer as Q
 from .data import ClipSet, load_clips
 from .discriminator import Adversary
-from .losses import MultiScaleMel, reconstruction_loss
+from .losses import MultiResolutionSTFT, MultiScaleMel, reconstruction_loss
 from .schedule import warmup_cosine
 
 
@@ -53,6 +54,7 @@ class CodecTrainConfig:
     hidden_size: int = option(128, "EnCodec latent / codebook dimension")
     w_wave: float = option(0.1, "weight of the waveform L1 loss")
     w_onset: float = option(1.0, "weight of the onset-envelope loss")
+    w_stft: float = option(0.0, "weight of the linear-frequency log-STFT loss (0 = off, as shipped; see losses.py)")
     w_commit: float = option(0.05, "weight of the commitment loss (1.0 made the encoder collapse onto a few codes)")
     ema_decay: float = option(0.95, "EMA decay of the codebooks (fast: 200-frame batches, drifting encoder)")
     dead_threshold: float = option(0.3, "a code is restarted when its EMA usage falls below this fraction of uniform usage")
@@ -207,6 +209,7 @@ def train_codec(cfg: CodecTrainConfig, corpus: Path, out: Path, minutes: float |
         return {"step": step, "steps": cfg.steps, "done": True, "minutes_this_sitting": 0.0, "last": {}}
 
     train, valid, mel, crop = training_audio(corpus, cfg.crop_seconds, device)
+    stft = MultiResolutionSTFT().to(device)
     log_path = cdir / "log.jsonl"
     t0 = time.time()
     last_ckpt = t0
@@ -234,7 +237,7 @@ def train_codec(cfg: CodecTrainConfig, corpus: Path, out: Path, minutes: float |
         x = torch.tensor(train.random_crops(rng, cfg.batch_size, crop), device=device)
         y, commit, codes, inputs = codec_forward(codec, x, quantise=quantise, train=True, decay=cfg.ema_decay,
                                                  noise=cfg.warmup_noise)
-        losses = reconstruction_loss(mel, x, y, w_wave=cfg.w_wave, w_onset=cfg.w_onset)
+        losses = reconstruction_loss(mel, x, y, w_wave=cfg.w_wave, w_onset=cfg.w_onset, w_stft=cfg.w_stft, stft=stft)
         loss = losses["total"] + cfg.w_commit * commit
         adv = feat = d_loss = 0.0
         if adversary is not None and step >= cfg.disc_start:

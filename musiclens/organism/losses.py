@@ -39,14 +39,37 @@ class MultiScaleMel(nn.Module):
         return out
 
 
+class MultiResolutionSTFT(nn.Module):
+    """Log-magnitude linear-frequency STFTs at several resolutions (hop = n_fft / 4)."""
+
+    def __init__(self, n_ffts: tuple[int, ...] = (512, 1024, 2048), eps: float = 1e-5):
+        super().__init__()
+        self.n_ffts, self.eps = n_ffts, eps
+        for n in n_ffts:
+            self.register_buffer(f"win{n}", torch.hann_window(n), persistent=False)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean over resolutions of L1(log|Y|, log|X|) + spectral convergence. x, y: [B, T]."""
+        total = 0.0
+        for n in self.n_ffts:
+            kw = dict(n_fft=n, hop_length=n // 4, win_length=n, window=getattr(self, f"win{n}"), center=True,
+                      return_complex=True)
+            sx, sy = torch.stft(x, **kw).abs(), torch.stft(y, **kw).abs()
+            log_l1 = F.l1_loss(torch.log(sy + self.eps), torch.log(sx + self.eps))
+            convergence = torch.linalg.norm(sy - sx) / torch.linalg.norm(sx).clamp(min=self.eps)
+            total = total + log_l1 + convergence
+        return total / len(self.n_ffts)
+
+
 def onset_envelope(logmel: torch.Tensor) -> torch.Tensor:
     """Positive spectral flux over mel bands [B, frames-1] (librosa's onset strength, differentiable)."""
     return F.relu(logmel[..., 1:] - logmel[..., :-1]).mean(dim=-2)
 
 
 def reconstruction_loss(mel: MultiScaleMel, x: torch.Tensor, y: torch.Tensor, w_wave: float = 0.1,
-                        w_mel: float = 1.0, w_onset: float = 1.0, onset_ffts: tuple[int, ...] = (256, 512)) -> dict:
-    """Waveform L1 + multi-scale (linear and log) mel L1 + onset-envelope L1. x, y: [B, T]."""
+                        w_mel: float = 1.0, w_onset: float = 1.0, onset_ffts: tuple[int, ...] = (256, 512),
+                        w_stft: float = 0.0, stft: MultiResolutionSTFT | None = None) -> dict:
+    """Waveform L1 + multi-scale (linear and log) mel L1 + onset-envelope L1 (+ w_stft x linear STFT). x, y: [B, T]."""
     mx, my = mel.mels(x), mel.mels(y)
     mel_loss = 0.0
     onset = 0.0
@@ -58,4 +81,9 @@ def reconstruction_loss(mel: MultiScaleMel, x: torch.Tensor, y: torch.Tensor, w_
     mel_loss = mel_loss / len(mel.n_ffts)
     wave = F.l1_loss(y, x)
     total = w_wave * wave + w_mel * mel_loss + w_onset * onset
-    return {"total": total, "wave": wave.detach(), "mel": mel_loss.detach(), "onset": torch.as_tensor(onset).detach()}
+    spectral = torch.zeros((), device=x.device)
+    if w_stft > 0:
+        spectral = (stft or MultiResolutionSTFT().to(x.device))(x, y)
+        total = total + w_stft * spectral
+    return {"total": total, "wave": wave.detach(), "mel": mel_loss.detach(), "onset": torch.as_tensor(onset).detach(),
+            "stft": spectral.detach()}

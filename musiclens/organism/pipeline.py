@@ -1,8 +1,8 @@
 """The three organism jobs behind `musiclens organism train|eval|export`.
 
 `train` runs the stages codec -> decoder -> codes -> lm -> tune into one run
-directory (`decoder` polishes the codec's decoder adversarially with the
-codes frozen, see polish.py; `tune` fine-tunes the LM with the
+directory (`decoder` fine-tunes the codec's decoder with a linear-frequency
+STFT loss, codes frozen, see polish.py; `tune` fine-tunes the LM with the
 caption-contrast loss, see lm.py); each
 stage is resumable (`--resume`) and stops after `--minutes` so a 4-hour
 CPU schedule can be split over sittings. `export` copies the run's current
@@ -49,13 +49,15 @@ class OrganismTrainConfig:
     codec_w_adv: float = option(0.0, "adversarial loss weight of codec training (0 = off, as shipped; e.g. 0.2 "
                                      "with --codec-w-feat 0.5 for a GPU run, see docs/organism.md)")
     codec_w_feat: float = option(0.0, "feature-matching loss weight of codec training (0 = off)")
-    decoder_steps: int = option(0, "adversarial fine-tuning steps of the codec's decoder, codes frozen (0 = skip; "
-                                   "not in the shipped recipe: up to 5,010 steps on 2 CPU cores did not help, "
-                                   "see docs/organism.md; ~0.5 s a step)")
-    decoder_lr: float = option(1e-4, "peak learning rate of the decoder stage")
-    decoder_w_adv: float = option(0.2, "adversarial loss weight of the decoder stage (0 with --decoder-w-feat 0: "
-                                       "plain fine-tuning)")
-    decoder_w_feat: float = option(0.5, "feature-matching loss weight of the decoder stage")
+    codec_w_stft: float = option(0.0, "linear-frequency log-STFT loss weight of codec training (0 = off, as shipped)")
+    decoder_steps: int = option(10000, "steps of the decoder stage: the codec's decoder fine-tuned on frozen codes "
+                                       "(0 = skip; shipped: 10,000 steps with --decoder-w-stft 2, ~20 min on 2 CPU "
+                                       "cores; see docs/organism.md)")
+    decoder_lr: float = option(3e-4, "peak learning rate of the decoder stage")
+    decoder_w_adv: float = option(0.0, "adversarial loss weight of the decoder stage (0 = off, as shipped; up to "
+                                       "5,010 adversarial steps on CPU made every tagger head worse)")
+    decoder_w_feat: float = option(0.0, "feature-matching loss weight of the decoder stage (0 = off, as shipped)")
+    decoder_w_stft: float = option(2.0, "linear-frequency log-STFT loss weight of the decoder stage (shipped: 2)")
     lm_steps: int = option(9000, "language-model optimiser steps (shipped run: 8715 of 9000, ~66 min on 2 CPU cores)")
     lm_batch_size: int = option(8, "language-model clips per step")
     lm_layers: int = option(8, "decoder layers")
@@ -91,7 +93,8 @@ def train(cfg: OrganismTrainConfig) -> dict:
     summary = {}
     if "codec" in stages:
         ccfg = CodecTrainConfig(steps=cfg.codec_steps, batch_size=cfg.codec_batch_size, num_filters=cfg.codec_filters,
-                                w_adv=cfg.codec_w_adv, w_feat=cfg.codec_w_feat, seed=cfg.seed)
+                                w_adv=cfg.codec_w_adv, w_feat=cfg.codec_w_feat, w_stft=cfg.codec_w_stft,
+                                seed=cfg.seed)
         summary["codec"] = train_codec(ccfg, corpus, out, cfg.minutes, cfg.resume, device)
         if not summary["codec"]["done"] and cfg.stage == "all":
             return summary  # out of minutes: continue later with --resume
@@ -99,7 +102,8 @@ def train(cfg: OrganismTrainConfig) -> dict:
         from .polish import PolishConfig, train_decoder
 
         pcfg = PolishConfig(steps=cfg.decoder_steps, batch_size=cfg.codec_batch_size, lr=cfg.decoder_lr,
-                            w_adv=cfg.decoder_w_adv, w_feat=cfg.decoder_w_feat, seed=cfg.seed)
+                            w_adv=cfg.decoder_w_adv, w_feat=cfg.decoder_w_feat, w_stft=cfg.decoder_w_stft,
+                            seed=cfg.seed)
         summary["decoder"] = train_decoder(pcfg, corpus, out, cfg.minutes, cfg.resume, device)
         if not summary["decoder"]["done"] and cfg.stage == "all":
             return summary

@@ -11,7 +11,7 @@ import torch
 from musiclens.errors import MusiclensError
 from musiclens.organism import quantizer as Q
 from musiclens.organism.codec import CodecTrainConfig, codec_forward, load_codec, new_codec, train_codec
-from musiclens.organism.losses import MultiScaleMel, onset_envelope, reconstruction_loss
+from musiclens.organism.losses import MultiResolutionSTFT, MultiScaleMel, onset_envelope, reconstruction_loss
 
 TINY = dict(codebook_size=32, num_filters=4, hidden_size=16)
 
@@ -73,6 +73,20 @@ def test_losses_see_onsets():
     assert float(same["total"]) < 1e-6 and float(diff["onset"]) > 0.05
 
 
+def test_stft_loss_sees_noise_between_harmonics_that_mel_bands_average_away():
+    torch.manual_seed(0)
+    t = torch.arange(16000) / 16000
+    tone = sum(torch.sin(2 * torch.pi * 220 * k * t) / k for k in range(1, 30)) * 0.02
+    noisy = tone + 0.002 * torch.randn(16000)  # 20 dB below the tone, spread between its partials
+    r = reconstruction_loss(MultiScaleMel(16000), tone[None], noisy[None], w_stft=1.0, stft=MultiResolutionSTFT())
+    assert float(r["stft"]) > 3 * float(r["mel"])
+    assert float(r["total"]) == pytest.approx(float(r["stft"]) + float(r["mel"]) + 0.1 * float(r["wave"])
+                                              + float(r["onset"]), rel=1e-5)
+    same = reconstruction_loss(MultiScaleMel(16000), tone[None], tone[None], w_stft=1.0)
+    assert float(same["stft"]) == 0.0 and float(reconstruction_loss(MultiScaleMel(16000), tone[None],
+                                                                     noisy[None])["stft"]) == 0.0  # off by default
+
+
 def test_train_checkpoint_resume_and_export(tiny_corpus, tmp_path):
     cfg = CodecTrainConfig(steps=6, warmup_steps=3, batch_size=2, crop_seconds=0.2, kmeans_batches=2,
                            restart_every=2, **TINY)
@@ -119,7 +133,7 @@ def test_wider_codec_from_the_train_command(tiny_corpus, tmp_path):
 
     assert main(["organism", "train", "--corpus", str(tiny_corpus), "--out", str(tmp_path / "r"), "--stage", "codec",
                  "--codec-steps", "2", "--codec-batch-size", "2", "--codec-filters", "8", "--codec-w-adv", "0.2",
-                 "--codec-w-feat", "0.5", "--device", "cpu"]) == 0
+                 "--codec-w-feat", "0.5", "--codec-w-stft", "1.5", "--device", "cpu"]) == 0
     assert load_codec(tmp_path / "r" / "codec" / "hf").config.num_filters == 8
     cfg = json.loads((tmp_path / "r" / "codec" / "config.json").read_text())
-    assert cfg["num_filters"] == 8 and cfg["w_adv"] == 0.2 and cfg["w_feat"] == 0.5
+    assert cfg["num_filters"] == 8 and cfg["w_adv"] == 0.2 and cfg["w_feat"] == 0.5 and cfg["w_stft"] == 1.5

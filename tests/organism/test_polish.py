@@ -46,7 +46,7 @@ def _codec_run(tiny_corpus, tmp_path):
 def test_decoder_stage_keeps_codes_changes_decoder_and_resumes(tiny_corpus, tmp_path):
     run = _codec_run(tiny_corpus, tmp_path)
     assert polished_codec_dir(run) == run / "codec" / "hf"
-    cfg = PolishConfig(steps=3, batch_size=2, disc_warmup=1, lr=1e-3)
+    cfg = PolishConfig(steps=3, batch_size=2, disc_warmup=1, lr=1e-3, w_adv=0.2, w_feat=0.5)
     s = train_decoder(cfg, tiny_corpus, run, minutes=None, resume=False)
     assert s["done"] and s["step"] == 3
     assert polished_codec_dir(run) == run / "decoder" / "hf"
@@ -62,7 +62,8 @@ def test_decoder_stage_keeps_codes_changes_decoder_and_resumes(tiny_corpus, tmp_
     assert float((y_old - y_new).abs().max()) > 0  # the decoder did change
     with pytest.raises(MusiclensError, match="--resume"):
         train_decoder(cfg, tiny_corpus, run, minutes=None, resume=False)
-    more = train_decoder(PolishConfig(steps=4, batch_size=2, disc_warmup=1), tiny_corpus, run, None, resume=True)
+    more = train_decoder(PolishConfig(steps=4, batch_size=2, disc_warmup=1, w_adv=0.2, w_feat=0.5), tiny_corpus, run,
+                         None, resume=True)
     assert more["step"] == 4  # continued from step 3, not restarted
 
 
@@ -102,8 +103,9 @@ def test_train_command_passes_decoder_loss_weights(tiny_corpus, tmp_path):
     run = _codec_run(tiny_corpus, tmp_path)
     assert main(["organism", "train", "--corpus", str(tiny_corpus), "--out", str(run), "--stage", "decoder",
                  "--decoder-steps", "2", "--codec-batch-size", "2", "--decoder-lr", "3e-4", "--decoder-w-adv", "0",
-                 "--decoder-w-feat", "0", "--device", "cpu"]) == 0
+                 "--decoder-w-feat", "0", "--decoder-w-stft", "2", "--device", "cpu"]) == 0
     cfg = json.loads((run / "decoder" / "config.json").read_text())
-    assert cfg["lr"] == 3e-4 and cfg["w_adv"] == 0 and cfg["w_feat"] == 0
+    assert cfg["lr"] == 3e-4 and cfg["w_adv"] == 0 and cfg["w_feat"] == 0 and cfg["w_stft"] == 2
     log = [json.loads(line) for line in (run / "decoder" / "log.jsonl").read_text().splitlines()]
     assert all(r.get("adv", 0) == 0 and r.get("disc", 0) == 0 for r in log)  # plain fine-tuning: no discriminator
+    assert log[-1]["train_stft"] > 0

@@ -26,7 +26,9 @@ def test_train_all_stages_then_resume_and_export(tiny_corpus, tmp_path):
     assert (dst / "README.md").exists() and (dst / "training" / "lm_log.jsonl").exists()
     assert (dst / "training" / "tune_log.jsonl").exists()  # --lm auto ships the fine-tuned LM
     assert (dst / "training" / "decoder_log.jsonl").exists()
-    assert "caption-contrast fine-tuning" in (dst / "README.md").read_text()
+    card = (dst / "README.md").read_text()
+    assert "caption-contrast fine-tuning" in card
+    assert "decoder stage (the codec's decoder fine-tuned on frozen codes" in card and "--stage decoder" in card
     model, _ = O.load_organism_hf(path=dst)
     assert model.config.decoder.num_hidden_layers == 1 and model.config.decoder.hidden_size == 32
 
@@ -40,8 +42,8 @@ def test_tune_continues_from_another_runs_checkpoint(tiny_corpus, tmp_path, caps
     run, run2 = tmp_path / "run", tmp_path / "run2"
     common = ["--corpus", str(tiny_corpus), "--codec-batch-size", "2", "--lm-batch-size", "2", "--lm-layers", "1",
               "--lm-d-model", "32", "--codes-seconds", "1.0", "--device", "cpu"]
-    assert main(["organism", "train", "--out", str(run), "--codec-steps", "2", "--lm-steps", "2", "--tune-steps", "2",
-                 *common]) == 0
+    assert main(["organism", "train", "--out", str(run), "--codec-steps", "2", "--decoder-steps", "2", "--lm-steps", "2",
+                 "--tune-steps", "2", *common]) == 0
     run2.mkdir()
     shutil.copytree(run / "codec", run2 / "codec")
     assert main(["organism", "train", "--out", str(run2), "--stage", "codes", *common]) == 0

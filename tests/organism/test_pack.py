@@ -1,0 +1,82 @@
+"""`musiclens organism pack` and tools/device_codec.sh: the codec trained from pack shards, as on a lent GPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from musiclens.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _rows(d: Path) -> list[dict]:
+    return [json.loads(x) for x in (d / "metadata.jsonl").read_text().splitlines()]
+
+
+def test_pack_caps_size_keeps_factors_and_shards_do_not_overlap(tiny_corpus, tmp_path):
+    a, b = tmp_path / "gpu" / "pack1", tmp_path / "gpu" / "pack2"
+    assert main(["organism", "pack", "--corpus", str(tiny_corpus), "--out", str(a), "--max-mb", "0.06",
+                 "--seconds", "1.5", "--valid", "2"]) == 0
+    first = _rows(a)
+    train = [r for r in first if r["split"] == "train"]
+    assert [r["split"] for r in first[:2]] == ["valid", "valid"] and 1 <= len(train) < 8  # the cap stopped it
+    assert sum(f.stat().st_size for f in (a / "audio").iterdir()) <= 0.06 * 2**20
+    y, sr = sf.read(a / train[0]["path"])
+    src = {r["id"]: r for r in _rows(tiny_corpus)}[train[0]["id"]]
+    assert sr == 16000 and abs(len(y) - 1.5 * sr) < 400 and train[0]["bpm"] == src["bpm"]
+    ref, _ = sf.read(tiny_corpus / src["path"], frames=len(y))
+    spec = lambda v: np.abs(np.fft.rfft(v[:16000]))  # noqa: E731
+    assert np.corrcoef(spec(y), spec(ref))[0, 1] > 0.9  # lossy, but the same sound
+    assert main(["organism", "pack", "--corpus", str(tiny_corpus), "--out", str(b), "--max-mb", "1",
+                 "--seconds", "1.5", "--valid", "0", "--skip", str(len(train))]) == 0
+    second = _rows(b)
+    assert {r["split"] for r in second} == {"train"} and len(second) == 8 - len(train)
+    assert not {r["id"] for r in second} & {r["id"] for r in first}  # the next shard continues the order
+    assert json.loads((b / "pack.json").read_text())["config"]["skip"] == len(train)
+
+
+def test_pack_bad_input_is_one_line_and_writes_nothing(tiny_corpus, tmp_path, capsys):
+    out = tmp_path / "p"
+    assert main(["organism", "pack", "--corpus", str(tiny_corpus), "--out", str(out), "--skip", "99"]) == 2
+    assert "leaves no clip" in capsys.readouterr().err and not out.exists()
+    assert main(["organism", "pack", "--corpus", str(tiny_corpus), "--out", str(out), "--max-mb", "0.0001"]) == 2
+    assert "holds no clip" in capsys.readouterr().err and not out.exists()
+    assert not list(tmp_path.glob(".p.*"))  # no half-written temp folder left
+
+
+def test_device_script_trains_resumes_and_returns_the_codec_in_parts(tiny_corpus, tmp_path):
+    work = tmp_path / "work"
+    (work / "gpu").mkdir(parents=True)
+    for i, (skip, valid) in enumerate([(0, 2), (2, 0)], 1):
+        assert main(["organism", "pack", "--corpus", str(tiny_corpus), "--out", str(work / "gpu" / f"pack{i}"),
+                     "--max-mb", "0.05", "--seconds", "1.5", "--valid", str(valid), "--skip", str(skip)]) == 0
+    env = {**os.environ, "DEVICE": "cpu", "MINUTES": "5", "PYTHON": sys.executable,
+           "PYTHONPATH": str(ROOT)}
+    for call, steps in ((1, 2), (2, 4)):  # the second call resumes the first call's checkpoint
+        out = tmp_path / f"out{call}"
+        out.mkdir()
+        r = subprocess.run(["bash", str(ROOT / "tools" / "device_codec.sh"), "--codec-steps", str(steps),
+                            "--codec-batch-size", "2", "--codec-filters", "4"],
+                           cwd=work, env={**env, "OUT": str(out)}, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        n = len(_rows(work / "gpu" / "pack1")) + len(_rows(work / "gpu" / "pack2"))
+        assert f"corpus: {n} clips from 2 shard(s)" in r.stdout
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "step" in r][-2:] == [2, 4]
+    assert json.loads((out / "config.json").read_text())["steps"] == 4
+    parts = sorted(out.glob("codec_hf.tar.part-*"))
+    assert parts and all(p.stat().st_size <= 15 * 2**20 for p in parts)
+    (tmp_path / "whole.tar").write_bytes(b"".join(p.read_bytes() for p in parts))
+    with tarfile.open(tmp_path / "whole.tar") as t:
+        t.extractall(tmp_path / "back", filter="data")
+    from musiclens.organism.codec import load_codec
+
+    assert load_codec(tmp_path / "back" / "hf").config.num_filters == 4
