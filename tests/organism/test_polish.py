@@ -93,9 +93,9 @@ def test_install_codec_swaps_only_the_audio_encoder(tiny_corpus, tmp_path):
 
 def test_decoder_stage_without_steps_is_a_one_line_error(tiny_corpus, tmp_path, capsys):
     args = ["organism", "train", "--corpus", str(tiny_corpus), "--out", str(tmp_path / "r"), "--stage", "decoder"]
-    assert main(args) == 2
-    assert "--decoder-steps" in capsys.readouterr().err
-    assert main(args + ["--decoder-steps", "3"]) == 2  # no codec trained yet
+    assert main(args + ["--decoder-steps", "0"]) == 2
+    assert "--decoder-steps" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    assert main(args) == 2  # the shipped recipe's steps by default, but no codec trained yet
     assert "run the codec stage first" in capsys.readouterr().err
 
 
