@@ -77,7 +77,7 @@ def _pack(args) -> int:
     cfg = from_args(PackConfig, args)
     s = pack(cfg)
     print(f"wrote {s['clips']} clips {s['per_split']} of {s['seconds']:g} s, {s['mib']} MiB "
-          f"({s['kib_per_clip']} KiB a clip, {s['format']}) to {cfg.out}")
+          f"({s['kib_per_clip']} KiB a clip, {s['format']}) to {cfg.out}; the next shard: --skip {s['next_skip']}")
     return 0
 
 

@@ -100,7 +100,9 @@ def pack(cfg: PackConfig, progress: bool = True) -> dict:
         counts = {s: sum(r.get("split") == s for r in written) for s in sorted({r.get("split") for r in written})}
         summary = {"corpus": str(corpus), "clips": len(written), "per_split": counts, "of_pool": len(pool),
                    "mib": round(used / 2**20, 2), "kib_per_clip": round(used / 1024 / len(written), 1),
-                   "format": cfg.format, "seconds": cfg.seconds, "config": to_dict(cfg)}
+                   "format": cfg.format, "seconds": cfg.seconds, "config": to_dict(cfg),
+                   # where the next shard starts: --skip counts clips of the packed splits only
+                   "next_skip": cfg.skip + sum(r.get("split") in splits for r in written)}
         if (corpus / "config.json").exists():  # the render config, for tools that read the factors' levels
             shutil.copy(corpus / "config.json", tmp / "config.json")
         write_json(tmp / "pack.json", summary)

@@ -40,6 +40,7 @@ def test_pack_caps_size_keeps_factors_and_shards_do_not_overlap(tiny_corpus, tmp
     second = _rows(b)
     assert {r["split"] for r in second} == {"train"} and len(second) == 8 - len(train)
     assert not {r["id"] for r in second} & {r["id"] for r in first}  # the next shard continues the order
+    assert json.loads((a / "pack.json").read_text())["next_skip"] == len(train)
     assert json.loads((b / "pack.json").read_text())["config"]["skip"] == len(train)
 
 
