@@ -1,6 +1,7 @@
 """Where the organism's codec loses instrument identity: the tagger on decodes that change one thing at a time.
 
     python bench/codec_timbre.py [--codec FOLDER] [--corpus data/corpus] [--n 60] [--name codec_timbre]
+    python bench/codec_timbre.py --n 407 --variants full --name codec_tagger    # all test clips, plain decode
 
 The shipped tagger names the right instrument on 98 % of clean test clips and
 on about 30 % of their codec reconstructions (docs/organism.md). This bench
@@ -79,6 +80,8 @@ def main() -> None:
     ap.add_argument("--corpus", type=Path, default=ROOT / "data" / "corpus")
     ap.add_argument("--n", type=int, default=60, help="first N test clips")
     ap.add_argument("--name", default="codec_timbre")
+    ap.add_argument("--variants", default="all", help="comma-separated variants to decode (default: all); "
+                                                        "`full` alone gives the tagger on plain reconstructions")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -95,16 +98,21 @@ def main() -> None:
     sr, hop = codec.config.sampling_rate, int(np.prod(codec.config.upsampling_ratios))
     rows = [r for r in load_metadata(a.corpus) if r["split"] == "test"][: a.n]
     n_samples = int(6.4 * sr)
-    clips = {k: [] for k in ["original", "full", "unquantised", *WINDOWS]}
+    every = ["original", "full", "unquantised", *WINDOWS]
+    wanted = every if a.variants == "all" else ["original", *[v for v in a.variants.split(",") if v != "original"]]
+    if unknown := set(wanted) - set(every):
+        sys.exit(f"error: unknown variant(s) {sorted(unknown)}; choose from {', '.join(every)}")
+    clips = {k: [] for k in wanted}
     for r in rows:
         y, _ = sf.read(a.corpus / r["path"], dtype="float32")
         x = torch.from_numpy(y[:n_samples])[None]
         z = codec.encoder(x[:, None])
         zq, *_ = Q.quantize(codec, z, train=False)
-        dec = {"original": x, "full": codec.decoder(zq)[:, 0], "unquantised": codec.decoder(z)[:, 0]}
-        dec.update({k: decode_windows(codec, zq, w, c, hop) for k, (w, c) in WINDOWS.items()})
-        for k, v in dec.items():
-            clips[k].append(v[0, :n_samples].numpy())
+        decode = {"original": lambda: x, "full": lambda: codec.decoder(zq)[:, 0],
+                  "unquantised": lambda: codec.decoder(z)[:, 0],
+                  **{k: (lambda w=w, c=c: decode_windows(codec, zq, w, c, hop)) for k, (w, c) in WINDOWS.items()}}
+        for k in clips:
+            clips[k].append(decode[k]()[0, :n_samples].numpy())
     figures = {"clips": len(rows), "seconds": 6.4, "codec": a.codec or "shipped organism", "variants": {}}
     for k, ys in clips.items():
         pred = tagger.predict_batch(ys, sr)
@@ -113,7 +121,7 @@ def main() -> None:
             "most_predicted_instruments": Counter(p["instrument"] for p in pred).most_common(3)}
         print(k, figures["variants"][k], flush=True)
     pairs = []
-    for inst in ("piano", "marimba", "trumpet", "flute"):
+    for inst in ("piano", "marimba", "trumpet", "flute") if a.variants == "all" else ():  # figure: full runs only
         i = next((i for i, r in enumerate(rows) if r["instrument"] == inst), None)
         if i is not None:
             pairs.append((f"{inst} ({rows[i]['bpm']:.0f} BPM, {rows[i]['brightness']})", clips["original"][i],

@@ -172,14 +172,17 @@ def heldout_mel(codec, mel: MultiScaleMel, clips: ClipSet, device: str, quantise
     return float(np.mean(losses)) if losses else float("nan")
 
 
-def training_audio(corpus: Path, crop_seconds: float, device: str) -> tuple[ClipSet, ClipSet, MultiScaleMel, int]:
-    """What codec and decoder training read: train clips, 16 valid clips, the mel loss, crop length (whole frames)."""
+def training_audio(corpus: Path, crop_seconds: float, device: str
+                   ) -> tuple[ClipSet, ClipSet, MultiScaleMel, MultiResolutionSTFT, int]:
+    """What codec and decoder training read: train clips, 16 valid clips, the mel and linear-STFT loss modules,
+    crop length (whole frames)."""
     sr = O.SAMPLE_RATE
     train = load_clips(corpus, ("train",), sr)
     valid = load_clips(corpus, ("valid",), sr, limit=16)
     if len(train) == 0:
         raise MusiclensError(f"no train clips in {corpus}")
-    return train, valid, MultiScaleMel(sr).to(device), int(round(crop_seconds * sr / 320)) * 320
+    return (train, valid, MultiScaleMel(sr).to(device), MultiResolutionSTFT().to(device),
+            int(round(crop_seconds * sr / 320)) * 320)
 
 
 def train_codec(cfg: CodecTrainConfig, corpus: Path, out: Path, minutes: float | None, resume: bool,
@@ -208,8 +211,7 @@ def train_codec(cfg: CodecTrainConfig, corpus: Path, out: Path, minutes: float |
     if step >= cfg.steps and (cdir / "hf" / "config.json").exists():
         return {"step": step, "steps": cfg.steps, "done": True, "minutes_this_sitting": 0.0, "last": {}}
 
-    train, valid, mel, crop = training_audio(corpus, cfg.crop_seconds, device)
-    stft = MultiResolutionSTFT().to(device)
+    train, valid, mel, stft, crop = training_audio(corpus, cfg.crop_seconds, device)
     log_path = cdir / "log.jsonl"
     t0 = time.time()
     last_ckpt = t0

@@ -3,10 +3,10 @@
 Why: the GPU machines lent to this project (see docs/organism.md, "Training
 the codec on a lent GPU") have no FluidSynth, no soundfont and no network,
 and a call there carries at most 64 MiB, of which the repository already
-takes about half. The rendered corpus is 1.3 GB of 16-bit wav (FLAC: 81 KiB
+takes about half. The rendered corpus is 1.3 GB of 16-bit wav (FLAC: 80 KiB
 per 6.4-s clip). Ogg Opus at compression 0.8 keeps a 6.4-s clip in 45 KiB
 and, by the tagger, its instrument (97.8 % of test clips against 98.0 % for
-the wav), so about 550 clips fit one call. The codec needs only audio, not
+the wav; `bench/pack.py`), so about 550 clips fit one call. The codec needs only audio, not
 captions or codes.
 
 The pack is a corpus folder like any other (`audio/` + `metadata.jsonl`,

@@ -16,7 +16,7 @@ STFT discriminator (`discriminator.py`).
 Measured (docs/organism.md, "The decoder stage"): the shipped recipe,
 10,000 steps with `w_stft` 2 and no discriminator, raised the tagger's
 agreement with the truth on reconstructions of the 407 test clips for drums
-(82.3 -> 87.2 %) and register (76.9 -> 91.9 %), but not for instrument (30.0
+(83.0 -> 87.2 %) and register (76.9 -> 91.6 %), but not for instrument (30.0
 -> 31.7 %). Up to 5,010 adversarial steps on 2 CPU cores made every head
 worse; the discriminator stays here for longer runs on a GPU, where GAN
 decoders usually need tens of thousands of steps.
@@ -39,7 +39,7 @@ from ..io import atomic_path, write_json
 from . import quantizer as Q
 from .codec import export_codec, heldout_mel, load_codec, training_audio
 from .discriminator import Adversary
-from .losses import MultiResolutionSTFT, reconstruction_loss
+from .losses import reconstruction_loss
 from .schedule import warmup_cosine
 
 
@@ -135,8 +135,7 @@ def train_decoder(cfg: PolishConfig, corpus: Path, out: Path, minutes: float | N
     if step >= cfg.steps and (ddir / "hf" / "config.json").exists():
         return {"step": step, "steps": cfg.steps, "done": True, "minutes_this_sitting": 0.0, "last": {}}
 
-    train, valid, mel, crop = training_audio(corpus, cfg.crop_seconds, device)
-    stft = MultiResolutionSTFT().to(device)
+    train, valid, mel, stft, crop = training_audio(corpus, cfg.crop_seconds, device)
     log_path = ddir / "log.jsonl"
 
     def save():
