@@ -50,8 +50,8 @@ class OrganismTrainConfig:
                                      "with --codec-w-feat 0.5 for a GPU run, see docs/organism.md)")
     codec_w_feat: float = option(0.0, "feature-matching loss weight of codec training (0 = off)")
     codec_w_stft: float = option(0.0, "linear-frequency log-STFT loss weight of codec training (0 = off, as shipped)")
-    decoder_steps: int = option(10000, "steps of the decoder stage: the codec's decoder fine-tuned on frozen codes "
-                                       "(0 = skip; shipped: 10,000 steps with --decoder-w-stft 2, ~20 min on 2 CPU "
+    decoder_steps: int = option(20000, "steps of the decoder stage: the codec's decoder fine-tuned on frozen codes "
+                                       "(0 = skip; shipped: 20,000 steps with --decoder-w-stft 2, ~40 min on 2 CPU "
                                        "cores; see docs/organism.md)")
     decoder_lr: float = option(3e-4, "peak learning rate of the decoder stage")
     decoder_w_adv: float = option(0.0, "adversarial loss weight of the decoder stage (0 = off, as shipped; up to "

@@ -14,10 +14,10 @@ which sees the noise a mel-trained decoder leaves between harmonics)
 STFT discriminator (`discriminator.py`).
 
 Measured (docs/organism.md, "The decoder stage"): the shipped recipe,
-10,000 steps with `w_stft` 2 and no discriminator, raised the tagger's
+20,000 steps with `w_stft` 2 and no discriminator, raised the tagger's
 agreement with the truth on reconstructions of the 407 test clips for drums
-(83.0 -> 87.2 %) and register (76.9 -> 91.6 %), but not for instrument (30.0
--> 31.7 %). Up to 5,010 adversarial steps on 2 CPU cores made every head
+(83.0 -> 88.5 %) and register (76.9 -> 94.6 %), and instrument only a little
+(30.0 -> 35.1 %). Up to 5,010 adversarial steps on 2 CPU cores made every head
 worse; the discriminator stays here for longer runs on a GPU, where GAN
 decoders usually need tens of thousands of steps.
 """
@@ -47,7 +47,7 @@ from .schedule import warmup_cosine
 class PolishConfig:
     """Decoder fine-tuning options (saved as RUN/decoder/config.json)."""
 
-    steps: int = option(10000, "optimiser steps (the LR schedule spans these; --minutes may stop earlier)")
+    steps: int = option(20000, "optimiser steps (the LR schedule spans these; --minutes may stop earlier)")
     batch_size: int = option(8, "crops per step")
     crop_seconds: float = option(0.5, "crop length in seconds")
     lr: float = option(3e-4, "peak AdamW learning rate of decoder and discriminator (cosine to 10 %)")

@@ -81,3 +81,40 @@ def test_device_script_trains_resumes_and_returns_the_codec_in_parts(tiny_corpus
     from musiclens.organism.codec import load_codec
 
     assert load_codec(tmp_path / "back" / "hf").config.num_filters == 4
+
+
+def test_device_script_decoder_stage_starts_from_the_shipped_codec_and_keeps_its_codes(tiny_corpus, tmp_path):
+    # STAGE=decoder: the shipped organism's codec is the start; only decoder tensors may change
+    from safetensors.torch import load_file
+
+    from musiclens.latent.autoencoders import organism_codec
+
+    work = tmp_path / "work"
+    (work / "gpu").mkdir(parents=True)
+    assert main(["organism", "pack", "--corpus", str(tiny_corpus), "--out", str(work / "gpu" / "pack1"),
+                 "--max-mb", "0.05", "--seconds", "1.5", "--valid", "2"]) == 0
+    env = {**os.environ, "DEVICE": "cpu", "MINUTES": "5", "PYTHON": sys.executable, "PYTHONPATH": str(ROOT),
+           "STAGE": "decoder"}
+    for call, steps in ((1, 2), (2, 3)):
+        out = tmp_path / f"out{call}"
+        out.mkdir()
+        r = subprocess.run(["bash", str(ROOT / "tools" / "device_codec.sh"), "--decoder-steps", str(steps),
+                            "--codec-batch-size", "2"],
+                           cwd=work, env={**env, "OUT": str(out)}, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert ("starts from the shipped organism codec" in r.stdout) == (call == 1)
+    assert json.loads((out / "config.json").read_text())["steps"] == 3
+    assert [x["step"] for x in map(json.loads, (out / "log.jsonl").read_text().splitlines())][-1] == 3
+    parts = sorted(out.glob("decoder_hf.tar.part-*"))
+    assert parts and all(p.stat().st_size <= 15 * 2**20 for p in parts)
+    (tmp_path / "whole.tar").write_bytes(b"".join(p.read_bytes() for p in parts))
+    with tarfile.open(tmp_path / "whole.tar") as t:
+        t.extractall(tmp_path / "back", filter="data")
+    new = load_file(str(tmp_path / "back" / "hf" / "model.safetensors"))
+    old = organism_codec().state_dict()
+    changed = {k for k in old if not np.allclose(old[k].numpy(), new[k].numpy())}
+    assert changed and all(k.startswith("decoder.") for k in changed)
+
+    bad = subprocess.run(["bash", str(ROOT / "tools" / "device_codec.sh")], cwd=work,
+                         env={**env, "STAGE": "lm", "OUT": str(tmp_path)}, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip() == "STAGE must be codec or decoder, not 'lm'"
