@@ -24,6 +24,16 @@ def test_shipped_folder_is_complete_and_small():
     assert any(k.startswith("audio_encoder.quantizer") for k in keys)
 
 
+def test_model_card_matches_the_shipped_logs_and_bench_results():
+    # the card is written from training/ and bench/results/organism*.json; re-running a bench
+    # without rewriting the card (musiclens.organism.card.write_card) leaves stale figures
+    from musiclens.organism.card import card_text
+
+    folder = O.organism_path()
+    assert (folder / "README.md").read_text() == card_text(folder), \
+        "stale model card: python -c 'from musiclens.organism.card import write_card; write_card()'"
+
+
 def test_loads_offline_both_ways_and_generates():
     from transformers import BertModel, MusicgenForConditionalGeneration
 
