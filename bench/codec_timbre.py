@@ -36,7 +36,7 @@ import torch  # noqa: E402
 
 from musiclens.bench_utils import RESULTS, write_result  # noqa: E402
 
-HEADS = ("instrument", "drums", "brightness", "register", "dynamics")
+HEADS = ("instrument", "drums", "brightness", "register", "dynamics", "mode")
 WINDOWS = {"windows_25": (25, 0), "windows_25_ctx25": (25, 25), "windows_50_ctx50": (50, 50), "windows_100": (100, 0)}
 
 

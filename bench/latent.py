@@ -279,6 +279,10 @@ def main() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(fout, tmp)
             shutil.copytree(ship_cell, tmp / "cell")
+            # the grid records its store's path, a folder of this machine's --work: ship a description instead
+            cell_cfg = json.loads((tmp / "cell" / "cfg.json").read_text())
+            cell_cfg["metadata"]["latent_store"] = "store/ of `python bench/latent.py --work DIR` (not shipped)"
+            (tmp / "cell" / "cfg.json").write_text(json.dumps(cell_cfg, indent=2) + "\n")
             # held-out audio for tests/latent/test_latent_organism.py: the first test-split clips of the
             # bench list (the edit clips), first 4 s, as 16-bit WAV
             from musiclens.audio import write_wav

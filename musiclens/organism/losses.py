@@ -83,7 +83,9 @@ def reconstruction_loss(mel: MultiScaleMel, x: torch.Tensor, y: torch.Tensor, w_
     total = w_wave * wave + w_mel * mel_loss + w_onset * onset
     spectral = torch.zeros((), device=x.device)
     if w_stft > 0:
-        spectral = (stft or MultiResolutionSTFT().to(x.device))(x, y)
+        if stft is None:  # built once by the caller (codec.training_audio), not once a step here
+            raise ValueError("w_stft > 0 needs the MultiResolutionSTFT module as stft=")
+        spectral = stft(x, y)
         total = total + w_stft * spectral
     return {"total": total, "wave": wave.detach(), "mel": mel_loss.detach(), "onset": torch.as_tensor(onset).detach(),
             "stft": spectral.detach()}

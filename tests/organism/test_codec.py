@@ -82,7 +82,9 @@ def test_stft_loss_sees_noise_between_harmonics_that_mel_bands_average_away():
     assert float(r["stft"]) > 3 * float(r["mel"])
     assert float(r["total"]) == pytest.approx(float(r["stft"]) + float(r["mel"]) + 0.1 * float(r["wave"])
                                               + float(r["onset"]), rel=1e-5)
-    same = reconstruction_loss(MultiScaleMel(16000), tone[None], tone[None], w_stft=1.0)
+    same = reconstruction_loss(MultiScaleMel(16000), tone[None], tone[None], w_stft=1.0, stft=MultiResolutionSTFT())
+    with pytest.raises(ValueError, match="stft="):
+        reconstruction_loss(MultiScaleMel(16000), tone[None], noisy[None], w_stft=1.0)
     assert float(same["stft"]) == 0.0 and float(reconstruction_loss(MultiScaleMel(16000), tone[None],
                                                                      noisy[None])["stft"]) == 0.0  # off by default
 
