@@ -37,6 +37,8 @@ def main() -> None:
     ap.add_argument("--n-uncond", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--guidance", type=float, default=3.0)
+    ap.add_argument("--top-k", type=int, default=0, help="0 = the model's generation_config (250 shipped)")
+    ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--split", default="test", choices=["test", "valid"],
                     help="captions' split: test for reported figures, valid for choosing a checkpoint or guidance")
@@ -70,7 +72,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = OrganismEvalConfig(model=a.model or str(organism_path()), run=a.run, corpus=a.corpus, out=str(Path(tmp) / "eval.json"), what=a.what,
                                  n_codec=a.n_codec, n_prompts=a.n_prompts, n_uncond=a.n_uncond, seconds=a.seconds,
-                                 guidance=a.guidance, seed=a.seed, tagger=a.tagger, split=a.split)
+                                 guidance=a.guidance, top_k=a.top_k, temperature=a.temperature, seed=a.seed, tagger=a.tagger, split=a.split)
         res = evaluate(cfg)
     if "codec" in res:
         write_result("organism_codec", {"model": res["model"], **res["codec"]})

@@ -184,9 +184,13 @@ def pick_prompts(rows: list[dict], n: int, seed: int = 0, split: str = "test") -
 
 @torch.no_grad()
 def generate(model, tok, prompts: list[str], seconds: float, seed: int, guidance: float = 3.0,
-             batch: int = 16) -> list[np.ndarray]:
-    """Audio (float32 numpy at 16 kHz) for each prompt; "" / None = unconditional (null condition)."""
+             batch: int = 16, top_k: int | None = None, temperature: float = 1.0) -> list[np.ndarray]:
+    """Audio (float32 numpy at 16 kHz) for each prompt; "" / None = unconditional (null condition).
+
+    `top_k` None keeps the model's generation_config (250 for the organism, as for MusicGen).
+    """
     frames = int(seconds * O.FRAME_RATE)
+    sampling = {"temperature": temperature, **({"top_k": top_k} if top_k is not None else {})}
     out = []
     for s in range(0, len(prompts), batch):
         part = prompts[s: s + batch]
@@ -195,12 +199,12 @@ def generate(model, tok, prompts: list[str], seconds: float, seed: int, guidance
             inputs = dict(model.get_unconditional_inputs(num_samples=len(part)))
             inputs["guidance_scale"] = 1.0  # null condition on both CFG branches = plain sampling
             inputs.pop("max_new_tokens", None)
-            audio = model.generate(**inputs, max_new_tokens=frames + O.N_CODEBOOKS, do_sample=True)
+            audio = model.generate(**inputs, max_new_tokens=frames + O.N_CODEBOOKS, do_sample=True, **sampling)
         else:
             t = tok(list(part), return_tensors="pt", padding=True)
             t.pop("token_type_ids", None)
             audio = model.generate(**t, max_new_tokens=frames + O.N_CODEBOOKS, do_sample=True,
-                                   guidance_scale=guidance)
+                                   guidance_scale=guidance, **sampling)
         for a in audio[:, 0]:
             out.append(a.float().numpy()[: int(seconds * O.SAMPLE_RATE)])
     return out
@@ -252,7 +256,7 @@ def _accuracy(pairs: list[tuple[str, str]], chance: float) -> dict:
 
 def generation_eval(model, tok, rows: list[dict], n_prompts: int = 64, n_uncond: int = 16, seconds: float = 6.0,
                     seed: int = 0, guidance: float = 3.0, tagger=None, corpus=None, code_probe=None,
-                    split: str = "test") -> dict:
+                    split: str = "test", top_k: int | None = None, temperature: float = 1.0) -> dict:
     """The issue's 'Prove it' metrics on test-split captions (see module docstring).
 
     `split="valid"` draws the captions from the valid split instead, for model selection.
@@ -272,7 +276,8 @@ def generation_eval(model, tok, rows: list[dict], n_prompts: int = 64, n_uncond:
     # the decoder-input hook only when a probe will read it: generation stays untouched otherwise
     capture = capture_decoder_input(model.audio_encoder) if code_probe is not None else contextlib.nullcontext([])
     with capture as latents:
-        audio = generate(model, tok, [r["caption"] for r in prompts], seconds, seed, guidance)
+        audio = generate(model, tok, [r["caption"] for r in prompts], seconds, seed, guidance,
+                         top_k=top_k, temperature=temperature)
     t_gen = time.time() - t0
     named = [named_factors(r) for r in prompts]
     tags = tagger.predict_batch(audio, sr) if tagger is not None else [None] * len(audio)
@@ -285,7 +290,8 @@ def generation_eval(model, tok, rows: list[dict], n_prompts: int = 64, n_uncond:
             m["tag"] = tag
         meas.append(m)
     res: dict = {"split": split, "n_prompts": len(prompts), "seconds_per_clip": seconds, "guidance_scale": guidance,
-                 "generation_seconds": round(t_gen, 1)}
+                 "top_k": top_k if top_k is not None else model.generation_config.top_k,
+                 "temperature": temperature, "generation_seconds": round(t_gen, 1)}
     # instrument / drums via the tagger
     if tagger is not None:
         from ..corpus.factors import DRUMS

@@ -149,6 +149,8 @@ class OrganismEvalConfig:
     n_uncond: int = option(16, "unconditional generations for FAD")
     seconds: float = option(6.0, "seconds per generated clip")
     guidance: float = option(3.0, "classifier-free guidance scale")
+    top_k: int = option(0, "sample from the k most likely codes (0 = the model's generation_config, 250 shipped)")
+    temperature: float = option(1.0, "sampling temperature")
     seed: int = option(0, "random seed")
     tagger: str = option("", "tagger folder for the instrument / drums figures (default: the shipped tagger); "
                              "e.g. one trained on `organism reconstruct` output, which hears through the codec")
@@ -182,7 +184,8 @@ def evaluate(cfg: OrganismEvalConfig) -> dict:
 
             probe = train_code_probe(cfg.run, model.audio_encoder, seed=cfg.seed)
         res["generation"] = generation_eval(model, tok, rows, cfg.n_prompts, cfg.n_uncond, cfg.seconds, cfg.seed,
-                                            cfg.guidance, tagger, corpus, code_probe=probe, split=cfg.split)
+                                            cfg.guidance, tagger, corpus, code_probe=probe, split=cfg.split,
+                                            top_k=cfg.top_k or None, temperature=cfg.temperature)
     res["eval_seconds"] = round(time.time() - t0, 1)
     write_json(cfg.out, res)
     return res

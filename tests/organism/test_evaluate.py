@@ -43,3 +43,15 @@ def test_pick_prompts_draws_from_the_asked_split_only():
     assert len(test) == len(valid) == 8
     assert {r["split"] for r in test} == {"test"} and {r["split"] for r in valid} == {"valid"}
     assert pick_prompts(rows, 8, seed=0) == test  # deterministic for a seed
+
+
+def test_generate_passes_sampling_settings_through():
+    """top_k 1 leaves no randomness: two seeds give the same audio; the default (250) does not."""
+    import musiclens.models.organism as O
+    from musiclens.organism.evaluate import generate
+
+    model, tok = O.load_organism_hf()
+    a, b = (generate(model, tok, ["a slow organ chorale"], 0.3, seed=s, top_k=1) for s in (0, 1))
+    assert np.array_equal(a[0], b[0])
+    c, d = (generate(model, tok, ["a slow organ chorale"], 0.3, seed=s) for s in (0, 1))
+    assert not np.array_equal(c[0], d[0])
