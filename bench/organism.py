@@ -45,11 +45,24 @@ def main() -> None:
     ap.add_argument("--no-card", action="store_true", help="do not rewrite the model card")
     ap.add_argument("--tagger", default="", help="tagger folder for instrument / drums (default: shipped); the "
                                                  "result then goes to bench/results/organism_<folder name>.json")
-    ap.add_argument("--name", default="", help="results file name (default: organism, or organism_<tagger folder> "
-                                               "with --tagger); any other name leaves the model card alone")
+    ap.add_argument("--name", default="", help="results file name (default: organism for the shipped model's test-split "
+                                               "run at default settings, organism_<tagger folder> with --tagger; other "
+                                               "runs must name themselves); any other name leaves the model card alone")
     ap.add_argument("--codec-dir", default="", help="measure only this codec HF folder (e.g. RUN/codec/hf, "
                                                      "before the LM exists)")
     a = ap.parse_args()
+    from musiclens.models.organism import organism_path
+
+    # organism.json / organism_codec.json are the shipped model's figures (the model card reads them):
+    # any other model, split, tagger or sampling setting must be given a name of its own
+    shipped = not a.model or Path(a.model).resolve() == organism_path().resolve()
+    default = (shipped and not a.tagger and not a.codec_dir and a.split == "test" and a.guidance == 3.0
+               and a.top_k == 0 and a.temperature == 1.0)
+    name = a.name or ("organism" if default else f"organism_{Path(a.tagger).name}" if a.tagger else "")
+    if not name and not (a.codec_dir and a.what != "generation"):
+        sys.exit("error: this is not the shipped model's default test-split run: give it a --name, so that "
+                 "bench/results/organism.json (which the model card reads) keeps the shipped figures")
+    codec_name = "organism_codec" if name in ("", "organism") else f"{name}_codec"
     if a.codec_dir:
         from musiclens.models.organism import SAMPLE_RATE
         from musiclens.organism.codec import load_codec
@@ -58,7 +71,7 @@ def main() -> None:
 
         test = load_clips(a.corpus, ("test",), SAMPLE_RATE, limit=a.n_codec)
         res = codec_fidelity(load_codec(a.codec_dir), test, a.n_codec, load_tagger())
-        write_result("organism_codec", {"model": a.codec_dir, **res})
+        write_result(codec_name, {"model": a.codec_dir, **res})
         return
 
     import tempfile
@@ -66,21 +79,17 @@ def main() -> None:
     from musiclens.organism.card import write_card
     from musiclens.organism.pipeline import OrganismEvalConfig, evaluate
 
-    from musiclens.models.organism import organism_path
-
-    shipped = not a.model or Path(a.model).resolve() == organism_path().resolve()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = OrganismEvalConfig(model=a.model or str(organism_path()), run=a.run, corpus=a.corpus, out=str(Path(tmp) / "eval.json"), what=a.what,
                                  n_codec=a.n_codec, n_prompts=a.n_prompts, n_uncond=a.n_uncond, seconds=a.seconds,
                                  guidance=a.guidance, top_k=a.top_k, temperature=a.temperature, seed=a.seed, tagger=a.tagger, split=a.split)
         res = evaluate(cfg)
     if "codec" in res:
-        write_result("organism_codec", {"model": res["model"], **res["codec"]})
+        write_result(codec_name, {"model": res["model"], **res["codec"]})
     if "generation" in res:
-        name = a.name or (f"organism_{Path(a.tagger).name}" if a.tagger else "organism")
         write_result(name, {"model": res["model"], "tagger": res["tagger"],
                             "teacher_forced": res.get("teacher_forced"), **res["generation"]})
-    if not a.no_card and shipped and not a.tagger and a.name in ("", "organism") and a.split == "test":
+    if not a.no_card and default and name == "organism":
         write_card()
 
 

@@ -63,6 +63,13 @@ def _tune_line(title: str, log: list[dict], prog: dict, cfg: dict, start: str) -
             + ", ".join(f"{c} {_f(first.get(c))} -> {_f(v)}" for c, v in last.items()))
 
 
+def _not_measured(shipped: bool, folder: Path, what: str) -> str:
+    if shipped:
+        return f"Not measured yet: run `python bench/organism.py{what}`."
+    return (f"Not measured in this card: `python bench/organism.py --model {folder}{what} --name NAME` measures "
+            "this folder (bench results are written into the shipped model's card only).")
+
+
 def card_text(folder: Path | None = None) -> str:
     folder = folder or O.organism_path()
     cfg = _json(folder / "config.json") or {}
@@ -78,8 +85,10 @@ def card_text(folder: Path | None = None) -> str:
     init_log, init_prog, init_cfg = (_jsonl(tr / "tune_init_log.jsonl"), _json(tr / "tune_init_progress.json") or {},
                                      _json(tr / "tune_init_config.json") or {})
     dec_log, dec_cfg = _jsonl(tr / "decoder_log.jsonl"), _json(tr / "decoder_config.json") or {}
-    cres = (_json(RESULTS / "organism_codec.json") or {}).get("figures")
-    gres = (_json(RESULTS / "organism.json") or {}).get("figures")
+    # bench/results describe the shipped folder only: a copy exported elsewhere is not what they measured
+    shipped = folder.resolve() == O.organism_path().resolve()
+    cres = (_json(RESULTS / "organism_codec.json") or {}).get("figures") if shipped else None
+    gres = (_json(RESULTS / "organism.json") or {}).get("figures") if shipped else None
     size = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 1e6
     L = []
     L += ["# musiclens organism (MusicGen architecture, trained on the musiclens corpus)", "",
@@ -193,7 +202,7 @@ def card_text(folder: Path | None = None) -> str:
         ta = ", ".join(f"{k} {100 * v:.0f} %" for k, v in ta.items()) if isinstance(ta, dict) else ta
         L += ["", f"Tagger agreement (same label on original and reconstruction): {ta}", ""]
     else:
-        L += ["Not measured yet: run `python bench/organism.py --what codec`.", ""]
+        L += [_not_measured(shipped, folder, " --what codec"), ""]
     tf = (gres or {}).get("teacher_forced")
     if isinstance(tf, dict):
         L += ["## Does the decoder use the caption? (teacher-forced, valid split)", "",
@@ -243,7 +252,7 @@ def card_text(folder: Path | None = None) -> str:
                      f"{fad['fad_real_valid']:.2f} (n={fad['n_generated']} vs {fad['n_reference']}) |")
         L.append("")
     else:
-        L += ["Not measured yet: run `python bench/organism.py`.", ""]
+        L += [_not_measured(shipped, folder, ""), ""]
     L += ["## Limitations", "",
           "Trained for minutes-to-hours on a shared 2-core CPU, on synthetic General-MIDI renderings: it knows "
           "only this corpus's instruments and factors, its audio is 16 kHz, and the figures above (with their n) "

@@ -36,6 +36,7 @@ from . import quantizer as Q
 from .data import ClipSet, load_clips
 from .discriminator import Adversary
 from .losses import MultiResolutionSTFT, MultiScaleMel, reconstruction_loss
+from .resume import load_checkpoint, load_weights, restore_rng, rng_state
 from .schedule import warmup_cosine
 
 
@@ -134,7 +135,7 @@ def _lr(cfg: CodecTrainConfig, step: int) -> float:
 
 def _save(path: Path, codec, opt, step: int, rng, cfg, log_extra: dict) -> None:
     state = {"model": codec.state_dict(), "opt": opt.state_dict(), "step": step,
-             "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "config": to_dict(cfg),
+             **rng_state(rng), "config": to_dict(cfg),
              **log_extra}
     with atomic_path(path / "ckpt.pt") as tmp:
         torch.save(state, tmp)
@@ -199,14 +200,13 @@ def train_codec(cfg: CodecTrainConfig, corpus: Path, out: Path, minutes: float |
     adversary = Adversary(cfg.disc_channels, cfg.lr, device) if (cfg.w_adv > 0 or cfg.w_feat > 0) else None
     step = 0
     if resume and ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        codec.load_state_dict(state["model"])
+        state = load_checkpoint(ckpt, device)
+        load_weights(codec, state["model"], ckpt, "codec")
         opt.load_state_dict(state["opt"])
         if adversary is not None and "disc" in state:
             adversary.load_state_dict(state)
         step = state["step"]
-        rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
+        restore_rng(state, rng)
     save_config(cfg, cdir / "config.json")
     if step >= cfg.steps and (cdir / "hf" / "config.json").exists():
         return {"step": step, "steps": cfg.steps, "done": True, "minutes_this_sitting": 0.0, "last": {}}
@@ -231,7 +231,12 @@ def train_codec(cfg: CodecTrainConfig, corpus: Path, out: Path, minutes: float |
                     xb = torch.tensor(train.random_crops(rng, cfg.batch_size, crop), device=device)
                     z = codec.encoder(xb[:, None])
                     zs.append(z.permute(0, 2, 1).reshape(-1, z.shape[1]))
-            used = Q.kmeans_init(codec, torch.cat(zs), seed=cfg.seed, count_scale=1.0 / cfg.kmeans_batches)
+            z_all = torch.cat(zs)
+            if len(z_all) < cfg.codebook_size:
+                raise MusiclensError(f"k-means needs at least {cfg.codebook_size} latent frames, got {len(z_all)} "
+                                     f"({cfg.kmeans_batches} batches x {cfg.batch_size} crops x {zs[0].shape[0] // cfg.batch_size} "
+                                     f"frames): raise --codec-batch-size")
+            used = Q.kmeans_init(codec, z_all, seed=cfg.seed, count_scale=1.0 / cfg.kmeans_batches)
             tqdm.write(f"k-means init: codes used per codebook {used}")
         quantise = step >= cfg.warmup_steps
         for g in opt.param_groups:

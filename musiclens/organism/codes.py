@@ -57,9 +57,11 @@ def encode_clips(codec, wavs: list[np.ndarray], device: str = "cpu", batch: int 
 def caption_states(captions: list[str], device: str = "cpu", batch: int = 64, encoder=None):
     """Frozen MiniLM last hidden states for captions -> (states [N, L, 384] fp16, mask [N, L] int8).
 
-    `encoder`: an already loaded (model, tokenizer) pair, for callers that encode many small batches.
+    `encoder`: an already loaded (model, tokenizer) pair, for callers that encode many small batches;
+    its own device then wins over `device`. The states always come back on the CPU.
     """
     enc, tok = encoder if encoder is not None else O.load_text_encoder(device)
+    device = next(enc.parameters()).device
     t = tok(captions, return_tensors="pt", padding=True)
     L = t["input_ids"].shape[1]
     states = torch.zeros(len(captions), L, enc.config.hidden_size, dtype=torch.float16)
@@ -94,6 +96,18 @@ def _fingerprint(out: Path, rows: list[dict], max_seconds: float | None) -> str:
     return hashlib.sha1(key.encode()).hexdigest()
 
 
+def encoder_key(codec) -> str:
+    """sha256 (first 16 hex) of what fixes the codes: encoder and codebook tensors (not the decoder)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(codec.state_dict().items()):
+        if name.startswith(("encoder.", "quantizer.")):
+            h.update(name.encode())
+            h.update(t.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def precompute(corpus: Path, out: Path, device: str = "cpu", resume: bool = False,
                max_seconds: float | None = None, splits: tuple[str, ...] = ("train", "valid", "test"),
                minutes: float | None = None, chunk: int = 64) -> dict:
@@ -112,9 +126,14 @@ def precompute(corpus: Path, out: Path, device: str = "cpu", resume: bool = Fals
     from .codec import load_codec
 
     cdir = out / "codes"
-    if (cdir / "index.json").exists() and resume:
-        return json.loads((cdir / "index.json").read_text())["summary"]
     codec = load_codec(out / "codec" / "hf", device)
+    key_now = encoder_key(codec)
+    if (cdir / "index.json").exists() and resume:
+        summary = json.loads((cdir / "index.json").read_text())["summary"]
+        if summary.get("encoder_key", key_now) != key_now:  # (runs encoded before the key was kept: trusted)
+            raise MusiclensError(f"{cdir} was encoded by another codec (RUN/codec changed since): move it away to "
+                                 f"re-encode, and restart the LM stages, whose checkpoints learnt the old codes")
+        return summary
     rows = [r for r in read_metadata(corpus) if r.get("split") in splits]
     if not rows:
         raise MusiclensError(f"no clips of splits {', '.join(splits)} in {corpus}")
@@ -184,7 +203,8 @@ def precompute(corpus: Path, out: Path, device: str = "cpu", resume: bool = Fals
                    "empty_states": states[-1:].contiguous(), "empty_mask": mask[-1:].contiguous()}, str(tmp))
     used = [int(torch.unique(codes[:, k][codes[:, k] >= 0]).numel()) for k in range(K)]
     summary = {"clips": len(kept), "splits": list(splits), "frames": int(lengths.sum()), "max_seconds": max_seconds,
-               "codes_used": used, "encode_seconds": round(t_codes, 1), "text_len": int(mask.shape[1]), "done": True}
+               "codes_used": used, "encode_seconds": round(t_codes, 1), "text_len": int(mask.shape[1]),
+               "encoder_key": key_now, "done": True}
     write_json(cdir / "index.json", {"summary": summary, "rows": kept})
     partial.unlink(missing_ok=True)
     return summary

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import MusiclensError
 from ..models import organism as O
 
 ORDER = {"register": ["low", "mid", "high"], "brightness": ["dark", "neutral", "bright"],
@@ -141,16 +142,18 @@ def codec_fidelity(codec, clips, n: int = 40, tagger=None, n_pitch: int = 16) ->
 
 
 # ---------------------------------------------------------------- generation
-def _words(lists: dict) -> dict:
-    return {k: [re.compile(r"\b" + re.escape(w.lower()) + r"\b") for w in v] for k, v in lists.items()}
-
-
 def named_factors(row: dict) -> dict:
-    """Which of the clip's factor values its caption names (word match on the corpus caption vocabulary)."""
+    """Which of the clip's factor values its caption names (whole-phrase match on the caption vocabulary).
+
+    Drum phrases are matched first and shielded, as in `sensitivity.flip_caption`:
+    "with gentle drums" asks for light drums, not for soft dynamics.
+    """
     from ..corpus import captions as C
     from ..corpus.factors import tempo_word
+    from .sensitivity import _spans
 
-    text = row["caption"].lower()
+    text = row["caption"]
+    drum_spans = _spans(text, [p for ps in C.DRUM_PHRASES.values() for p in ps])
     tables = {"instrument": (C.INSTRUMENT_WORDS, row["instrument"]),
               "tempo": (C.TEMPO_WORDS, tempo_word(row["bpm"])),
               "brightness": (C.BRIGHT_WORDS, row["brightness"]),
@@ -160,9 +163,12 @@ def named_factors(row: dict) -> dict:
               "mode": (C.MODE_PHRASES, row["mode"])}
     out = {}
     for f, (table, value) in tables.items():
-        if any(p.search(text) for p in _words({value: table[value]})[value]):
+        spans = _spans(text, table[value])
+        if f != "drums":
+            spans = [(a, b) for a, b, _ in spans if all(b <= s or a >= e for s, e, _ in drum_spans)]
+        if spans:
             out[f] = value
-    if re.search(r"\bat \d+ bpm\b", text):
+    if re.search(r"\bat \d+ bpm\b", text, flags=re.IGNORECASE):
         out["tempo"] = tempo_word(row["bpm"])
     return out
 
@@ -272,6 +278,8 @@ def generation_eval(model, tok, rows: list[dict], n_prompts: int = 64, n_uncond:
     est = _estimators()
     sr = O.SAMPLE_RATE
     prompts = pick_prompts(rows, n_prompts, seed, split)
+    if not prompts:
+        raise MusiclensError(f"no {split}-split captions to generate from (--n-prompts {n_prompts})")
     t0 = time.time()
     # the decoder-input hook only when a probe will read it: generation stays untouched otherwise
     capture = capture_decoder_input(model.audio_encoder) if code_probe is not None else contextlib.nullcontext([])
@@ -332,7 +340,7 @@ def generation_eval(model, tok, rows: list[dict], n_prompts: int = 64, n_uncond:
                         **{k: v for k, v in m.items()}} for r, nf, m in zip(prompts, named, meas)]
     # unconditional generations vs the test split, and noise as the reference
     if n_uncond and corpus is not None:
-        res["fad"] = fad_eval(model, tok, corpus, rows, n_uncond, seconds, seed, guidance)
+        res["fad"] = fad_eval(model, tok, corpus, rows, n_uncond, seconds, seed, top_k, temperature)
     return res
 
 
@@ -343,8 +351,12 @@ def _group(items, key_idx, val_idx):
     return out
 
 
-def fad_eval(model, tok, corpus, rows, n: int, seconds: float, seed: int, guidance: float) -> dict:
-    """FAD(unconditional generations, test clips) vs FAD(noise, test clips), same embedder and n."""
+def fad_eval(model, tok, corpus, rows, n: int, seconds: float, seed: int, top_k: int | None = None,
+             temperature: float = 1.0) -> dict:
+    """FAD(unconditional generations, test clips) vs FAD(noise, test clips), same embedder and n.
+
+    Unconditional = the null condition on both CFG branches, so no guidance scale applies.
+    """
     from ..measure.fad import embed_set, fad, load_embedder
     from .data import load_clips
 
@@ -352,7 +364,7 @@ def fad_eval(model, tok, corpus, rows, n: int, seconds: float, seed: int, guidan
     emb = load_embedder("auto")
     test = load_clips(corpus, ("test",), sr, rows=rows)
     ref = [test.wav(i)[: int(seconds * sr)] for i in range(min(len(test), 4 * n))]
-    gen = generate(model, tok, [""] * n, seconds, seed + 10_000, guidance)
+    gen = generate(model, tok, [""] * n, seconds, seed + 10_000, top_k=top_k, temperature=temperature)
     rng = np.random.default_rng(seed)
     rms = float(np.mean([np.sqrt(np.mean(x ** 2)) for x in ref]))
     noise = [(rng.standard_normal(int(seconds * sr)) * rms).astype(np.float32) for _ in range(n)]

@@ -29,6 +29,7 @@ from ..errors import MusiclensError
 from ..io import atomic_path, write_json
 from ..models import organism as O
 from .codes import load_codes
+from .resume import load_checkpoint, load_weights, restore_rng, rng_state
 from .schedule import warmup_cosine
 
 
@@ -299,20 +300,16 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
     rng = np.random.default_rng(cfg.seed)
     step = 0
     if cfg.init and not (resume and ckpt.exists()):
-        state = torch.load(cfg.init, map_location=device, weights_only=False)
-        try:
-            model.decoder.load_state_dict(state["decoder"])
-            model.enc_to_dec_proj.load_state_dict(state["proj"])
-        except RuntimeError as e:
-            raise MusiclensError(f"{cfg.init} does not fit this decoder shape: {str(e).splitlines()[0]}")
+        state = load_checkpoint(Path(cfg.init), device)
+        load_weights(model.decoder, state["decoder"], Path(cfg.init), "decoder")
+        load_weights(model.enc_to_dec_proj, state["proj"], Path(cfg.init), "projection")
     if resume and ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        model.decoder.load_state_dict(state["decoder"])
-        model.enc_to_dec_proj.load_state_dict(state["proj"])
+        state = load_checkpoint(ckpt, device)
+        load_weights(model.decoder, state["decoder"], ckpt, "decoder")
+        load_weights(model.enc_to_dec_proj, state["proj"], ckpt, "projection")
         opt.load_state_dict(state["opt"])
         step = state["step"]
-        rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
+        restore_rng(state, rng)
     save_config(cfg, ldir / "config.json")
     pad = model.config.decoder.pad_token_id
     train_idx = data.indices("train")
@@ -333,8 +330,7 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
 
     def checkpoint():
         state = {"decoder": model.decoder.state_dict(), "proj": model.enc_to_dec_proj.state_dict(),
-                 "opt": opt.state_dict(), "step": step, "rng": rng.bit_generator.state,
-                 "torch_rng": torch.get_rng_state(), "config": to_dict(cfg)}
+                 "opt": opt.state_dict(), "step": step, **rng_state(rng), "config": to_dict(cfg)}
         with atomic_path(ckpt) as tmp:
             torch.save(state, tmp)
         model.eval()

@@ -40,6 +40,7 @@ from . import quantizer as Q
 from .codec import export_codec, heldout_mel, load_codec, training_audio
 from .discriminator import Adversary
 from .losses import reconstruction_loss
+from .resume import load_checkpoint, load_weights, restore_rng, rng_state
 from .schedule import warmup_cosine
 
 
@@ -123,17 +124,18 @@ def train_decoder(cfg: PolishConfig, corpus: Path, out: Path, minutes: float | N
     rng = np.random.default_rng(cfg.seed)
     step = 0
     if resume and ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        codec.decoder.load_state_dict(state["decoder"])
+        state = load_checkpoint(ckpt, device)
+        load_weights(codec.decoder, state["decoder"], ckpt, "decoder")
         if adversary is not None and "disc" in state:
             adversary.load_state_dict(state)
         opt_g.load_state_dict(state["opt_g"])
         step = state["step"]
-        rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
+        restore_rng(state, rng)
     save_config(cfg, ddir / "config.json")
     if step >= cfg.steps and (ddir / "hf" / "config.json").exists():
-        return {"step": step, "steps": cfg.steps, "done": True, "minutes_this_sitting": 0.0, "last": {}}
+        # install again: a sitting that died between the last save and the install left old decoders behind
+        return {"step": step, "steps": cfg.steps, "done": True, "installed_in": install_codec(out, ddir / "hf"),
+                "minutes_this_sitting": 0.0, "last": {}}
 
     train, valid, mel, stft, crop = training_audio(corpus, cfg.crop_seconds, device)
     log_path = ddir / "log.jsonl"
@@ -141,8 +143,7 @@ def train_decoder(cfg: PolishConfig, corpus: Path, out: Path, minutes: float | N
     def save():
         state = {"decoder": codec.decoder.state_dict(), **(adversary.state_dict() if adversary else {}),
                  "opt_g": opt_g.state_dict(),
-                 "step": step, "rng": rng.bit_generator.state,
-                 "torch_rng": torch.get_rng_state(), "config": to_dict(cfg)}
+                 "step": step, **rng_state(rng), "config": to_dict(cfg)}
         with atomic_path(ckpt) as tmp:
             torch.save(state, tmp)
         export_codec(codec, ddir / "hf")

@@ -7,9 +7,11 @@ the HF buffers `quantizer.layers[i].codebook.{embed, embed_avg, cluster_size,
 inited}`, so the standard `encode` / `decode` (and MusicGen) use them as is.
 
 Lessons baked in (DESIGN.md): k-means on an untrained encoder's output
-collapses to a handful of codes, so callers first train a plain autoencoder
-and only then call `kmeans_init`; codes that fall out of use are restarted on
-random current vectors.
+collapsed to a handful of codes in the prototype. The codec stage therefore
+rescales the encoder's output to unit spread first (`codec.init_latent_scale`,
+so `kmeans_init` can run at step 0), or trains a plain autoencoder for
+`CodecTrainConfig.warmup_steps`; codes that fall out of use are restarted on random
+current vectors.
 """
 
 from __future__ import annotations

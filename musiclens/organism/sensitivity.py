@@ -128,8 +128,9 @@ def concept_sensitivity(model, data, idx: np.ndarray, frames: int = 100, batch: 
             ids, _, _ = data.batch(rows, frames, pad, None)
             caps = [data.rows[i]["caption"] for i, _ in part] + [f for _, f in part]
             st, m = caption_states(caps, encoder=encoder)
+            st, m = st.to(ids.device).float(), m.to(ids.device).long()  # the model's device (CUDA in a GPU tune)
             n = len(part)
-            diffs += flip_gap(model, ids, (st[:n].float(), m[:n].long()), (st[n:].float(), m[n:].long())).tolist()
+            diffs += flip_gap(model, ids, (st[:n], m[:n]), (st[n:], m[n:])).tolist()
         d = np.array(diffs)
         pos = int((d > 0).sum())
         out[concept] = {"gap": round(float(d.mean()), 4) if len(d) else None, "n": len(d),

@@ -105,6 +105,18 @@ def test_train_checkpoint_resume_and_export(tiny_corpus, tmp_path):
     assert json.loads((tmp_path / "codec" / "config.json").read_text())["steps"] == 8
 
 
+def test_resume_with_another_width_and_too_few_kmeans_frames_are_one_line_errors(tiny_corpus, tmp_path):
+    cfg = CodecTrainConfig(steps=2, batch_size=2, crop_seconds=0.2, kmeans_batches=2, **TINY)
+    train_codec(cfg, tiny_corpus, tmp_path, minutes=None, resume=False)
+    wider = CodecTrainConfig(steps=3, batch_size=2, crop_seconds=0.2, kmeans_batches=2, **{**TINY, "num_filters": 8})
+    with pytest.raises(MusiclensError, match="another shape") as e:
+        train_codec(wider, tiny_corpus, tmp_path, minutes=None, resume=True)
+    assert "\n" not in str(e.value)
+    few = CodecTrainConfig(steps=2, batch_size=1, crop_seconds=0.2, kmeans_batches=1, **TINY)  # 10 frames < 32 codes
+    with pytest.raises(MusiclensError, match="k-means needs at least 32"):
+        train_codec(few, tiny_corpus, tmp_path / "few", minutes=None, resume=False)
+
+
 def test_latent_init_normalises_quiet_audio():
     from musiclens.organism.codec import init_latent_scale
 

@@ -19,6 +19,13 @@ def test_named_factors_uses_word_boundaries():
     assert named_factors(r) == {"instrument": "organ", "tempo": "fast"}
 
 
+def test_named_factors_does_not_read_drum_phrases_as_dynamics():
+    r = dict(ROW, drums="light", dynamics="soft", caption="calm organ tune with a soft ride-cymbal groove")
+    assert named_factors(r) == {"instrument": "organ", "drums": "light"}
+    r = dict(r, caption="a soft organ tune with gentle drums")
+    assert named_factors(r) == {"instrument": "organ", "drums": "light", "dynamics": "soft"}
+
+
 def test_ordered_levels_and_pvalues():
     rng = np.random.default_rng(0)
     vals = {"dark": list(rng.normal(500, 50, 12)), "neutral": list(rng.normal(900, 50, 12)),

@@ -10,7 +10,7 @@ from musiclens.cli import main
 from musiclens.models import organism as O
 
 
-def test_train_all_stages_then_resume_and_export(tiny_corpus, tmp_path):
+def test_train_all_stages_then_resume_and_export(tiny_corpus, tmp_path, capsys):
     run, dst = tmp_path / "run", tmp_path / "ship"
     args = ["organism", "train", "--corpus", str(tiny_corpus), "--out", str(run), "--codec-steps", "2",
             "--codec-batch-size", "2", "--decoder-steps", "2", "--lm-steps", "2", "--lm-batch-size", "2", "--lm-layers", "1",
@@ -22,6 +22,12 @@ def test_train_all_stages_then_resume_and_export(tiny_corpus, tmp_path):
     assert json.loads((run / "codes" / "index.json").read_text())["summary"]["frames"] == 12 * 50  # train + valid, 1 s each
     assert main(args) == 2  # existing checkpoints without --resume: one-line error
     assert main(args + ["--resume"]) == 0
+    # a codec trained further no longer made RUN/codes: resuming the codes stage must refuse, not reuse them
+    more = [a if a != "2" or args[i - 1] != "--codec-steps" else "3" for i, a in enumerate(args)]
+    assert main(more + ["--resume", "--stage", "codec"]) == 0
+    capsys.readouterr()
+    assert main(more + ["--resume", "--stage", "codes"]) == 2
+    assert "encoded by another codec" in capsys.readouterr().err
     assert main(["organism", "export", "--run", str(run), "--out", str(dst)]) == 0
     assert (dst / "README.md").exists() and (dst / "training" / "lm_log.jsonl").exists()
     assert (dst / "training" / "tune_log.jsonl").exists()  # --lm auto ships the fine-tuned LM
@@ -29,6 +35,7 @@ def test_train_all_stages_then_resume_and_export(tiny_corpus, tmp_path):
     card = (dst / "README.md").read_text()
     assert "caption-contrast fine-tuning" in card
     assert "decoder stage (the codec's decoder fine-tuned on frozen codes" in card and "--stage decoder" in card
+    assert "Not measured in this card" in card  # the shipped model's bench results do not describe this export
     model, _ = O.load_organism_hf(path=dst)
     assert model.config.decoder.num_hidden_layers == 1 and model.config.decoder.hidden_size == 32
 
