@@ -353,9 +353,10 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
         idx = rng.choice(train_idx, size=cfg.batch_size, replace=len(train_idx) < cfg.batch_size)
         ids, st, m = data.batch(idx, cfg.crop_frames, pad, rng, null_prob=cfg.null_prob)
         loss, _ = lm_loss(model, ids, st, m)
+        likelihood = loss
         closs = contrast_loss(model, data, con, idx, rng, cfg) if con is not None else None
         if closs is not None:
-            loss = loss + cfg.contrast_weight * closs
+            loss = loss + cfg.contrast_weight * closs  # (train_loss below is this total; train_lm_loss the LM part)
         if not torch.isfinite(loss):
             raise MusiclensError(f"LM loss became {float(loss)} at step {step}: lower --lr and --resume")
         opt.zero_grad(set_to_none=True)
@@ -371,6 +372,7 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
                    "lr": _lr(cfg, step), "frames_per_s": round(frames / (time.time() - t0), 1)}
             if closs is not None:
                 rec["contrast_loss"] = float(closs.detach())
+                rec["train_lm_loss"] = float(likelihood.detach())  # comparable with the lm stage's train_loss
             if len(valid_idx):
                 gap = conditioning_gap(model, data, valid_idx, cfg.crop_frames)
                 model.train()
