@@ -190,14 +190,16 @@ class Intervention:
     def apply(self, h: torch.Tensor) -> torch.Tensor:
         if self.mode == "fn":
             return self.fn(h)
-        v = self.vector.to(device=h.device, dtype=h.dtype)
         if self.mode == "add":
-            return h + self.coef * v
-        u = v / v.norm().clamp_min(1e-12)
-        proj = (h * u).sum(-1, keepdim=True)
+            return h + self.coef * self.vector.to(device=h.device, dtype=h.dtype)
+        # projections in float32: in bf16 the clamped component would only be accurate to ~0.4 % of |h|
+        u = self.vector.to(device=h.device, dtype=torch.float32)
+        u = u / u.norm().clamp_min(1e-12)
+        hf = h.float()
+        proj = (hf * u).sum(-1, keepdim=True)
         if self.mode == "ablate":
-            return h - self.coef * proj * u
-        return h + (self.coef - proj) * u  # clamp
+            return (hf - self.coef * proj * u).to(h.dtype)
+        return (hf + (self.coef - proj) * u).to(h.dtype)  # clamp
 
 
 @contextlib.contextmanager

@@ -124,9 +124,9 @@ def direction(cm: ControlModel, attribute: str, k: int) -> torch.Tensor:
 def edit_latents(cm: ControlModel, x: torch.Tensor, attribute: str, k: int, alpha: float,
                  keep_error: bool = True) -> torch.Tensor:
     """Edited latents [F, D] (module doc)."""
-    w = direction(cm, attribute, k)
     sae = cm.sae
     xn, stats = sae.normalize(x.float())
+    w = direction(cm, attribute, k).to(xn.device)  # probes load on the CPU; the cell may sit on a GPU
     h = sae.encode_normalized(xn)
     h_edit = (h + alpha * w).relu()
     x_new = sae.decode(h_edit, stats)

@@ -202,19 +202,20 @@ def musicgen_trajectories(model, sae, probes, prompts: list[str], seconds: float
     dec = model.hf.decoder
     norm = dec.model.decoder.layer_norm
     quant = model.hf.audio_encoder.quantizer
-    books = [quant.layers[k].codebook.embed.float() for k in range(K)]  # [V, D] each
+    w = next(norm.parameters())  # captures come back on the CPU: run norm and heads where the model is
+    books = [quant.layers[k].codebook.embed.float().to(w.device) for k in range(K)]  # [V, D] each
     per_layer = []
     for site in sites:
-        h = norm(res[site].float())
+        h = norm(res[site].to(w.device, w.dtype))
         x = 0
         for k in range(K):
             logits = dec.lm_heads[k](h[:, k:k + F])[..., : books[k].shape[0]]
             x = x + torch.softmax(logits.float(), dim=-1) @ books[k]
-        per_layer.append(x)
+        per_layer.append(x.float().cpu())  # SAE and probes live on the CPU, whatever the model's device
     layers = analyse(per_layer, sae, probes, threshold)
     layers["axis"] = "decoder layer"
     # over generated steps: the running prefix of the sampled codes' quantised latents
-    q = sum(quant.layers[k].decode(codes[:, k]) for k in range(K)).transpose(1, 2).float()  # [B, F, D]
+    q = sum(quant.layers[k].decode(codes[:, k].to(w.device)) for k in range(K)).transpose(1, 2).float().cpu()  # [B, F, D]
     f = sae.encode(q.reshape(B * F, -1)) if sae is not None else q.reshape(B * F, -1)
     steps = {"axis": "generated frame", "steps": F, "s": {}, "tv": {}, "convergence_step": {}}
     for a in probes.attributes:

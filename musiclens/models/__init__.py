@@ -442,7 +442,12 @@ def load_model(name: str = "organism", device: str | torch.device = "cpu", dtype
             raise MusiclensError("dtype must be float32, bfloat16 or float16")
     if dtype == torch.float32:
         dtype = None  # the default: one cache entry for "float32" and None
-    key = (name, str(torch.device(device)), str(dtype))
+    if device is None or str(device) == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        key = (name, str(torch.device(device)), str(dtype))
+    except RuntimeError as e:
+        raise MusiclensError(f"unknown device {device!r}: {str(e).splitlines()[0]}")
     if cache and key in _CACHE:
         return _CACHE[key]
     if name in TINY_NAMES:
@@ -459,6 +464,8 @@ def load_model(name: str = "organism", device: str | torch.device = "cpu", dtype
         hf, tok, whash = _load_pretrained(name)
     _set_attention(hf)
     hf.eval()
+    # hashed as loaded (float32, on the CPU): the same weights give the same hash on every device and dtype
+    whash = whash or _state_hash(hf)
     if device is not None:
         try:
             hf.to(device)
@@ -507,15 +514,16 @@ def _load_pretrained(name: str):
                                  f"a local folder, or a hub id like facebook/musicgen-small")
     try:
         if local:
-            hf = cls.from_pretrained(str(path))
+            hf = cls.from_pretrained(str(path), dtype=torch.float32)  # (not "auto": a half-precision
+            # checkpoint would otherwise bring its codec in half precision too; --dtype casts afterwards)
         else:
             try:  # the local HF cache first: no network round trips
-                hf = cls.from_pretrained(name, local_files_only=True)
+                hf = cls.from_pretrained(name, local_files_only=True, dtype=torch.float32)
             except OSError:
                 if not _hub_reachable():
                     raise MusiclensError(f"model {name!r} is not in the local Hugging Face cache and the hub is "
                                          f"unreachable; download it elsewhere and pass its folder")
-                hf = cls.from_pretrained(name)
+                hf = cls.from_pretrained(name, dtype=torch.float32)
     except OSError as e:
         if local:
             raise MusiclensError(f"cannot load {name}: {str(e).splitlines()[0]}")

@@ -485,13 +485,14 @@ def run_steps(trainer: MultiTrainer, batches: BatchFn, counter: BadRowCounter, *
         took = 0
         while trainer.step < stop:
             x = next(it, None)
-            have = torch.tensor([0.0 if x is None else 1.0])
+            # on the trainer's device: NCCL (multi-GPU) reduces CUDA tensors only
+            have = torch.tensor([0.0 if x is None else 1.0], device=trainer.device)
             if world > 1:
                 torch.distributed.all_reduce(have, op=torch.distributed.ReduceOp.MIN)
             if float(have) == 0.0:
                 break
             x = counter.filter(x)
-            local = torch.tensor([float(x.shape[0])])
+            local = torch.tensor([float(x.shape[0])], device=trainer.device)
             if world > 1:
                 torch.distributed.all_reduce(local)
             if x.shape[0] == 0:

@@ -108,6 +108,23 @@ def test_save_and_reload(tmp_path, tiny_model):
     assert torch.allclose(tiny_model.forward_codes(ids), m2.forward_codes(ids), atol=1e-5)
 
 
+def test_half_precision_keeps_the_weights_hash_and_a_float32_codec(tmp_path):
+    full = load_model("tiny-random", cache=False)
+    half = load_model("tiny-random", dtype="bfloat16", cache=False)
+    assert half.weights_hash == full.weights_hash  # stores extracted in bf16 still match the float32 model
+    assert half.hf.decoder.dtype == torch.bfloat16 and half.hf.audio_encoder.dtype == torch.float32
+    # a checkpoint saved in half precision loads in float32 (its codec too) unless --dtype asks otherwise
+    folder = save_model(half, tmp_path / "bf16")
+    again = load_model(str(folder), cache=False)
+    assert again.hf.decoder.dtype == torch.float32 and again.hf.audio_encoder.dtype == torch.float32
+
+
+def test_device_auto_and_bad_devices():
+    assert str(load_model("tiny-random", device="auto").device) in ("cpu", "cuda:0", "cuda")
+    with pytest.raises(MusiclensError, match="unknown device"):
+        load_model("tiny-random", device="gpu-please", cache=False)
+
+
 def test_unknown_models():
     with pytest.raises(MusiclensError):
         load_model("no-such-model")
