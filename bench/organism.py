@@ -54,7 +54,8 @@ def main() -> None:
     from musiclens.models.organism import organism_path
 
     # organism.json / organism_codec.json are the shipped model's figures (the model card reads them):
-    # any other model, split, tagger or sampling setting must be given a name of its own
+    # any other model, split, tagger or sampling setting must be given a name of its own. (--codec-dir
+    # without --name still writes organism_codec.json: the shipped codec is measured from its run folder.)
     shipped = not a.model or Path(a.model).resolve() == organism_path().resolve()
     default = (shipped and not a.tagger and not a.codec_dir and a.split == "test" and a.guidance == 3.0
                and a.top_k == 0 and a.temperature == 1.0)

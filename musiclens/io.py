@@ -119,3 +119,21 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def state_dict_hash(state: dict, prefixes: tuple[str, ...] = ()) -> str:
+    """sha256 (first 16 hex) over the names and full bytes of a state dict's tensors.
+
+    With `prefixes`, only the tensors under them count (e.g. a codec's encoder and
+    codebooks, which fix its codes, and not its decoder). Stores, latent cells and
+    code caches record it to say which weights made them.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(state.items()):
+        if prefixes and not name.startswith(prefixes):
+            continue
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -28,13 +28,13 @@ or a hub id (needs network).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import torch
 
 from ..errors import MusiclensError
+from ..io import state_dict_hash
 
 TINY_NAMES = ("tiny-encodec", "tiny-dac", "tiny-oobleck")
 ENCODER_SITE = "latent.encoder"
@@ -82,11 +82,7 @@ class LatentAutoencoder:
     def weights_hash(self) -> str:
         """sha256 (first 16 hex) over the state dict, so a store records which weights made it."""
         if self._hash is None:
-            h = hashlib.sha256()
-            for k, v in sorted(self.model.state_dict().items()):
-                h.update(k.encode())
-                h.update(v.detach().cpu().contiguous().numpy().tobytes())
-            self._hash = h.hexdigest()[:16]
+            self._hash = state_dict_hash(self.model.state_dict())
         return self._hash
 
     def n_frames(self, n_samples: int) -> int:

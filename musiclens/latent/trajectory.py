@@ -211,7 +211,7 @@ def musicgen_trajectories(model, sae, probes, prompts: list[str], seconds: float
         for k in range(K):
             logits = dec.lm_heads[k](h[:, k:k + F])[..., : books[k].shape[0]]
             x = x + torch.softmax(logits.float(), dim=-1) @ books[k]
-        per_layer.append(x.float().cpu())  # SAE and probes live on the CPU, whatever the model's device
+        per_layer.append(x.cpu())  # SAE and probes live on the CPU, whatever the model's device
     layers = analyse(per_layer, sae, probes, threshold)
     layers["axis"] = "decoder layer"
     # over generated steps: the running prefix of the sampled codes' quantised latents

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..errors import MusiclensError
-from ..io import atomic_path, write_json
+from ..io import atomic_path, state_dict_hash, write_json
 from ..models import organism as O
 from .data import read_metadata
 
@@ -97,15 +97,8 @@ def _fingerprint(out: Path, rows: list[dict], max_seconds: float | None) -> str:
 
 
 def encoder_key(codec) -> str:
-    """sha256 (first 16 hex) of what fixes the codes: encoder and codebook tensors (not the decoder)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for name, t in sorted(codec.state_dict().items()):
-        if name.startswith(("encoder.", "quantizer.")):
-            h.update(name.encode())
-            h.update(t.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
+    """Hash of what fixes the codes: the encoder and codebook tensors (not the decoder)."""
+    return state_dict_hash(codec.state_dict(), ("encoder.", "quantizer."))
 
 
 def precompute(corpus: Path, out: Path, device: str = "cpu", resume: bool = False,

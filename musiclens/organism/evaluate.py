@@ -145,15 +145,14 @@ def codec_fidelity(codec, clips, n: int = 40, tagger=None, n_pitch: int = 16) ->
 def named_factors(row: dict) -> dict:
     """Which of the clip's factor values its caption names (whole-phrase match on the caption vocabulary).
 
-    Drum phrases are matched first and shielded, as in `sensitivity.flip_caption`:
-    "with gentle drums" asks for light drums, not for soft dynamics.
+    Drum phrases are shielded (`sensitivity.concept_spans`, as when captions are
+    flipped): "with gentle drums" asks for light drums, not for soft dynamics.
     """
     from ..corpus import captions as C
     from ..corpus.factors import tempo_word
-    from .sensitivity import _spans
+    from .sensitivity import concept_spans
 
     text = row["caption"]
-    drum_spans = _spans(text, [p for ps in C.DRUM_PHRASES.values() for p in ps])
     tables = {"instrument": (C.INSTRUMENT_WORDS, row["instrument"]),
               "tempo": (C.TEMPO_WORDS, tempo_word(row["bpm"])),
               "brightness": (C.BRIGHT_WORDS, row["brightness"]),
@@ -163,10 +162,7 @@ def named_factors(row: dict) -> dict:
               "mode": (C.MODE_PHRASES, row["mode"])}
     out = {}
     for f, (table, value) in tables.items():
-        spans = _spans(text, table[value])
-        if f != "drums":
-            spans = [(a, b) for a, b, _ in spans if all(b <= s or a >= e for s, e, _ in drum_spans)]
-        if spans:
+        if concept_spans(text, table[value], shield_drums=f != "drums"):
             out[f] = value
     if re.search(r"\bat \d+ bpm\b", text, flags=re.IGNORECASE):
         out["tempo"] = tempo_word(row["bpm"])

@@ -56,6 +56,19 @@ def _spans(text: str, phrases) -> list[tuple[int, int, str]]:
     return taken
 
 
+def concept_spans(text: str, phrases, shield_drums: bool = True) -> list[tuple[int, int, str]]:
+    """`_spans` of `phrases`, minus those inside a drum phrase when `shield_drums`.
+
+    Drum phrases reuse dynamics words ("with gentle drums", "a soft ride-cymbal
+    groove"): read alone, they would count as asking for soft dynamics.
+    """
+    hits = _spans(text, phrases)
+    if not shield_drums:
+        return hits
+    drums = _spans(text, [p for ps in DRUM_PHRASES.values() for p in ps])
+    return [s for s in hits if all(s[1] <= a or s[0] >= b for a, b, _ in drums)]
+
+
 def flip_caption(caption: str, row: dict, concept: str) -> str | None:
     """`caption` with `concept`'s words replaced by the opposite value's; None if the caption doesn't name it.
 
@@ -67,9 +80,7 @@ def flip_caption(caption: str, row: dict, concept: str) -> str | None:
     value = _value(row, concept)
     if value not in opposite:
         return None
-    drum_spans = [] if concept == "drums" else _spans(caption, [p for ps in DRUM_PHRASES.values() for p in ps])
-    hits = [s for s in _spans(caption, words[value])
-            if all(s[1] <= a or s[0] >= b for a, b, _ in drum_spans)]
+    hits = concept_spans(caption, words[value], shield_drums=concept != "drums")
     bpm = list(re.finditer(r"at (\d+) BPM", caption)) if concept == "tempo" else []
     if not hits and not bpm:
         return None
