@@ -127,7 +127,9 @@ def card_text(folder: Path | None = None) -> str:
           "musiclens organism train --corpus data/corpus --out runs/organism --minutes 45 [--resume]",
           *([f"musiclens organism train --corpus data/corpus --out runs/organism --stage decoder --decoder-steps "
              f"{dec_cfg.get('steps')} --decoder-lr {dec_cfg.get('lr')} --decoder-w-stft {dec_cfg.get('w_stft', 0)} "
-             f"--decoder-w-adv {dec_cfg.get('w_adv')} --decoder-w-feat {dec_cfg.get('w_feat')}"] if dec_log else []),
+             f"--decoder-w-adv {dec_cfg.get('w_adv')} --decoder-w-feat {dec_cfg.get('w_feat')}"
+             + (f" --decoder-filters {dec_cfg['num_filters']}" if dec_cfg.get("num_filters") else "")]
+            if dec_log else []),
           "musiclens organism export --run runs/organism",
           "python bench/organism.py --corpus data/corpus", "```", "",
           "Stages: codec (data-dependent init of the encoder, k-means codebook init, EMA codebooks with "
@@ -168,7 +170,10 @@ def card_text(folder: Path | None = None) -> str:
                  + ", ".join(f"{r['step']}: {r['heldout_mel']:.3f}" for r in codec_log[:: max(1, len(codec_log) // 8)]))
     if dec_log:
         L.append(f"* decoder stage (the codec's decoder fine-tuned on frozen codes, so the LM's codes are "
-                 f"unchanged): step {dec_log[-1]['step']} of {dec_cfg.get('steps', '?')}, lr {dec_cfg.get('lr')}, "
+                 f"unchanged): "
+                 + (f"codec widened to {dec_cfg['num_filters']} filters first (same codes and audio at step 0), "
+                    if dec_cfg.get("num_filters") else "")
+                 + f"step {dec_log[-1]['step']} of {dec_cfg.get('steps', '?')}, lr {dec_cfg.get('lr')}, "
                  f"linear-STFT weight {dec_cfg.get('w_stft', 0)}, adversarial {dec_cfg.get('w_adv')} / feature "
                  f"matching {dec_cfg.get('w_feat')}; held-out mel loss {dec_log[0]['heldout_mel']:.3f} before, "
                  f"{dec_log[-1]['heldout_mel']:.3f} after")

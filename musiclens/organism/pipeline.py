@@ -58,6 +58,8 @@ class OrganismTrainConfig:
                                        "5,010 adversarial steps on CPU made every tagger head worse)")
     decoder_w_feat: float = option(0.0, "feature-matching loss weight of the decoder stage (0 = off, as shipped)")
     decoder_w_stft: float = option(2.0, "linear-frequency log-STFT loss weight of the decoder stage (shipped: 2)")
+    decoder_filters: int = option(0, "widen the codec to this many filters before the decoder stage, keeping its "
+                                     "codes and its audio at step 0 (organism/widen.py; 0 = keep the width)")
     lm_steps: int = option(9000, "language-model optimiser steps (shipped run: 8715 of 9000, ~66 min on 2 CPU cores)")
     lm_batch_size: int = option(8, "language-model clips per step")
     lm_layers: int = option(8, "decoder layers")
@@ -87,6 +89,8 @@ def train(cfg: OrganismTrainConfig) -> dict:
         raise MusiclensError(f"no LM checkpoint to fine-tune in {cfg.tune_init}: check --tune-init")
     if cfg.stage == "decoder" and cfg.decoder_steps <= 0:
         raise MusiclensError("--stage decoder needs --decoder-steps N (N > 0)")
+    if cfg.decoder_filters < 0:
+        raise MusiclensError(f"--decoder-filters must be 0 (keep the width) or a width, not {cfg.decoder_filters}")
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.json")
     stages = ["codec", "decoder", "codes", "lm", "tune"] if cfg.stage == "all" else [cfg.stage]
@@ -103,7 +107,7 @@ def train(cfg: OrganismTrainConfig) -> dict:
 
         pcfg = PolishConfig(steps=cfg.decoder_steps, batch_size=cfg.codec_batch_size, lr=cfg.decoder_lr,
                             w_adv=cfg.decoder_w_adv, w_feat=cfg.decoder_w_feat, w_stft=cfg.decoder_w_stft,
-                            seed=cfg.seed)
+                            num_filters=cfg.decoder_filters, seed=cfg.seed)
         summary["decoder"] = train_decoder(pcfg, corpus, out, cfg.minutes, cfg.resume, device)
         if not summary["decoder"]["done"] and cfg.stage == "all":
             return summary

@@ -42,6 +42,7 @@ from .discriminator import Adversary
 from .losses import reconstruction_loss
 from .resume import load_checkpoint, load_weights, restore_rng, rng_state
 from .schedule import warmup_cosine
+from .widen import widen_codec
 
 
 @dataclass
@@ -61,6 +62,9 @@ class PolishConfig:
     w_adv: float = option(0.0, "weight of the adversarial hinge loss (0 = off, as shipped; 1.0 with w_feat 2.0 "
                                  "and lr 2e-4 raised the held-out mel loss from 0.50 to 0.88 within 100 steps)")
     w_feat: float = option(0.0, "weight of the feature-matching loss (0 = off, as shipped)")
+    num_filters: int = option(0, "widen the codec to this many filters first (widen.py: the codes and, at step 0, the "
+                                   "audio stay exactly the same) so the decoder trains with more capacity; 0 = keep "
+                                   "its width (shipped: 16)")
     checkpoint_minutes: float = option(4.0, "minutes between checkpoints")
     seed: int = option(0, "random seed")
 
@@ -82,11 +86,14 @@ def install_codec(run: Path, codec_dir: Path) -> list[str]:
     """Swap the audio encoder/decoder inside RUN/{lm,tune}/hf for `codec_dir`'s weights.
 
     The codes are unchanged (encoder and codebooks frozen), so the LM needs no
-    retraining; only the `audio_encoder.*` tensors of the export change.
+    retraining; only the `audio_encoder.*` tensors of the export change, and
+    the audio encoder's `num_filters` in its config.json when the decoder
+    stage widened the codec (widen.py).
     """
     from safetensors.torch import load_file, save_file
 
     new = load_file(str(Path(codec_dir) / "model.safetensors"))
+    filters = json.loads((Path(codec_dir) / "config.json").read_text())["num_filters"]
     done = []
     for sub in ("lm", "tune"):
         f = Path(run) / sub / "hf" / "model.safetensors"
@@ -98,6 +105,11 @@ def install_codec(run: Path, codec_dir: Path) -> list[str]:
             raise MusiclensError(f"{f} does not hold this codec (no audio_encoder.{missing[0]})")
         for k, v in new.items():
             tensors[f"audio_encoder.{k}"] = v.to(tensors[f"audio_encoder.{k}"].dtype)
+        cfg_path = f.parent / "config.json"
+        cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else None
+        if cfg is not None and cfg["audio_encoder"].get("num_filters") != filters:
+            cfg["audio_encoder"]["num_filters"] = filters
+            write_json(cfg_path, cfg)
         with atomic_path(f) as tmp:
             save_file(tensors, str(tmp), metadata={"format": "pt"})
         done.append(sub)
@@ -112,6 +124,8 @@ def train_decoder(cfg: PolishConfig, corpus: Path, out: Path, minutes: float | N
     if ckpt.exists() and not resume:
         raise MusiclensError(f"{ddir} already has a checkpoint: pass --resume to continue or choose another --out")
     codec = load_codec(out / "codec" / "hf", device)
+    if cfg.num_filters and cfg.num_filters != codec.config.num_filters:
+        codec = widen_codec(codec, cfg.num_filters, cfg.seed)  # seeded: a resume rebuilds the same encoder
     ddir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     adversarial = cfg.w_adv > 0 or cfg.w_feat > 0  # both 0: plain decoder-only fine-tuning on the frozen codes
