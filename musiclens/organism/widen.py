@@ -106,4 +106,4 @@ def widen_codec(codec, num_filters: int, seed: int = 0):
             if new_state[key].shape != value.shape:
                 raise MusiclensError(f"cannot widen {key}: shape {tuple(value.shape)} -> {tuple(new_state[key].shape)}")
             new_state[key].copy_(value)
-    return wide.eval() if not codec.training else wide
+    return wide.train(codec.training)
