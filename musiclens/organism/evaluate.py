@@ -256,6 +256,35 @@ def _accuracy(pairs: list[tuple[str, str]], chance: float) -> dict:
             "p_vs_chance": float(binomtest(hits, len(pairs), chance, alternative="greater").pvalue)}
 
 
+def paired_tags(per_clip_a: list[dict], per_clip_b: list[dict], factor: str) -> dict:
+    """Compare two generation runs clip by clip on the tagger's reading of one named factor.
+
+    Why paired: runs of the same LM with the same captions and seeds sample
+    the same codes, so when only the codec's decoder differs, a per-clip sign
+    test (McNemar's exact form) sees a decoder's effect that two independent
+    accuracies would hide in draw-to-draw noise.
+    """
+    from scipy.stats import binomtest
+
+    if [r["caption"] for r in per_clip_a] != [r["caption"] for r in per_clip_b]:
+        raise MusiclensError("the two runs did not generate from the same captions in the same order")
+    both = a_only = b_only = neither = 0
+    for ra, rb in zip(per_clip_a, per_clip_b):
+        if factor not in ra["named"]:
+            continue
+        want = ra["named"][factor]
+        a, b = ra["tag"].get(factor) == want, rb["tag"].get(factor) == want
+        both += a and b
+        a_only += a and not b
+        b_only += b and not a
+        neither += not (a or b)
+    n = both + a_only + b_only + neither
+    return {"n": n, "both_right": both, "a_only": a_only, "b_only": b_only, "neither": neither,
+            "accuracy_a": (both + a_only) / n if n else float("nan"),
+            "accuracy_b": (both + b_only) / n if n else float("nan"),
+            "p_sign_test": binomtest(b_only, a_only + b_only).pvalue if a_only + b_only else 1.0}
+
+
 def generation_eval(model, tok, rows: list[dict], n_prompts: int = 64, n_uncond: int = 16, seconds: float = 6.0,
                     seed: int = 0, guidance: float = 3.0, tagger=None, corpus=None, code_probe=None,
                     split: str = "test", top_k: int | None = None, temperature: float = 1.0) -> dict:

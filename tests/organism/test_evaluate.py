@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+
+from musiclens.errors import MusiclensError
 
 from musiclens.organism.evaluate import _accuracy, _ordered, named_factors, pick_prompts, si_sdr
 
@@ -62,3 +65,19 @@ def test_generate_passes_sampling_settings_through():
     assert np.array_equal(a[0], b[0])
     c, d = (generate(model, tok, ["a slow organ chorale"], 0.3, seed=s) for s in (0, 1))
     assert not np.array_equal(c[0], d[0])
+
+
+def test_paired_tags_counts_clips_and_refuses_other_captions():
+    from musiclens.organism.evaluate import paired_tags
+
+    def run(tags):
+        return [{"caption": f"c{i}", "named": {"instrument": "piano"} if i < 4 else {}, "tag": {"instrument": t}}
+                for i, t in enumerate(tags)]
+
+    a = run(["piano", "piano", "organ", "organ", "piano"])
+    b = run(["piano", "organ", "piano", "flute", "organ"])
+    r = paired_tags(a, b, "instrument")
+    assert (r["n"], r["both_right"], r["a_only"], r["b_only"], r["neither"]) == (4, 1, 1, 1, 1)  # clip 4 names none
+    assert r["accuracy_a"] == r["accuracy_b"] == 0.5 and r["p_sign_test"] == 1.0
+    with pytest.raises(MusiclensError, match="same captions"):
+        paired_tags(a, b[::-1], "instrument")
