@@ -87,13 +87,14 @@ def install_codec(run: Path, codec_dir: Path) -> list[str]:
 
     The codes are unchanged (encoder and codebooks frozen), so the LM needs no
     retraining; only the `audio_encoder.*` tensors of the export change, and
-    the audio encoder's `num_filters` in its config.json when the decoder
-    stage widened the codec (widen.py).
+    its `audio_encoder` config where the codec's differs (a codec widened by
+    widen.py has more filters).
     """
     from safetensors.torch import load_file, save_file
 
     new = load_file(str(Path(codec_dir) / "model.safetensors"))
-    filters = json.loads((Path(codec_dir) / "config.json").read_text())["num_filters"]
+    codec_cfg = {k: v for k, v in json.loads((Path(codec_dir) / "config.json").read_text()).items()
+                 if k not in ("transformers_version", "_name_or_path")}
     done = []
     for sub in ("lm", "tune"):
         f = Path(run) / sub / "hf" / "model.safetensors"
@@ -107,8 +108,8 @@ def install_codec(run: Path, codec_dir: Path) -> list[str]:
             tensors[f"audio_encoder.{k}"] = v.to(tensors[f"audio_encoder.{k}"].dtype)
         cfg_path = f.parent / "config.json"
         cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else None
-        if cfg is not None and cfg["audio_encoder"].get("num_filters") != filters:
-            cfg["audio_encoder"]["num_filters"] = filters
+        if cfg is not None and any(cfg["audio_encoder"].get(k) != v for k, v in codec_cfg.items()):
+            cfg["audio_encoder"].update(codec_cfg)
             write_json(cfg_path, cfg)
         with atomic_path(f) as tmp:
             save_file(tensors, str(tmp), metadata={"format": "pt"})

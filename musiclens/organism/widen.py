@@ -24,17 +24,8 @@ import copy
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from ..errors import MusiclensError
-
-
-def _set_weight(conv: nn.Module, w: torch.Tensor) -> None:
-    """Set a conv's effective weight; through weight norm's right inverse when it has one."""
-    if parametrize.is_parametrized(conv, "weight"):
-        conv.weight = w  # _WeightNorm.right_inverse: g = per-row norm, v = w
-    else:
-        conv.weight.copy_(w)
 
 
 @torch.no_grad()
@@ -48,7 +39,7 @@ def _widen_conv(old: nn.Module, new: nn.Module) -> None:
         o, i = w_old.shape[:2]
         w_new[:o, :i] = w_old
         w_new[:o, i:] = 0.0
-    _set_weight(new, w_new)
+    new.weight = w_new  # through weight norm's right inverse: g = per-row norm, v = w_new
     if old.bias is not None:
         new.bias[: old.bias.shape[0]] = old.bias
 
@@ -79,8 +70,8 @@ def widen_codec(codec, num_filters: int, seed: int = 0):
     old_f = codec.config.num_filters
     if num_filters < old_f:
         raise MusiclensError(f"a codec can only be widened: it has {old_f} filters, asked for {num_filters}")
-    if codec.config.norm_type not in ("weight_norm", "none"):
-        raise MusiclensError(f"widening supports codecs with weight_norm or no norm, not {codec.config.norm_type!r}")
+    if codec.config.norm_type != "weight_norm":  # time_group_norm would need its groups widened too
+        raise MusiclensError(f"widening supports weight-normed codecs only, not norm_type {codec.config.norm_type!r}")
     cfg = copy.deepcopy(codec.config)
     cfg.num_filters = num_filters
     with torch.random.fork_rng(devices=[]):

@@ -75,7 +75,9 @@ def test_install_codec_swaps_only_the_audio_encoder(tiny_corpus, tmp_path):
                  "--lm-steps", "1", "--lm-batch-size", "2", "--lm-layers", "1", "--lm-d-model", "32",
                  "--device", "cpu"]) == 0
     before = load_file(str(run / "lm" / "hf" / "model.safetensors"))
+    config_before = (run / "lm" / "hf" / "config.json").read_text()
     train_decoder(PolishConfig(steps=2, batch_size=2, disc_warmup=0, lr=1e-3), tiny_corpus, run, None, False)
+    assert (run / "lm" / "hf" / "config.json").read_text() == config_before  # same codec shape: config untouched
     after = load_file(str(run / "lm" / "hf" / "model.safetensors"))
     polished = load_file(str(run / "decoder" / "hf" / "model.safetensors"))
     assert set(before) == set(after)

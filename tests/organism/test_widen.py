@@ -36,7 +36,7 @@ def test_widened_codec_computes_the_same_codes_and_audio():
         y_old = codec.decode(c_old, [None]).audio_values
         y_new = wide.decode(c_new, [None]).audio_values
     assert torch.allclose(y_old, y_new, atol=1e-5)
-    # the new width is trainable: one step moves the output, and its gradient reaches the new channels
+    # the new width is trainable: the gradient reaches the weights from the new channels into old ones
     out = wide.decoder(wide.quantizer.decode(c_new[0].transpose(0, 1)))
     out.pow(2).mean().backward()
     w = wide.decoder.layers[-1].conv.parametrizations.weight.original1
