@@ -56,11 +56,23 @@ def _tune_line(title: str, log: list[dict], prog: dict, cfg: dict, start: str) -
     return (f"* {title}: step {max(prog.get('step', 0), log[-1]['step'])} of {cfg.get('steps', '?')} from "
             f"{start}, peak LR {cfg.get('lr')}, hinge weight {cfg.get('contrast_weight')} "
             f"and margin {cfg.get('contrast_margin')} nats on the first {cfg.get('contrast_frames')} "
-            f"frames, flipping {cfg.get('contrast_concepts')}; held-out loss "
+            f"frames, flipping {cfg.get('contrast_concepts')} "
+            f"{'to every other value' if cfg.get('contrast_flips') == 'all' else 'to the opposite value'}; held-out loss "
             f"{_f(log[0].get('heldout_loss'))} -> {_f(log[-1].get('heldout_loss'))}; per-concept "
             "caption gap (valid clips, loss with that concept's words flipped minus own, first frames) "
             f"at step {log[0]['step']} -> {log[-1]['step']}: "
             + ", ".join(f"{c} {_f(first.get(c))} -> {_f(v)}" for c, v in last.items()))
+
+
+def _contrast_flags(cfg: dict) -> str:
+    """The tune stage's non-default hinge options, as `organism train` flags."""
+    from .pipeline import OrganismTrainConfig
+
+    flags = ""
+    for key in ("contrast_concepts", "contrast_flips"):
+        if key in cfg and cfg[key] != getattr(OrganismTrainConfig, key):
+            flags += f" --{key.replace('_', '-')} {cfg[key]}"
+    return flags
 
 
 def _not_measured(shipped: bool, folder: Path, what: str) -> str:
@@ -149,13 +161,14 @@ def card_text(folder: Path | None = None) -> str:
     if init_log and init_codes:
         L += [f"The codec, the language model and the first fine-tuning saw the codes of {init_codes['clips']} "
               f"clips ({'/'.join(init_codes.get('splits', []))}) of a smaller corpus; the continued fine-tuning "
-              "saw the corpus below, whose first clips are that corpus (a clip depends only on seed and index).", ""]
+              "saw the corpus above, whose first clips are that corpus (a clip depends only on seed and index).", ""]
     if corpus and init_log:
         big = f"data/corpus{corpus['clips'] // 1000}k"
         L += ["```", f"musiclens corpus render --out {big} --clips {corpus['clips']} --seed {corpus['seed']}",
-              f"musiclens organism train --corpus {big} --out RUN2 --stage codes   # with RUN/codec copied to RUN2/codec",
+              "mkdir RUN2 && cp -a RUN/codec RUN/decoder RUN2/   # the same codec (and polished decoder)",
+              f"musiclens organism train --corpus {big} --out RUN2 --stage codes",
               f"musiclens organism train --corpus {big} --out RUN2 --stage tune --tune-init RUN/tune/ckpt.pt "
-              f"--tune-steps {tune_cfg.get('steps')} --tune-lr {tune_cfg.get('lr')}",
+              f"--tune-steps {tune_cfg.get('steps')} --tune-lr {tune_cfg.get('lr')}" + _contrast_flags(tune_cfg),
               f"musiclens organism export --run RUN2 --corpus {big}", "```", ""]
     if codes:
         L += [f"The LM saw the codes of {codes['clips']} clips ({'/'.join(codes.get('splits', []))}), "
@@ -233,8 +246,10 @@ def card_text(folder: Path | None = None) -> str:
         for k, target in (("instrument", ">= 60 %"), ("drums", ">= 80 %")):
             v = gres.get(k)
             if isinstance(v, dict) and v.get("n"):
-                L.append(f"| {k} [{target}] | tagger hears the requested value in {100 * v['accuracy']:.0f} % "
-                         f"(n={v['n']}, chance {100 * v['chance']:.0f} %, p={v['p_vs_chance']:.3g}) |")
+                # one decimal and the count: 79.5 % must not read as a met 80 % target
+                L.append(f"| {k} [{target}] | tagger hears the requested value in {100 * v['accuracy']:.1f} % "
+                         f"({round(v['accuracy'] * v['n'])} of n={v['n']}, chance {100 * v['chance']:.0f} %, "
+                         f"p={v['p_vs_chance']:.3g}) |")
             else:
                 L.append(f"| {k} [{target}] | {v} |")
             c = gres.get(f"{k}_codes")

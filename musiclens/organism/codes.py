@@ -54,18 +54,21 @@ def encode_clips(codec, wavs: list[np.ndarray], device: str = "cpu", batch: int 
 
 
 @torch.no_grad()
-def caption_states(captions: list[str], device: str = "cpu", batch: int = 64, encoder=None):
+def caption_states(captions: list[str], device: str = "cpu", batch: int = 64, encoder=None, desc: str = ""):
     """Frozen MiniLM last hidden states for captions -> (states [N, L, 384] fp16, mask [N, L] int8).
 
     `encoder`: an already loaded (model, tokenizer) pair, for callers that encode many small batches;
     its own device then wins over `device`. The states always come back on the CPU.
+    `desc`: show a progress bar with this label (tens of thousands of captions take minutes on a CPU).
     """
+    from tqdm import tqdm
+
     enc, tok = encoder if encoder is not None else O.load_text_encoder(device)
     device = next(enc.parameters()).device
     t = tok(captions, return_tensors="pt", padding=True)
     L = t["input_ids"].shape[1]
     states = torch.zeros(len(captions), L, enc.config.hidden_size, dtype=torch.float16)
-    for s in range(0, len(captions), batch):
+    for s in tqdm(range(0, len(captions), batch), desc=desc, unit="batch", disable=not desc):
         ids = t["input_ids"][s: s + batch].to(device)
         m = t["attention_mask"][s: s + batch].to(device)
         h = enc(input_ids=ids, attention_mask=m).last_hidden_state
@@ -187,7 +190,7 @@ def precompute(corpus: Path, out: Path, device: str = "cpu", resume: bool = Fals
         codes[i, :, : c.shape[1]] = c
         lengths[i] = c.shape[1]
     t_codes = spent + time.time() - t0
-    states, mask = caption_states([r["caption"] for r in kept] + [""], device)
+    states, mask = caption_states([r["caption"] for r in kept] + [""], device, desc="captions (MiniLM)")
     cdir.mkdir(parents=True, exist_ok=True)
     with atomic_path(cdir / "codes.safetensors") as tmp:
         save_file({"codes": codes, "lengths": lengths}, str(tmp))

@@ -62,6 +62,10 @@ class LMTrainConfig:
     contrast_concepts: str = option("tempo,drums,register,dynamics",
                                     "concepts whose words are flipped (see organism/sensitivity.py); instrument "
                                     "and brightness are left out: the base LM already obeys them")
+    contrast_flips: str = option("opposite", "which values a concept's words are flipped to: its opposite (slow <-> "
+                                             "fast, none <-> rock; the shipped tune stage), or every other value "
+                                             "(middle values such as neutral or light drums included)",
+                                 choices=["opposite", "all"])
 
 
 def delay_pattern(codes: torch.Tensor, pad: int) -> torch.Tensor:
@@ -162,7 +166,7 @@ class Contrasts:
     flipped captions), so a resumed run does not encode them again.
     """
 
-    def __init__(self, data: CodeData, idx: np.ndarray, concepts: list[str], cache: Path):
+    def __init__(self, data: CodeData, idx: np.ndarray, concepts: list[str], cache: Path, every: bool = False):
         import hashlib
 
         from safetensors import safe_open
@@ -171,7 +175,10 @@ class Contrasts:
         from .codes import caption_states
         from .sensitivity import flip_pairs
 
-        pairs = [p for c in concepts for p in flip_pairs(data.rows, idx, c)]
+        pairs = [p for c in concepts for p in flip_pairs(data.rows, idx, c, every)]
+        if not pairs:
+            raise MusiclensError(f"no train caption names {', '.join(concepts)}: nothing for the contrast hinge to "
+                                 "flip (check --contrast-concepts)")
         key = hashlib.sha1("\n".join(f"{i}\t{f}" for i, f in pairs).encode()).hexdigest()
         cached = False
         if cache.exists():
@@ -180,7 +187,7 @@ class Contrasts:
         if cached:
             t = load_file(str(cache))
         else:
-            st, m = caption_states([f for _, f in pairs])
+            st, m = caption_states([f for _, f in pairs], desc="flipped captions (MiniLM, once)")
             t = {"states": st, "mask": m}
             with atomic_path(cache, suffix=".safetensors") as tmp:
                 save_file(t, str(tmp), metadata={"captions_sha1": key})
@@ -325,7 +332,7 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
         bad = [c for c in concepts if c not in FLIPS]
         if bad:
             raise MusiclensError(f"unknown contrast concept(s) {bad}; choose from {sorted(FLIPS)}")
-        con = Contrasts(data, train_idx, concepts, ldir / "contrasts.safetensors")
+        con = Contrasts(data, train_idx, concepts, ldir / "contrasts.safetensors", cfg.contrast_flips == "all")
         encoder = O.load_text_encoder(device)  # for the per-concept gaps logged at each evaluation
 
     def checkpoint():

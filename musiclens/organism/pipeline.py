@@ -71,6 +71,10 @@ class OrganismTrainConfig:
     tune_init: str = option("", "LM checkpoint the tune stage starts from (default: RUN/lm/ckpt.pt); e.g. "
                                 "another run's tune/ckpt.pt, to continue fine-tuning on a larger corpus")
     contrast_weight: float = option(1.0, "weight of the caption-contrast hinge during fine-tuning")
+    contrast_concepts: str = option("tempo,drums,register,dynamics", "concepts the hinge flips (comma-separated, "
+                                                                     "see organism/sensitivity.py; shipped: these four)")
+    contrast_flips: str = option("opposite", "flip a concept's words to its opposite value (shipped) or to every "
+                                             "other value, middle ones included", choices=["opposite", "all"])
     codes_seconds: float | None = option(6.4, "encode only each clip's first S seconds for the LM (encoding is slow on CPU)")
     seed: int = option(0, "random seed")
 
@@ -132,7 +136,9 @@ def train(cfg: OrganismTrainConfig) -> dict:
             raise MusiclensError(f"no LM checkpoint to fine-tune in {init}: run the lm stage first")
         tcfg = LMTrainConfig(steps=cfg.tune_steps, batch_size=cfg.lm_batch_size, layers=cfg.lm_layers,
                              d_model=cfg.lm_d_model, heads=max(1, cfg.lm_d_model // 32), ffn=4 * cfg.lm_d_model,
-                             lr=cfg.tune_lr, init=str(init), contrast_weight=cfg.contrast_weight, seed=cfg.seed + 1)
+                             lr=cfg.tune_lr, init=str(init), contrast_weight=cfg.contrast_weight,
+                             contrast_concepts=cfg.contrast_concepts, contrast_flips=cfg.contrast_flips,
+                             seed=cfg.seed + 1)
         summary["tune"] = train_lm(tcfg, out, cfg.minutes, cfg.resume, device, subdir="tune")
     return summary
 

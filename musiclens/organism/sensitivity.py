@@ -37,7 +37,8 @@ FLIPS = {
     "mode": (MODE_PHRASES, {"major": "minor", "minor": "major"}),
     "drums": (DRUM_PHRASES, {"none": "rock", "rock": "none"}),
 }
-OPPOSITE_BPM = {"slow": 165, "fast": 75}   # the number written for a flipped "at N BPM"
+# the number written for "at N BPM" in a caption flipped to that tempo word
+TEMPO_BPM = {"slow": 75, "moderate": 120, "fast": 165}
 
 
 def _value(row: dict, concept: str) -> str | None:
@@ -69,35 +70,52 @@ def concept_spans(text: str, phrases, shield_drums: bool = True) -> list[tuple[i
     return [s for s in hits if all(s[1] <= a or s[0] >= b for a, b, _ in drums)]
 
 
-def flip_caption(caption: str, row: dict, concept: str) -> str | None:
-    """`caption` with `concept`'s words replaced by the opposite value's; None if the caption doesn't name it.
+def flip_caption(caption: str, row: dict, concept: str, to: str | None = None) -> str | None:
+    """`caption` with `concept`'s words replaced by another value's; None if the caption doesn't name it.
 
-    The replacement is the synonym at the same index (so "leisurely" -> "lively"
-    rather than always "fast"). Drum phrases are matched first and shielded, so
-    "gentle" in "with gentle drums" is never read as dynamics.
+    `to` is the value flipped to; by default the concept's opposite (FLIPS), which
+    is what `concept_sensitivity` measures. The replacement is the synonym at the
+    same index (so "leisurely" -> "lively" rather than always "fast"). Drum phrases
+    are matched first and shielded, so "gentle" in "with gentle drums" is never
+    read as dynamics.
     """
     words, opposite = FLIPS[concept]
     value = _value(row, concept)
-    if value not in opposite:
+    to = opposite.get(value) if to is None else to
+    if value not in words or to is None or to == value:
         return None
+    if to not in words:
+        raise ValueError(f"{concept} has no value {to!r}")
     hits = concept_spans(caption, words[value], shield_drums=concept != "drums")
     bpm = list(re.finditer(r"at (\d+) BPM", caption)) if concept == "tempo" else []
     if not hits and not bpm:
         return None
-    target = words[opposite[value]]
+    target = words[to]
     out = caption
     edits = [(a, b, target[words[value].index(p) % len(target)]) for a, b, p in hits]
-    edits += [(m.start(), m.end(), f"at {OPPOSITE_BPM[value]} BPM") for m in bpm]
+    edits += [(m.start(), m.end(), f"at {TEMPO_BPM[to]} BPM") for m in bpm]
     for a, b, new in sorted(edits, reverse=True):
         old = out[a:b]
         out = out[:a] + (new[0].upper() + new[1:] if old[:1].isupper() else new) + out[b:]
     return out
 
 
-def flip_pairs(rows: list[dict], idx, concept: str) -> list[tuple[int, str]]:
-    """(row index, flipped caption) for the rows of `idx` whose caption names `concept`."""
-    return [(int(i), f) for i in idx
-            if (f := flip_caption(rows[int(i)]["caption"], rows[int(i)], concept)) is not None]
+def flip_pairs(rows: list[dict], idx, concept: str, every: bool = False) -> list[tuple[int, str]]:
+    """(row index, flipped caption) for the rows of `idx` whose caption names `concept`.
+
+    One pair per row, flipped to the opposite value; with `every`, one pair per
+    other value of the concept, so middle values (moderate tempo, neutral
+    brightness, light drums, mid register, medium dynamics) are contrasted too
+    and the extremes are also told apart from the middle.
+    """
+    words, _ = FLIPS[concept]
+    out = []
+    for i in idx:
+        row = rows[int(i)]
+        for to in ([v for v in words if v != _value(row, concept)] if every else [None]):
+            if (f := flip_caption(row["caption"], row, concept, to)) is not None:
+                out.append((int(i), f))
+    return out
 
 
 def flip_gap(model, ids: torch.Tensor, own: tuple, flipped: tuple) -> torch.Tensor:

@@ -78,6 +78,17 @@ def test_precompute_train_resume_and_load(tiny_corpus, tmp_path):
     base = torch.load(tmp_path / "lm" / "ckpt.pt", weights_only=False)["decoder"]
     k = next(k for k in base if k.endswith("fc1.weight"))
     assert torch.allclose(tuned.decoder.state_dict()[k], base[k], atol=1e-5)  # lr ~0: still the LM's weights
+    # --contrast-flips all: every other value, so at least twice the opposite-only flips (3-valued concepts)
+    from musiclens.organism.lm import Contrasts
+
+    train = data.indices("train")
+    one = Contrasts(data, train, ["tempo", "drums"], tmp_path / "c1.safetensors")
+    every = Contrasts(data, train, ["tempo", "drums"], tmp_path / "c2.safetensors", every=True)
+    assert len(one.by_clip) > 0 and every.states.shape[0] >= 2 * one.states.shape[0]
+    assert set(every.by_clip) >= set(one.by_clip)
+    with pytest.raises(MusiclensError, match="nothing for the contrast hinge"):
+        Contrasts(data, train[:0], ["tempo"], tmp_path / "c3.safetensors")
+    assert not (tmp_path / "c3.safetensors").exists()
     with pytest.raises(MusiclensError, match="already has a checkpoint"):
         train_lm(tcfg, tmp_path, None, False, subdir="tune")
     tcfg.init = str(tmp_path / "nope.pt")

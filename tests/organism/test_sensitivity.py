@@ -28,3 +28,25 @@ def test_flip_none_when_not_named_or_neutral():
     assert flip_caption("a clear organ hymn", {**ROW, "brightness": "neutral"}, "brightness") is None
     assert flip_caption("a slow tone", {"bpm": 70.0}, "register") is None  # factor missing from the row
     assert flip_caption("Fast organ tune", {**ROW, "bpm": 170.0}, "tempo") == "Slow organ tune"
+
+
+def test_flip_to_every_other_value_reaches_middle_values():
+    """--contrast-flips all: middle values get contrasts too, and extremes are told apart from the middle."""
+    from musiclens.organism.sensitivity import flip_pairs
+
+    mid = {**ROW, "bpm": 120.0, "brightness": "neutral", "drums": "light"}
+    cap = "A steady, clear organ hymn with gentle drums, at 120 BPM"
+    rows = [{**mid, "caption": cap}, {**ROW, "caption": "a muffled organ hymn"}]
+    # opposite flips (the shipped tune stage and the measured gaps) skip middle values
+    assert flip_pairs(rows, [0, 1], "brightness") == [(1, "a brilliant organ hymn")]
+    assert flip_pairs(rows, [0], "drums") == []
+    got = flip_pairs(rows, [0, 1], "brightness", every=True)
+    assert got == [(0, cap.replace("clear", "muffled")), (0, cap.replace("clear", "brilliant")),
+                   (1, "a clear organ hymn"), (1, "a brilliant organ hymn")]  # synonym index kept: muffled -> clear
+    tempo = [f for _, f in flip_pairs(rows, [0], "tempo", every=True)]
+    assert tempo == ["A leisurely, clear organ hymn with gentle drums, at 75 BPM",
+                     "A lively, clear organ hymn with gentle drums, at 165 BPM"]
+    drums = [f for _, f in flip_pairs(rows, [0], "drums", every=True)]
+    assert drums == [cap.replace("with gentle drums", "solo, no drums"),
+                     cap.replace("with gentle drums", "with driving rock drums")]
+    assert flip_caption(cap, mid, "brightness", to="neutral") is None  # flipping to its own value is no flip

@@ -59,7 +59,8 @@ def test_tune_continues_from_another_runs_checkpoint(tiny_corpus, tmp_path, caps
     assert not (run2 / "tune").exists()  # nothing written for a bad --tune-init
     # learning rate 0: the continued model must be exactly the checkpoint it started from
     assert main(["organism", "train", "--out", str(run2), "--stage", "tune", "--tune-init", str(run / "tune" / "ckpt.pt"),
-                 "--tune-steps", "1", "--tune-lr", "0", *common]) == 0
+                 "--tune-steps", "1", "--tune-lr", "0", "--contrast-flips", "all", "--contrast-concepts", "tempo,brightness",
+                 *common]) == 0
     a, b = (load_file(str(r / "tune" / "hf" / "model.safetensors")) for r in (run, run2))
     dec = [k for k in a if k.startswith("decoder.")]
     assert dec and all(torch.equal(a[k], b[k]) for k in dec)
@@ -70,6 +71,8 @@ def test_tune_continues_from_another_runs_checkpoint(tiny_corpus, tmp_path, caps
     tr = dst / "training"
     for f in ("codec_log.jsonl", "lm_log.jsonl", "tune_init_log.jsonl", "tune_log.jsonl", "tune_init_codes_summary.json"):
         assert (tr / f).exists(), f
-    assert json.loads((tr / "tune_config.json").read_text())["lr"] == 0
+    tcfg = json.loads((tr / "tune_config.json").read_text())
+    assert tcfg["lr"] == 0 and tcfg["contrast_flips"] == "all" and tcfg["contrast_concepts"] == "tempo,brightness"
     card = (dst / "README.md").read_text()
     assert "on the larger corpus" in card and "--tune-init RUN/tune/ckpt.pt" in card
+    assert "--contrast-concepts tempo,brightness --contrast-flips all" in card  # the continuation's recipe, reproducible
