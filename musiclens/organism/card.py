@@ -165,13 +165,14 @@ def card_text(folder: Path | None = None) -> str:
     if corpus and init_log:
         big = f"data/corpus{corpus['clips'] // 1000}k"
         L += ["```", f"musiclens corpus render --out {big} --clips {corpus['clips']} --seed {corpus['seed']}",
-              "mkdir RUN2 && cp -a RUN/codec RUN/decoder RUN2/   # the same codec (and polished decoder)",
+              "mkdir RUN2 && cp -a runs/organism/codec runs/organism/decoder RUN2/   # the same codec and decoder",
               f"musiclens organism train --corpus {big} --out RUN2 --stage codes",
-              f"musiclens organism train --corpus {big} --out RUN2 --stage tune --tune-init RUN/tune/ckpt.pt "
+              f"musiclens organism train --corpus {big} --out RUN2 --stage tune --tune-init runs/organism/tune/ckpt.pt "
               f"--tune-steps {tune_cfg.get('steps')} --tune-lr {tune_cfg.get('lr')}" + _contrast_flags(tune_cfg),
               f"musiclens organism export --run RUN2 --corpus {big}", "```", ""]
     if codes:
-        L += [f"The LM saw the codes of {codes['clips']} clips ({'/'.join(codes.get('splits', []))}), "
+        who = "The continued fine-tuning" if init_log else "The LM"
+        L += [f"{who} saw the codes of {codes['clips']} clips ({'/'.join(codes.get('splits', []))}), "
               f"first {codes.get('max_seconds')} s each ({codes['frames']} frames; codes used per codebook "
               f"{codes['codes_used']} of {aud.get('codebook_size')}).", ""]
     L += ["## How far training got", ""]

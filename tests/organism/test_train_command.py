@@ -74,5 +74,5 @@ def test_tune_continues_from_another_runs_checkpoint(tiny_corpus, tmp_path, caps
     tcfg = json.loads((tr / "tune_config.json").read_text())
     assert tcfg["lr"] == 0 and tcfg["contrast_flips"] == "all" and tcfg["contrast_concepts"] == "tempo,brightness"
     card = (dst / "README.md").read_text()
-    assert "on the larger corpus" in card and "--tune-init RUN/tune/ckpt.pt" in card
+    assert "on the larger corpus" in card and "--tune-init runs/organism/tune/ckpt.pt" in card
     assert "--contrast-concepts tempo,brightness --contrast-flips all" in card  # the continuation's recipe, reproducible
