@@ -1,12 +1,16 @@
 """Clip-by-clip comparison of two generation results made from the same captions and seeds.
 
     python bench/paired.py organism organism_decw32 [--name paired_decw32]
+    git show e955484:bench/results/organism.json > /tmp/organism_session9.json
+    python bench/paired.py /tmp/organism_session9.json organism --name paired_s10_test
 
-`bench/organism.py` runs of the same LM with the same captions and seeds
-sample the same codes, so when only the decoder differs (the decoder stage,
-a widened codec) a per-clip sign test says whether the tagger hears the
-requested instrument and drum pattern more often, beyond what flipping a
-few clips would do. Writes bench/results/<name>.json.
+Both `bench/organism.py` runs must use the same captions and seeds. A per-clip
+sign test then says whether the tagger hears the requested instrument and
+drum pattern more often in one run, beyond what flipping a few clips would
+do. With the same LM the codes are identical too, so only the decoder differs
+(the decoder stage, a widened codec). A run is a name in bench/results or a
+path to a result file (e.g. an older version taken with `git show`).
+Writes bench/results/<name>.json.
 """
 
 from __future__ import annotations
@@ -21,28 +25,36 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from musiclens.bench_utils import RESULTS, write_result  # noqa: E402
+from musiclens.errors import MusiclensError  # noqa: E402
 from musiclens.organism.evaluate import paired_tags  # noqa: E402
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("a", help="first result name in bench/results (e.g. organism)")
-    ap.add_argument("b", help="second result name (e.g. organism_decw32)")
+    ap.add_argument("a", help="first result: a name in bench/results (e.g. organism) or a .json path")
+    ap.add_argument("b", help="second result (e.g. organism_decw32)")
     ap.add_argument("--name", default=None, help="output name (default: paired_<a>_<b>)")
     args = ap.parse_args()
-    runs = {}
+    runs = {}  # label (the file's stem) -> per-clip records
     for key in (args.a, args.b):
-        path = RESULTS / f"{key}.json"
+        path = Path(key) if key.endswith(".json") else RESULTS / f"{key}.json"
         if not path.exists():
             print(f"error: no result {path}", file=sys.stderr)
             return 2
-        runs[key] = json.loads(path.read_text())["figures"]["per_clip"]
-    a, b = runs[args.a], runs[args.b]
-    figures = {"a": args.a, "b": args.b, "n_clips": len(a),
-               **{f: paired_tags(a, b, f) for f in ("instrument", "drums")},
+        runs[path.stem] = json.loads(path.read_text())["figures"]["per_clip"]
+    if len(runs) < 2:
+        print("error: give two different results", file=sys.stderr)
+        return 2
+    (la, a), (lb, b) = runs.items()
+    try:
+        tags = {f: paired_tags(a, b, f) for f in ("instrument", "drums")}
+    except MusiclensError as e:  # e.g. the runs used other captions
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    figures = {"a": la, "b": lb, "n_clips": len(a), **tags,
                "most_tagged_instruments": {k: Counter(r["tag"]["instrument"] for r in v).most_common(4)
                                           for k, v in runs.items()}}
-    out = write_result(args.name or f"paired_{args.a}_{args.b}", figures)
+    out = write_result(args.name or f"paired_{la}_{lb}", figures)
     print(json.dumps({k: v for k, v in figures.items() if k != "most_tagged_instruments"}, indent=1))
     print(f"wrote {out}")
     return 0

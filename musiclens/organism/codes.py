@@ -61,8 +61,6 @@ def caption_states(captions: list[str], device: str = "cpu", batch: int = 64, en
     its own device then wins over `device`. The states always come back on the CPU.
     `desc`: show a progress bar with this label (tens of thousands of captions take minutes on a CPU).
     """
-    from tqdm import tqdm
-
     enc, tok = encoder if encoder is not None else O.load_text_encoder(device)
     device = next(enc.parameters()).device
     t = tok(captions, return_tensors="pt", padding=True)

@@ -259,10 +259,10 @@ def _accuracy(pairs: list[tuple[str, str]], chance: float) -> dict:
 def paired_tags(per_clip_a: list[dict], per_clip_b: list[dict], factor: str) -> dict:
     """Compare two generation runs clip by clip on the tagger's reading of one named factor.
 
-    Why paired: runs of the same LM with the same captions and seeds sample
-    the same codes, so when only the codec's decoder differs, a per-clip sign
-    test (McNemar's exact form) sees a decoder's effect that two independent
-    accuracies would hide in draw-to-draw noise.
+    Why paired: both runs generate from the same captions with the same seeds,
+    so a per-clip sign test (McNemar's exact form) removes the caption-to-caption
+    spread that two independent accuracies carry. With the same LM the codes are
+    identical too, and the test isolates the codec's decoder.
     """
     from scipy.stats import binomtest
 

@@ -61,7 +61,7 @@ class LMTrainConfig:
                                        "model has there)")
     contrast_concepts: str = option("tempo,drums,register,dynamics",
                                     "concepts whose words are flipped (see organism/sensitivity.py); instrument "
-                                    "and brightness are left out: the base LM already obeys them")
+                                    "is left out (the base LM obeys it); the shipped continuation adds brightness")
     contrast_flips: str = option("opposite", "which values a concept's words are flipped to: its opposite (slow <-> "
                                              "fast, none <-> rock; the shipped tune stage), or every other value "
                                              "(middle values such as neutral or light drums included)",
@@ -175,7 +175,9 @@ class Contrasts:
         from .codes import caption_states
         from .sensitivity import flip_pairs
 
-        pairs = [p for c in concepts for p in flip_pairs(data.rows, idx, c, every)]
+        per_concept = {c: flip_pairs(data.rows, idx, c, every) for c in concepts}
+        self.counts = {c: len(v) for c, v in per_concept.items()}  # logged with the tune stage's progress
+        pairs = [p for v in per_concept.values() for p in v]
         if not pairs:
             raise MusiclensError(f"no train caption names {', '.join(concepts)}: nothing for the contrast hinge to "
                                  "flip (check --contrast-concepts)")
@@ -400,6 +402,7 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
     bar.close()
     checkpoint()
     summary = {"step": step, "steps": cfg.steps, "done": step >= cfg.steps,
-               "minutes_this_sitting": round((time.time() - t0) / 60, 2), "last": rec}
+               "minutes_this_sitting": round((time.time() - t0) / 60, 2), "last": rec,
+               **({"contrast_pairs": con.counts} if con is not None else {})}
     write_json(ldir / "progress.json", summary)
     return summary

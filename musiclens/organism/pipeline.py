@@ -72,7 +72,8 @@ class OrganismTrainConfig:
                                 "another run's tune/ckpt.pt, to continue fine-tuning on a larger corpus")
     contrast_weight: float = option(1.0, "weight of the caption-contrast hinge during fine-tuning")
     contrast_concepts: str = option("tempo,drums,register,dynamics", "concepts the hinge flips (comma-separated, "
-                                                                     "see organism/sensitivity.py; shipped: these four)")
+                                                                     "see organism/sensitivity.py; the shipped "
+                                                                     "continuation adds brightness)")
     contrast_flips: str = option("opposite", "flip a concept's words to its opposite value (shipped) or to every "
                                              "other value, middle ones included", choices=["opposite", "all"])
     codes_seconds: float | None = option(6.4, "encode only each clip's first S seconds for the LM (encoding is slow on CPU)")

@@ -74,6 +74,10 @@ def test_precompute_train_resume_and_load(tiny_corpus, tmp_path):
     # margin 10 nats is far beyond any gap an untrained model has: the hinge is active, at about 10 - gap
     assert 9.0 < rec["contrast_loss"] < 11.0 and rec["concept_gap"]["tempo"] is not None
     assert (tmp_path / "tune" / "contrasts.safetensors").exists()
+    from musiclens.organism.sensitivity import flip_pairs
+
+    named = len(flip_pairs(data.rows, data.indices("train"), "tempo"))
+    assert json.loads((tmp_path / "tune" / "progress.json").read_text())["contrast_pairs"] == {"tempo": named}
     tuned, _ = O.load_organism_hf(path=tmp_path / "tune" / "hf")
     base = torch.load(tmp_path / "lm" / "ckpt.pt", weights_only=False)["decoder"]
     k = next(k for k in base if k.endswith("fc1.weight"))
@@ -86,6 +90,7 @@ def test_precompute_train_resume_and_load(tiny_corpus, tmp_path):
     every = Contrasts(data, train, ["tempo", "drums"], tmp_path / "c2.safetensors", every=True)
     assert len(one.by_clip) > 0 and every.states.shape[0] >= 2 * one.states.shape[0]
     assert set(every.by_clip) >= set(one.by_clip)
+    assert sum(every.counts.values()) == every.states.shape[0] and set(every.counts) == {"tempo", "drums"}
     with pytest.raises(MusiclensError, match="nothing for the contrast hinge"):
         Contrasts(data, train[:0], ["tempo"], tmp_path / "c3.safetensors")
     assert not (tmp_path / "c3.safetensors").exists()

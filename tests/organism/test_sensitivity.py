@@ -50,3 +50,7 @@ def test_flip_to_every_other_value_reaches_middle_values():
     assert drums == [cap.replace("with gentle drums", "solo, no drums"),
                      cap.replace("with gentle drums", "with driving rock drums")]
     assert flip_caption(cap, mid, "brightness", to="neutral") is None  # flipping to its own value is no flip
+    import pytest
+
+    with pytest.raises(ValueError, match="no value 'loud'"):
+        flip_caption(cap, mid, "brightness", to="loud")
