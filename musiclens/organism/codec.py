@@ -37,7 +37,7 @@ from .data import ClipSet, load_clips
 from .discriminator import Adversary
 from .losses import MultiResolutionSTFT, MultiScaleMel, reconstruction_loss
 from .resume import load_checkpoint, load_weights, restore_rng, rng_state
-from .schedule import warmup_cosine
+from .schedule import Clock
 
 
 @dataclass
@@ -45,6 +45,9 @@ class CodecTrainConfig:
     """Codec training options (saved as RUN/codec/config.json)."""
 
     steps: int = option(14000, "total optimiser steps (the LR schedule spans these; --minutes may stop earlier)")
+    budget_minutes: float = option(0.0, "span the LR schedule over this many minutes of training instead of `steps`, "
+                                        "and stop when they are spent (0 = by steps): for a machine whose speed is "
+                                        "not known in advance, such as one lent GPU call")
     warmup_steps: int = option(0, "plain-autoencoder steps before k-means codebook init (0: k-means right after the data-dependent init)")
     warmup_noise: float = option(0.1, "std of Gaussian noise added to the latent during warm-up (spreads it for k-means)")
     batch_size: int = option(8, "crops per step")
@@ -129,13 +132,9 @@ def init_latent_scale(codec, x: torch.Tensor) -> dict:
             "mean_norm_after": float(z.mean(dim=(0, 2)).norm())}
 
 
-def _lr(cfg: CodecTrainConfig, step: int) -> float:
-    return warmup_cosine(cfg.lr, step, cfg.steps, warmup=200)
-
-
-def _save(path: Path, codec, opt, step: int, rng, cfg, log_extra: dict) -> None:
+def _save(path: Path, codec, opt, step: int, rng, cfg, clock: Clock, log_extra: dict) -> None:
     state = {"model": codec.state_dict(), "opt": opt.state_dict(), "step": step,
-             **rng_state(rng), "config": to_dict(cfg),
+             "trained_seconds": clock.seconds(), **rng_state(rng), "config": to_dict(cfg),
              **log_extra}
     with atomic_path(path / "ckpt.pt") as tmp:
         torch.save(state, tmp)
@@ -198,9 +197,10 @@ def train_codec(cfg: CodecTrainConfig, corpus: Path, out: Path, minutes: float |
     opt = torch.optim.AdamW(codec.parameters(), lr=cfg.lr, betas=(0.8, 0.99), weight_decay=0.0)
     rng = np.random.default_rng(cfg.seed)
     adversary = Adversary(cfg.disc_channels, cfg.lr, device) if (cfg.w_adv > 0 or cfg.w_feat > 0) else None
-    step = 0
+    step, trained = 0, 0.0
     if resume and ckpt.exists():
         state = load_checkpoint(ckpt, device)
+        trained = state.get("trained_seconds", 0.0)
         load_weights(codec, state["model"], ckpt, "codec")
         opt.load_state_dict(state["opt"])
         if adversary is not None and "disc" in state:
@@ -208,7 +208,8 @@ def train_codec(cfg: CodecTrainConfig, corpus: Path, out: Path, minutes: float |
         step = state["step"]
         restore_rng(state, rng)
     save_config(cfg, cdir / "config.json")
-    if step >= cfg.steps and (cdir / "hf" / "config.json").exists():
+    clock = Clock(cfg.steps, cfg.budget_minutes, trained)
+    if clock.done(step) and (cdir / "hf" / "config.json").exists():
         return {"step": step, "steps": cfg.steps, "done": True, "minutes_this_sitting": 0.0, "last": {}}
 
     train, valid, mel, stft, crop = training_audio(corpus, cfg.crop_seconds, device)
@@ -216,12 +217,13 @@ def train_codec(cfg: CodecTrainConfig, corpus: Path, out: Path, minutes: float |
     t0 = time.time()
     last_ckpt = t0
     codec.train()
-    bar = tqdm(total=cfg.steps, initial=step, desc="codec", disable=None, dynamic_ncols=True)
+    bar = tqdm(total=clock.total(), initial=step, desc="codec", disable=None, dynamic_ncols=True)
     stats: dict = {}
     if step == 0:
         stats0 = init_latent_scale(codec, torch.tensor(train.random_crops(rng, 32, crop), device=device))
         tqdm.write(f"latent init: {stats0}")
-    while step < cfg.steps:
+    clock.start()
+    while not clock.done(step):
         if minutes is not None and time.time() - t0 > minutes * 60:
             break
         if step == cfg.warmup_steps:
@@ -239,8 +241,9 @@ def train_codec(cfg: CodecTrainConfig, corpus: Path, out: Path, minutes: float |
             used = Q.kmeans_init(codec, z_all, seed=cfg.seed, count_scale=1.0 / cfg.kmeans_batches)
             tqdm.write(f"k-means init: codes used per codebook {used}")
         quantise = step >= cfg.warmup_steps
+        lr = clock.lr(cfg.lr, step, warmup=200)
         for g in opt.param_groups:
-            g["lr"] = _lr(cfg, step)
+            g["lr"] = lr
         x = torch.tensor(train.random_crops(rng, cfg.batch_size, crop), device=device)
         y, commit, codes, inputs = codec_forward(codec, x, quantise=quantise, train=True, decay=cfg.ema_decay,
                                                  noise=cfg.warmup_noise)
@@ -248,7 +251,7 @@ def train_codec(cfg: CodecTrainConfig, corpus: Path, out: Path, minutes: float |
         loss = losses["total"] + cfg.w_commit * commit
         adv = feat = d_loss = 0.0
         if adversary is not None and step >= cfg.disc_start:
-            adversary.set_lr(_lr(cfg, step))
+            adversary.set_lr(lr)
             d_loss = adversary.step(x, y)
             adv_t, feat_t = adversary.losses(x, y)
             loss = loss + cfg.w_adv * adv_t + cfg.w_feat * feat_t
@@ -267,7 +270,7 @@ def train_codec(cfg: CodecTrainConfig, corpus: Path, out: Path, minutes: float |
             bar.set_postfix(mel=f"{float(losses['mel']):.3f}", onset=f"{float(losses['onset']):.3f}",
                             commit=f"{float(commit.detach()):.3f}", vq=int(quantise))
         if step % 100 == 0 or step == cfg.steps:
-            stats = {"step": step, "minutes": round((time.time() - t0) / 60, 2), "quantised": quantise,
+            stats = {"step": step, "minutes": round((time.time() - t0) / 60, 2), "quantised": quantise, "lr": lr,
                      "train_mel": float(losses["mel"]), "train_onset": float(losses["onset"]),
                      "train_wave": float(losses["wave"]), "commit": float(commit.detach()), "restarted": restarted,
                      "heldout_mel": heldout_mel(codec, mel, valid, device, quantise)}
@@ -278,15 +281,16 @@ def train_codec(cfg: CodecTrainConfig, corpus: Path, out: Path, minutes: float |
             with open(log_path, "a") as f:
                 f.write(json.dumps(stats) + "\n")
         if time.time() - last_ckpt > cfg.checkpoint_minutes * 60:
-            _save(cdir, codec, opt, step, rng, cfg, adversary.state_dict() if adversary else {})
+            _save(cdir, codec, opt, step, rng, cfg, clock, adversary.state_dict() if adversary else {})
             if step > cfg.warmup_steps:
                 export_codec(codec, cdir / "hf")
             last_ckpt = time.time()
     bar.close()
-    _save(cdir, codec, opt, step, rng, cfg, adversary.state_dict() if adversary else {})
+    _save(cdir, codec, opt, step, rng, cfg, clock, adversary.state_dict() if adversary else {})
     if step > cfg.warmup_steps:
         export_codec(codec, cdir / "hf")
-    summary = {"step": step, "steps": cfg.steps, "done": step >= cfg.steps,
+    summary = {"step": step, "steps": cfg.steps, "done": clock.done(step),
+               "trained_minutes": round(clock.seconds() / 60, 2),
                "minutes_this_sitting": round((time.time() - t0) / 60, 2), "last": stats}
     write_json(cdir / "progress.json", summary)
     return summary

@@ -30,7 +30,7 @@ from ..io import atomic_path, write_json
 from ..models import organism as O
 from .codes import load_codes
 from .resume import load_checkpoint, load_weights, restore_rng, rng_state
-from .schedule import warmup_cosine
+from .schedule import Clock
 
 
 @dataclass
@@ -38,6 +38,8 @@ class LMTrainConfig:
     """Language-model training options (saved as RUN/lm/config.json)."""
 
     steps: int = option(9000, "total optimiser steps (the LR schedule spans these; --minutes may stop earlier)")
+    budget_minutes: float = option(0.0, "span the LR schedule over this many minutes of training instead of `steps`, "
+                                        "and stop when they are spent (0 = by steps; see schedule.Clock)")
     batch_size: int = option(8, "clips per step")
     crop_frames: int = option(300, "frames per training crop (50 frames = 1 s)")
     layers: int = option(8, "decoder layers")
@@ -153,10 +155,6 @@ class CodeData:
                     states[j, :n] = self.empty_states.float()
                     mask[j, :n] = self.empty_mask.long()
         return ids.to(self.device), states.to(self.device), mask.to(self.device)
-
-
-def _lr(cfg: LMTrainConfig, step: int) -> float:
-    return warmup_cosine(cfg.lr, step, cfg.steps, cfg.warmup)
 
 
 class Contrasts:
@@ -307,7 +305,7 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
     rng = np.random.default_rng(cfg.seed)
-    step = 0
+    step, trained = 0, 0.0
     if cfg.init and not (resume and ckpt.exists()):
         state = load_checkpoint(Path(cfg.init), device)
         load_weights(model.decoder, state["decoder"], Path(cfg.init), "decoder")
@@ -318,8 +316,10 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
         load_weights(model.enc_to_dec_proj, state["proj"], ckpt, "projection")
         opt.load_state_dict(state["opt"])
         step = state["step"]
+        trained = state.get("trained_seconds", 0.0)
         restore_rng(state, rng)
     save_config(cfg, ldir / "config.json")
+    clock = Clock(cfg.steps, cfg.budget_minutes, trained)
     pad = model.config.decoder.pad_token_id
     train_idx = data.indices("train")
     valid_idx = data.indices("valid")[:64]
@@ -339,7 +339,8 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
 
     def checkpoint():
         state = {"decoder": model.decoder.state_dict(), "proj": model.enc_to_dec_proj.state_dict(),
-                 "opt": opt.state_dict(), "step": step, **rng_state(rng), "config": to_dict(cfg)}
+                 "opt": opt.state_dict(), "step": step, "trained_seconds": clock.seconds(), **rng_state(rng),
+                 "config": to_dict(cfg)}
         with atomic_path(ckpt) as tmp:
             torch.save(state, tmp)
         model.eval()
@@ -348,17 +349,19 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
 
     t0 = time.time()
     last = t0
+    clock.start()
     model.train()
     model.text_encoder.eval()
     model.audio_encoder.eval()
-    bar = tqdm(total=cfg.steps, initial=step, desc="lm", disable=None, dynamic_ncols=True)
+    bar = tqdm(total=clock.total(), initial=step, desc=subdir, disable=None, dynamic_ncols=True)
     frames = 0
     rec: dict = {}
-    while step < cfg.steps:
+    while not clock.done(step):
         if minutes is not None and time.time() - t0 > minutes * 60:
             break
+        lr = clock.lr(cfg.lr, step, cfg.warmup)
         for g in opt.param_groups:
-            g["lr"] = _lr(cfg, step)
+            g["lr"] = lr
         idx = rng.choice(train_idx, size=cfg.batch_size, replace=len(train_idx) < cfg.batch_size)
         ids, st, m = data.batch(idx, cfg.crop_frames, pad, rng, null_prob=cfg.null_prob)
         loss, _ = lm_loss(model, ids, st, m)
@@ -378,7 +381,7 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
         bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         if step % cfg.eval_every == 0 or step == cfg.steps:
             rec = {"step": step, "minutes": round((time.time() - t0) / 60, 2), "train_loss": float(loss.detach()),
-                   "lr": _lr(cfg, step), "frames_per_s": round(frames / (time.time() - t0), 1)}
+                   "lr": lr, "frames_per_s": round(frames / (time.time() - t0), 1)}
             if closs is not None:
                 rec["contrast_loss"] = float(closs.detach())
                 rec["train_lm_loss"] = float(likelihood.detach())  # comparable with the lm stage's train_loss
@@ -401,7 +404,8 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
             last = time.time()
     bar.close()
     checkpoint()
-    summary = {"step": step, "steps": cfg.steps, "done": step >= cfg.steps,
+    summary = {"step": step, "steps": cfg.steps, "done": clock.done(step),
+               "trained_minutes": round(clock.seconds() / 60, 2),
                "minutes_this_sitting": round((time.time() - t0) / 60, 2), "last": rec,
                **({"contrast_pairs": con.counts} if con is not None else {})}
     write_json(ldir / "progress.json", summary)

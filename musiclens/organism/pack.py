@@ -107,3 +107,33 @@ def pack(cfg: PackConfig, progress: bool = True) -> dict:
             shutil.copy(corpus / "config.json", tmp / "config.json")
         write_json(tmp / "pack.json", summary)
     return summary
+
+
+def set_export_dtype(folder: str | Path, dtype: str) -> int:
+    """Rewrite an HF export's `model.safetensors` with its floating tensors in `dtype` ("float16" or "float32").
+
+    Why: what comes back from a lent GPU call is capped (16 MiB a file, 64 MiB a call), and a
+    32-filter codec is 40 MiB of float32. Halved for the trip and widened again here, it is the
+    float16-rounded codec from then on: every code and figure is made from the widened copy, so
+    nothing downstream sees two versions. Returns the number of tensors converted.
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from ..io import atomic_path
+
+    target = {"float16": torch.float16, "float32": torch.float32}.get(dtype)
+    if target is None:
+        raise MusiclensError(f"dtype must be float16 or float32, not {dtype!r}")
+    path = Path(folder) / "model.safetensors"
+    if not path.exists():
+        raise MusiclensError(f"no model.safetensors in {folder}")
+    state = load_file(str(path))
+    n = 0
+    for k, v in state.items():
+        if v.is_floating_point() and v.dtype != target:
+            state[k] = v.to(target).contiguous()
+            n += 1
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
+    return n

@@ -30,6 +30,9 @@ def pick_device(name: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise MusiclensError("--device cuda asked for, but no CUDA GPU is available")
+    if name.startswith("cuda"):  # TF32 matmuls and convs: several times faster, ample for training these models
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     return name
 
 
@@ -43,8 +46,13 @@ class OrganismTrainConfig:
     minutes: float | None = option(None, "stop each stage after this many minutes (resume later with --resume)")
     resume: bool = option(False, "continue from the run directory's checkpoints")
     device: str = option("auto", "cpu, cuda, or auto (GPU when available)")
+    schedule_minutes: float = option(0.0, "span the LR schedule of the stage(s) trained (codec, lm, tune) over this "
+                                          "many minutes of training each, instead of their step counts, and stop "
+                                          "when they are spent (0 = by steps): for a machine whose speed is not "
+                                          "known in advance, such as one lent GPU call")
     codec_steps: int = option(14000, "codec optimiser steps (shipped run: 14000, ~40 min on 2 CPU cores)")
-    codec_batch_size: int = option(8, "codec crops (0.5 s) per step")
+    codec_batch_size: int = option(8, "codec crops per step")
+    codec_crop_seconds: float = option(0.5, "length of each codec training crop (shipped: 0.5 s)")
     codec_filters: int = option(16, "EnCodec num_filters of a new codec (its width; shipped: 16)")
     codec_w_adv: float = option(0.0, "adversarial loss weight of codec training (0 = off, as shipped; e.g. 0.2 "
                                      "with --codec-w-feat 0.5 for a GPU run, see docs/organism.md)")
@@ -94,6 +102,8 @@ def train(cfg: OrganismTrainConfig) -> dict:
         raise MusiclensError(f"no LM checkpoint to fine-tune in {cfg.tune_init}: check --tune-init")
     if cfg.stage == "decoder" and cfg.decoder_steps <= 0:
         raise MusiclensError("--stage decoder needs --decoder-steps N (N > 0)")
+    if cfg.schedule_minutes < 0 or cfg.codec_crop_seconds <= 0:
+        raise MusiclensError("--schedule-minutes must be >= 0 and --codec-crop-seconds > 0")
     if cfg.decoder_filters < 0:
         raise MusiclensError(f"--decoder-filters must be 0 (keep the width) or a width, not {cfg.decoder_filters}")
     out.mkdir(parents=True, exist_ok=True)
@@ -101,7 +111,9 @@ def train(cfg: OrganismTrainConfig) -> dict:
     stages = ["codec", "decoder", "codes", "lm", "tune"] if cfg.stage == "all" else [cfg.stage]
     summary = {}
     if "codec" in stages:
-        ccfg = CodecTrainConfig(steps=cfg.codec_steps, batch_size=cfg.codec_batch_size, num_filters=cfg.codec_filters,
+        ccfg = CodecTrainConfig(steps=cfg.codec_steps, budget_minutes=cfg.schedule_minutes,
+                                batch_size=cfg.codec_batch_size, crop_seconds=cfg.codec_crop_seconds,
+                                num_filters=cfg.codec_filters,
                                 w_adv=cfg.codec_w_adv, w_feat=cfg.codec_w_feat, w_stft=cfg.codec_w_stft,
                                 seed=cfg.seed)
         summary["codec"] = train_codec(ccfg, corpus, out, cfg.minutes, cfg.resume, device)
@@ -124,7 +136,7 @@ def train(cfg: OrganismTrainConfig) -> dict:
         if not summary["codes"].get("done", True):  # (indexes written before resumable encoding lack "done")
             return summary  # out of minutes: continue later with --resume
     if "lm" in stages:
-        lcfg = LMTrainConfig(steps=cfg.lm_steps, batch_size=cfg.lm_batch_size, layers=cfg.lm_layers,
+        lcfg = LMTrainConfig(steps=cfg.lm_steps, budget_minutes=cfg.schedule_minutes, batch_size=cfg.lm_batch_size, layers=cfg.lm_layers,
                              d_model=cfg.lm_d_model, heads=max(1, cfg.lm_d_model // 32), ffn=4 * cfg.lm_d_model,
                              seed=cfg.seed)
         summary["lm"] = train_lm(lcfg, out, cfg.minutes, cfg.resume, device)
@@ -135,7 +147,7 @@ def train(cfg: OrganismTrainConfig) -> dict:
         init = Path(cfg.tune_init).resolve() if cfg.tune_init else out / "lm" / "ckpt.pt"
         if not init.exists():  # (--tune-init was checked above)
             raise MusiclensError(f"no LM checkpoint to fine-tune in {init}: run the lm stage first")
-        tcfg = LMTrainConfig(steps=cfg.tune_steps, batch_size=cfg.lm_batch_size, layers=cfg.lm_layers,
+        tcfg = LMTrainConfig(steps=cfg.tune_steps, budget_minutes=cfg.schedule_minutes, batch_size=cfg.lm_batch_size, layers=cfg.lm_layers,
                              d_model=cfg.lm_d_model, heads=max(1, cfg.lm_d_model // 32), ffn=4 * cfg.lm_d_model,
                              lr=cfg.tune_lr, init=str(init), contrast_weight=cfg.contrast_weight,
                              contrast_concepts=cfg.contrast_concepts, contrast_flips=cfg.contrast_flips,

@@ -118,3 +118,51 @@ def test_device_script_decoder_stage_starts_from_the_shipped_codec_and_keeps_its
     bad = subprocess.run(["bash", str(ROOT / "tools" / "device_codec.sh")], cwd=work,
                          env={**env, "STAGE": "lm", "OUT": str(tmp_path)}, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip() == "STAGE must be codec or decoder, not 'lm'"
+
+
+def test_device_script_variants_train_side_by_side_on_a_time_budget_and_come_back_as_float16(tiny_corpus, tmp_path):
+    # VARIANTS: two codecs trained at once, each on a schedule of minutes (not steps), returned in one tar
+    import torch
+
+    from musiclens.organism.codec import load_codec
+    from musiclens.organism.pack import set_export_dtype
+
+    work = tmp_path / "work"
+    (work / "gpu").mkdir(parents=True)
+    assert main(["organism", "pack", "--corpus", str(tiny_corpus), "--out", str(work / "gpu" / "pack1"),
+                 "--max-mb", "0.05", "--seconds", "1.5", "--valid", "2"]) == 0
+    (work / "variants.txt").write_text("# name, then its own options\nnarrow --codec-filters 4\n\n"
+                                       "wide --codec-filters 8 --codec-crop-seconds 0.3\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "DEVICE": "cpu", "MINUTES": "5", "PYTHON": sys.executable, "PYTHONPATH": str(ROOT),
+           "VARIANTS": "variants.txt", "HALF": "1", "OUT": str(out)}
+    r = subprocess.run(["bash", str(ROOT / "tools" / "device_codec.sh"), "--codec-batch-size", "2",
+                        "--schedule-minutes", "0.05"], cwd=work, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:] + r.stdout[-2000:]
+    assert "preflight ok" in r.stdout and "started narrow" in r.stdout and "started wide" in r.stdout
+    summary = (out / "summary.txt").read_text()
+    assert "narrow: exit 0" in summary and "wide: exit 0" in summary
+    parts = sorted(out.glob("variants.tar.part-*"))
+    (tmp_path / "whole.tar").write_bytes(b"".join(p.read_bytes() for p in parts))
+    with tarfile.open(tmp_path / "whole.tar") as t:
+        t.extractall(tmp_path / "back", filter="data")
+    for name, filters in (("narrow", 4), ("wide", 8)):
+        d = tmp_path / "back" / name / "codec"
+        cfg = json.loads((d / "config.json").read_text())
+        assert cfg["budget_minutes"] == 0.05 and cfg["num_filters"] == filters
+        progress = json.loads((d / "progress.json").read_text())
+        assert progress["done"] and progress["trained_minutes"] >= 0.05 and progress["step"] > 0
+        from safetensors.torch import load_file
+
+        assert {v.dtype for v in load_file(str(d / "hf" / "model.safetensors")).values()
+                if v.is_floating_point()} == {torch.float16}
+        assert set_export_dtype(d / "hf", "float32") > 0
+        codec = load_codec(d / "hf")
+        assert codec.config.num_filters == filters and next(codec.parameters()).dtype == torch.float32
+    assert json.loads((tmp_path / "back" / "wide" / "codec" / "config.json").read_text())["crop_seconds"] == 0.3
+
+    # a missing shard fails before any training; a bad variants file is one line
+    bad = subprocess.run(["bash", str(ROOT / "tools" / "device_codec.sh")], cwd=work,
+                         env={**env, "VARIANTS": "nope.txt"}, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip() == "VARIANTS file not found: nope.txt"
