@@ -1,4 +1,4 @@
-"""`musiclens organism train|eval|export|reconstruct|pack`: reproduce, measure and ship the organism."""
+"""`musiclens organism train|eval|export|reconstruct|pack|pack-lm`: reproduce, measure and ship the organism."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 def register(sub) -> None:
     from ..config import add_arguments
     from ..organism.pipeline import OrganismEvalConfig, OrganismExportConfig, OrganismTrainConfig
-    from ..organism.pack import PackConfig
+    from ..organism.pack import PackConfig, PackLMConfig
     from ..organism.reconstruct import ReconstructConfig
 
     p = sub.add_parser("organism", help="train, evaluate or export the organism (musiclens's own MusicGen)")
@@ -47,6 +47,13 @@ def register(sub) -> None:
                                     "needs for `organism train --stage codec` (docs/organism.md).")
     add_arguments(k, PackConfig)
     k.set_defaults(func=_pack)
+    m = osub.add_parser("pack-lm", help="codes, codec and a trimmed MiniLM, to train the LM on a lent GPU",
+                        description="Writes what `tools/device_lm.sh` needs to run the text, lm and tune stages "
+                                    "on a GPU machine without the MiniLM package and with a 64 MiB transfer "
+                                    "limit: RUN's codes, its codec in float16, and a float16 MiniLM that keeps "
+                                    "only the word embeddings the corpus's captions and their flips use.")
+    add_arguments(m, PackLMConfig)
+    m.set_defaults(func=_pack_lm)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
@@ -78,6 +85,17 @@ def _pack(args) -> int:
     s = pack(cfg)
     print(f"wrote {s['clips']} clips {s['per_split']} of {s['seconds']:g} s, {s['mib']} MiB "
           f"({s['kib_per_clip']} KiB a clip, {s['format']}) to {cfg.out}; the next shard: --skip {s['next_skip']}")
+    return 0
+
+
+def _pack_lm(args) -> int:
+    from ..config import from_args
+    from ..organism.pack import PackLMConfig, pack_lm
+
+    cfg = from_args(PackLMConfig, args)
+    s = pack_lm(cfg)
+    print(f"wrote {cfg.out}: codes of {s['clips']} clips, codec, MiniLM ({s['kept_tokens']} token rows kept, "
+          f"{s['minilm_mib']} MiB); {s['mib']} MiB in all")
     return 0
 
 

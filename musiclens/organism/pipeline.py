@@ -42,7 +42,8 @@ class OrganismTrainConfig:
 
     corpus: str = option("data/corpus", "rendered corpus directory (`musiclens corpus render`)")
     out: str = option("runs/organism", "run directory (checkpoints, codes, logs, HF exports)")
-    stage: str = option("all", "which stage(s) to run", choices=["codec", "decoder", "codes", "lm", "tune", "all"])
+    stage: str = option("all", "which stage(s) to run (`text` alone re-encodes RUN/codes' captions; `all` "
+                               "runs codec, decoder, codes, lm, tune)", choices=["codec", "decoder", "codes", "text", "lm", "tune", "all"])
     minutes: float | None = option(None, "stop each stage after this many minutes (resume later with --resume)")
     resume: bool = option(False, "continue from the run directory's checkpoints")
     device: str = option("auto", "cpu, cuda, or auto (GPU when available)")
@@ -72,6 +73,8 @@ class OrganismTrainConfig:
     lm_batch_size: int = option(8, "language-model clips per step")
     lm_layers: int = option(8, "decoder layers")
     lm_d_model: int = option(128, "decoder width (heads = width / 32, ffn = 4 x width)")
+    lm_dropout: float = option(0.0, "decoder dropout (shipped 128-wide LM: 0; it saw each crop a few times)")
+    lm_eval_every: int = option(200, "steps between held-out evaluations of the lm and tune stages")
     tune_steps: int = option(5500, "caption-contrast fine-tuning steps from the LM's weights (0 = skip the "
                                    "stage; shipped run: 3,500 steps, extended to 5,500 with --resume, ~78 min "
                                    "on 2 CPU cores)")
@@ -135,9 +138,14 @@ def train(cfg: OrganismTrainConfig) -> dict:
                                       splits=("train", "valid"), minutes=cfg.minutes)
         if not summary["codes"].get("done", True):  # (indexes written before resumable encoding lack "done")
             return summary  # out of minutes: continue later with --resume
+    if "text" in stages:
+        from .codes import encode_captions
+
+        summary["text"] = encode_captions(out, device)
     if "lm" in stages:
-        lcfg = LMTrainConfig(steps=cfg.lm_steps, budget_minutes=cfg.schedule_minutes, batch_size=cfg.lm_batch_size, layers=cfg.lm_layers,
-                             d_model=cfg.lm_d_model, heads=max(1, cfg.lm_d_model // 32), ffn=4 * cfg.lm_d_model,
+        lcfg = LMTrainConfig(steps=cfg.lm_steps, budget_minutes=cfg.schedule_minutes, batch_size=cfg.lm_batch_size,
+                             layers=cfg.lm_layers, d_model=cfg.lm_d_model, heads=max(1, cfg.lm_d_model // 32),
+                             ffn=4 * cfg.lm_d_model, dropout=cfg.lm_dropout, eval_every=cfg.lm_eval_every,
                              seed=cfg.seed)
         summary["lm"] = train_lm(lcfg, out, cfg.minutes, cfg.resume, device)
         if not summary["lm"]["done"] and cfg.stage == "all":
@@ -147,8 +155,9 @@ def train(cfg: OrganismTrainConfig) -> dict:
         init = Path(cfg.tune_init).resolve() if cfg.tune_init else out / "lm" / "ckpt.pt"
         if not init.exists():  # (--tune-init was checked above)
             raise MusiclensError(f"no LM checkpoint to fine-tune in {init}: run the lm stage first")
-        tcfg = LMTrainConfig(steps=cfg.tune_steps, budget_minutes=cfg.schedule_minutes, batch_size=cfg.lm_batch_size, layers=cfg.lm_layers,
-                             d_model=cfg.lm_d_model, heads=max(1, cfg.lm_d_model // 32), ffn=4 * cfg.lm_d_model,
+        tcfg = LMTrainConfig(steps=cfg.tune_steps, budget_minutes=cfg.schedule_minutes, batch_size=cfg.lm_batch_size,
+                             layers=cfg.lm_layers, d_model=cfg.lm_d_model, heads=max(1, cfg.lm_d_model // 32),
+                             ffn=4 * cfg.lm_d_model, dropout=cfg.lm_dropout, eval_every=cfg.lm_eval_every,
                              lr=cfg.tune_lr, init=str(init), contrast_weight=cfg.contrast_weight,
                              contrast_concepts=cfg.contrast_concepts, contrast_flips=cfg.contrast_flips,
                              seed=cfg.seed + 1)

@@ -166,3 +166,73 @@ def test_device_script_variants_train_side_by_side_on_a_time_budget_and_come_bac
     bad = subprocess.run(["bash", str(ROOT / "tools" / "device_codec.sh")], cwd=work,
                          env={**env, "VARIANTS": "nope.txt"}, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip() == "VARIANTS file not found: nope.txt"
+
+
+def test_pack_lm_and_device_lm_script_train_lm_and_tune_from_codes_with_a_trimmed_minilm(tiny_corpus, tmp_path, capsys):
+    # what a lent GPU gets for the LM: codes + float16 codec + a MiniLM with only the captions' tokens
+    import pytest
+    import torch
+    from safetensors.torch import load_file
+
+    from musiclens.errors import MusiclensError
+    from musiclens.models import organism as O
+    from musiclens.organism.codes import caption_states
+    from musiclens.organism.pack import set_export_dtype
+
+    run = tmp_path / "run"
+    common = ["--corpus", str(tiny_corpus), "--out", str(run), "--device", "cpu", "--codec-batch-size", "2",
+              "--codes-seconds", "1.0"]
+    assert main(["organism", "train", "--stage", "codec", "--codec-steps", "2", *common]) == 0
+    assert main(["organism", "train", "--stage", "codes", *common]) == 0
+    work = tmp_path / "work"
+    (work / "gpu").mkdir(parents=True)
+    pack = work / "gpu" / "lm"
+    assert main(["organism", "pack-lm", "--run", str(run), "--out", str(pack)]) == 0
+    assert main(["organism", "pack-lm", "--run", str(run), "--out", str(pack)]) == 2  # exists: one line
+    assert "output exists" in capsys.readouterr().err
+    info = json.loads((pack / "pack.json").read_text())
+    assert info["clips"] == 12 and 10 < info["kept_tokens"] < 200 and info["minilm_mib"] < 25
+    with tarfile.open(pack / "minilm.tar.gz") as t:
+        t.extractall(tmp_path / "mini", filter="data")
+    emb = load_file(str(tmp_path / "mini" / "model.safetensors"))["embeddings.word_embeddings.weight"]
+    kept = json.loads((tmp_path / "mini" / "kept_token_ids.json").read_text())
+    assert emb.dtype == torch.float16 and int((emb.abs().sum(1) > 0).sum()) == len(kept)
+
+    # the trimmed MiniLM encodes the corpus's captions as the full one does, and refuses other words
+    caps = ["a fast high tone", "a slow low tone", ""]
+    full, m_full = caption_states(caps)
+    os.environ["MUSICLENS_MINILM"] = str(tmp_path / "mini")
+    try:
+        trimmed, m_trim = caption_states(caps)
+        with pytest.raises(MusiclensError, match="trimmed MiniLM lacks"):
+            caption_states(["a saxophone"])
+    finally:
+        del os.environ["MUSICLENS_MINILM"]
+    assert torch.equal(m_full, m_trim)
+    assert torch.allclose(full.float(), trimmed.float(), atol=2e-2) and not torch.equal(full, trimmed)
+
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "DEVICE": "cpu", "PYTHON": sys.executable, "PYTHONPATH": str(ROOT), "OUT": str(out),
+           "LM_MINUTES": "0.03", "TUNE_MINUTES": "0.03", "TUNE_ARGS": "--contrast-concepts tempo --contrast-flips all"}
+    r = subprocess.run(["bash", str(ROOT / "tools" / "device_lm.sh"), "--lm-batch-size", "2", "--lm-layers", "1",
+                        "--lm-d-model", "32", "--lm-eval-every", "1"], cwd=work, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-2000:]
+    assert "preflight ok" in r.stdout and "exit 0" in (out / "summary.txt").read_text()
+    (tmp_path / "whole.tar").write_bytes(b"".join(p.read_bytes() for p in sorted(out.glob("lm.tar.part-*"))))
+    with tarfile.open(tmp_path / "whole.tar") as t:
+        t.extractall(tmp_path / "back", filter="data")
+    for stage in ("lm", "tune"):
+        d = tmp_path / "back" / stage
+        assert json.loads((d / "progress.json").read_text())["done"]
+        assert json.loads((d / "config.json").read_text())["budget_minutes"] == 0.03
+        assert [json.loads(x)["step"] for x in (d / "log.jsonl").read_text().splitlines()][0] == 1
+        set_export_dtype(d / "hf", "float32")
+        model, _ = O.load_organism_hf(path=d / "hf")
+        assert model.config.decoder.hidden_size == 32
+    assert json.loads((tmp_path / "back" / "tune" / "config.json").read_text())["contrast_concepts"] == "tempo"
+    assert json.loads((tmp_path / "back" / "lm" / "config.json").read_text())["eval_every"] == 1
+
+    missing = subprocess.run(["bash", str(ROOT / "tools" / "device_lm.sh")], cwd=work,
+                             env={**env, "PACK": "gpu/nope"}, capture_output=True, text=True)
+    assert missing.returncode == 2 and "no LM pack in gpu/nope" in missing.stderr

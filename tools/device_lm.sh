@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Train the organism's language model (lm stage, then tune stage) on a lent GPU machine, in one call
+# (docs/organism.md, "Training the language model on a lent GPU").
+#
+# It runs there, from the repository root, as the command of a device call that carries `.whl`
+# (librosa, soundfile and their dependencies) and a folder made here by `musiclens organism pack-lm`
+# (codes, codec in float16, trimmed MiniLM). The call:
+#   1. installs the carried wheels, once (the machine has torch and transformers);
+#   2. builds a run folder $RUN from the pack: codes, codec widened back to float32, and the
+#      MiniLM unpacked, named by MUSICLENS_MINILM for every stage;
+#   3. preflight: the MiniLM, the codes and the GPU, within seconds;
+#   4. `organism train --stage text` (the caption states, made there: too large to carry),
+#      then `--stage lm` for LM_MINUTES and `--stage tune` for TUNE_MINUTES, each on a schedule
+#      of minutes (`--schedule-minutes`), so both anneal whatever the machine's speed;
+#   5. leaves under $OUT lm.tar.part-*: each stage's log, config, progress and HF export
+#      (float16 for the trip; `organism.pack.set_export_dtype` widens it again here), and
+#      summary.txt.
+# Arguments go to both stages (the model's shape, batch, ...); TUNE_ARGS only to the tune stage.
+# Environment: PACK (gpu/lm), RUN (gpu/lmrun), LM_MINUTES (2.5), TUNE_MINUTES (1.5), TUNE_ARGS (""),
+# DEVICE (cuda), PYTHON (python3), OUT (required).
+set -euo pipefail
+PACK=${PACK:-gpu/lm}
+RUN=${RUN:-gpu/lmrun}
+LM_MINUTES=${LM_MINUTES:-2.5}
+TUNE_MINUTES=${TUNE_MINUTES:-1.5}
+TUNE_ARGS=${TUNE_ARGS:-}
+DEVICE=${DEVICE:-cuda}
+PY=${PYTHON:-python3}
+: "${OUT:?OUT must name the folder whose files come back}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+[ -f "$PACK/pack.json" ] || { echo "no LM pack in $PACK (make one with: musiclens organism pack-lm)" >&2; exit 2; }
+
+if ! "$PY" -c "import librosa, soundfile" 2>/dev/null; then
+  "$PY" -m pip install --no-deps --no-index --quiet .whl/*.whl
+fi
+"$PY" -c "import torch, transformers; print('torch', torch.__version__, '| transformers', transformers.__version__,
+'| cuda', torch.cuda.is_available() and torch.cuda.get_device_name(0))"
+
+if [ ! -f "$RUN/codec/hf/config.json" ]; then
+  mkdir -p "$RUN/codes" "$RUN/codec" "$RUN/minilm"
+  cp "$PACK/codes/"* "$RUN/codes/"
+  cp -r "$PACK/codec_hf" "$RUN/codec/hf"
+  tar -xzf "$PACK/minilm.tar.gz" -C "$RUN/minilm"
+  "$PY" -c "from musiclens.organism.pack import set_export_dtype; set_export_dtype('$RUN/codec/hf', 'float32')"
+fi
+export MUSICLENS_MINILM="$PWD/$RUN/minilm"
+
+"$PY" - "$DEVICE" "$RUN" <<'PYEOF' || { echo "preflight failed" >&2; exit 3; }
+import sys, time
+from pathlib import Path
+t = time.time()
+import torch
+from musiclens.models import organism as O
+from musiclens.organism.codes import caption_states, load_codes
+codes, _, rows = load_codes(Path(sys.argv[2]), text=False)
+st, m = caption_states([r["caption"] for r in rows[:8]], sys.argv[1])
+assert st.shape[0] == 8 and torch.isfinite(st.float()).all()
+if sys.argv[1].startswith("cuda"):
+    assert torch.cuda.is_available(), "no CUDA device"
+print(f"preflight ok in {time.time() - t:.1f} s: {len(rows)} clips of codes {tuple(codes['codes'].shape)}")
+PYEOF
+
+train() { "$PY" -m musiclens organism train --corpus "$PACK" --out "$RUN" --device "$DEVICE" "$@"; }
+[ -f "$RUN/codes/text.safetensors" ] || train --stage text
+rc=0
+train --stage lm --schedule-minutes "$LM_MINUTES" "$@" || rc=$?
+# shellcheck disable=SC2086  # TUNE_ARGS are words on purpose
+[ $rc = 0 ] && { train --stage tune --schedule-minutes "$TUNE_MINUTES" "$@" $TUNE_ARGS || rc=$?; }
+
+: > "$OUT/summary.txt"
+files=(config.json)
+for s in lm tune; do
+  d="$RUN/$s"
+  [ -d "$d" ] || continue
+  if [ -f "$d/hf/model.safetensors" ]; then
+    "$PY" -c "from musiclens.organism.pack import set_export_dtype; set_export_dtype('$d/hf', 'float16')"
+  fi
+  echo "$s: last log: $(tail -n 1 "$d/log.jsonl" 2>/dev/null)" | tee -a "$OUT/summary.txt"
+  for f in log.jsonl config.json progress.json hf; do [ -e "$d/$f" ] && files+=("$s/$f"); done
+done
+echo "exit $rc" >> "$OUT/summary.txt"
+tar -C "$RUN" -cf - "${files[@]}" | split -b 15m - "$OUT/lm.tar.part-"
+ls -l "$OUT"
+exit $rc
