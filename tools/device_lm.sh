@@ -38,7 +38,7 @@ fi
 
 if [ ! -f "$RUN/codec/hf/config.json" ]; then
   mkdir -p "$RUN/codes" "$RUN/codec" "$RUN/minilm"
-  cp "$PACK/codes/"* "$RUN/codes/"
+  for f in "$PACK/codes/"*.gz; do gunzip -c "$f" > "$RUN/codes/$(basename "$f" .gz)"; done
   cp -r "$PACK/codec_hf" "$RUN/codec/hf"
   tar -xzf "$PACK/minilm.tar.gz" -C "$RUN/minilm"
   "$PY" -c "from musiclens.organism.pack import set_export_dtype; set_export_dtype('$RUN/codec/hf', 'float32')"
