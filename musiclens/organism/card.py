@@ -53,7 +53,9 @@ def r_ex(r: dict) -> str:
 
 def _tune_line(title: str, log: list[dict], prog: dict, cfg: dict, start: str) -> str:
     first, last = log[0].get("concept_gap") or {}, log[-1].get("concept_gap") or {}
-    return (f"* {title}: step {max(prog.get('step', 0), log[-1]['step'])} of {cfg.get('steps', '?')} from "
+    span = (f"(LR schedule spanning {cfg['budget_minutes']} min of training)" if (cfg.get("budget_minutes") or 0) > 0
+            else f"of {cfg.get('steps', '?')}")
+    return (f"* {title}: step {max(prog.get('step', 0), log[-1]['step'])} {span} from "
             f"{start}, peak LR {cfg.get('lr')}, hinge weight {cfg.get('contrast_weight')} "
             f"and margin {cfg.get('contrast_margin')} nats on the first {cfg.get('contrast_frames')} "
             f"frames, flipping {cfg.get('contrast_concepts')} "
@@ -73,6 +75,26 @@ def _contrast_flags(cfg: dict) -> str:
         if key in cfg and cfg[key] != getattr(OrganismTrainConfig, key):
             flags += f" --{key.replace('_', '-')} {cfg[key]}"
     return flags
+
+
+def _gpu_lm_recipe(lm_cfg: dict, tune_cfg: dict, corpus: dict | None) -> list[str]:
+    """Commands of the lent-GPU LM recipe (organism pack-lm + tools/device_lm.sh), from the stages' configs."""
+    n = (corpus or {}).get("clips", 12000)
+    big = f"data/corpus{n // 1000}k"
+    shape = (f"--lm-batch-size {lm_cfg.get('batch_size')} --lm-layers {lm_cfg.get('layers')} --lm-d-model "
+             f"{lm_cfg.get('d_model')} --lm-dropout {lm_cfg.get('dropout')} --lm-eval-every {lm_cfg.get('eval_every')}")
+    tune = (f"--tune-lr {tune_cfg.get('lr')}" + _contrast_flags(tune_cfg)) if tune_cfg else ""
+    return [f"musiclens corpus render --out {big} --clips {n} --seed {(corpus or {}).get('seed', 0)}",
+            "mkdir RUN2 && cp -a runs/organism/codec runs/organism/decoder RUN2/   # the codec and decoder above",
+            f"musiclens organism train --corpus {big} --out RUN2 --stage codes",
+            "musiclens organism pack-lm --run RUN2 --out gpu/lm",
+            "# one device call carrying .whl and gpu/lm (docs/organism.md, \"Training the language model on a lent GPU\"):",
+            f"LM_MINUTES={lm_cfg.get('budget_minutes')} TUNE_MINUTES={tune_cfg.get('budget_minutes')} "
+            f"TUNE_ARGS=\"{tune}\" bash tools/device_lm.sh {shape}",
+            "# (on a machine with a GPU and the package: organism train --stage lm|tune --schedule-minutes M with the same options)",
+            "# back here: unpack lm.tar.part-* into RUN2, widen with organism.pack.set_export_dtype(..., 'float32'),",
+            "# install the codec with organism.polish.install_codec(RUN2, RUN2/decoder/hf), then",
+            f"musiclens organism export --run RUN2 --corpus {big}"]
 
 
 def _not_measured(shipped: bool, folder: Path, what: str) -> str:
@@ -102,9 +124,13 @@ def card_text(folder: Path | None = None) -> str:
     cres = (_json(RESULTS / "organism_codec.json") or {}).get("figures") if shipped else None
     gres = (_json(RESULTS / "organism.json") or {}).get("figures") if shipped else None
     size = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 1e6
+    # an LM trained on a schedule of minutes: the lent-GPU recipe (tools/device_lm.sh)
+    gpu = (lm_cfg.get("budget_minutes") or 0) > 0
+    gpu_name = ((lm_prog.get("machine") or {}).get("gpu") or "a GPU") if gpu else ""
+    where = (f"its codec on a 2-core CPU, its language model in minutes on one {gpu_name}" if gpu else "on CPU")
     L = []
     L += ["# musiclens organism (MusicGen architecture, trained on the musiclens corpus)", "",
-          "A small `MusicgenForConditionalGeneration` trained from scratch on CPU on the rendered musiclens "
+          f"A small `MusicgenForConditionalGeneration` trained from scratch ({where}) on the rendered musiclens "
           "corpus (music21 melodies rendered with FluidSynth, known instrument / tempo / register / dynamics / "
           "drums / mode / brightness per clip, captions written from those factors). It is musiclens's offline "
           "default model and the ground truth for its discovery and steering benchmarks.", "",
@@ -142,7 +168,8 @@ def card_text(folder: Path | None = None) -> str:
              f"--decoder-w-adv {dec_cfg.get('w_adv')} --decoder-w-feat {dec_cfg.get('w_feat')}"
              + (f" --decoder-filters {dec_cfg['num_filters']}" if dec_cfg.get("num_filters") else "")]
             if dec_log else []),
-          "musiclens organism export --run runs/organism",
+          *(_gpu_lm_recipe(lm_cfg, tune_cfg, _json(tr / "corpus.json")) if gpu else
+            ["musiclens organism export --run runs/organism"]),
           "python bench/organism.py --corpus data/corpus", "```", "",
           "Stages: codec (data-dependent init of the encoder, k-means codebook init, EMA codebooks with "
           "dead-code restarts; waveform L1 + multi-scale mel with 4-128 ms windows + onset-envelope loss), decoder (the "
@@ -162,7 +189,7 @@ def card_text(folder: Path | None = None) -> str:
         L += [f"The codec, the language model and the first fine-tuning saw the codes of {init_codes['clips']} "
               f"clips ({'/'.join(init_codes.get('splits', []))}) of a smaller corpus; the continued fine-tuning "
               "saw the corpus above, whose first clips are that corpus (a clip depends only on seed and index).", ""]
-    if corpus and init_log:
+    if corpus and init_log and not gpu:
         big = f"data/corpus{corpus['clips'] // 1000}k"
         L += ["```", f"musiclens corpus render --out {big} --clips {corpus['clips']} --seed {corpus['seed']}",
               "mkdir RUN2 && cp -a runs/organism/codec runs/organism/decoder RUN2/   # the same codec and decoder",
@@ -192,7 +219,9 @@ def card_text(folder: Path | None = None) -> str:
                  f"matching {dec_cfg.get('w_feat')}; held-out mel loss {dec_log[0]['heldout_mel']:.3f} before, "
                  f"{dec_log[-1]['heldout_mel']:.3f} after")
     if lm_log:
-        L.append(f"* language model: step {max(lm_prog.get('step', 0), lm_log[-1]['step'])} of {lm_cfg.get('steps', '?')} "
+        span = (f"(LR schedule spanning {lm_cfg['budget_minutes']} min of training)" if gpu
+                else f"of {lm_cfg.get('steps', '?')}")
+        L.append(f"* language model: step {max(lm_prog.get('step', 0), lm_log[-1]['step'])} {span} "
                  f"(batch {lm_cfg.get('batch_size')} x {lm_cfg.get('crop_frames')} frames), "
                  f"{lm_log[-1].get('frames_per_s')} frames/s; held-out token loss by step: "
                  + ", ".join(f"{r['step']}: {r.get('heldout_loss', float('nan')):.3f}"
@@ -205,7 +234,8 @@ def card_text(folder: Path | None = None) -> str:
                             else "the language model above"))
     if not codec_log and not lm_log:
         L.append("* (no training logs in this folder)")
-    L += ["", "Machine: CPU, 2 cores (see the logs' minutes).", ""]
+    L += ["", ("Machine: codec and decoder stage on a 2-core CPU; language model and fine-tuning on one "
+               f"{gpu_name} (see the logs' minutes)." if gpu else "Machine: CPU, 2 cores (see the logs' minutes)."), ""]
     L += ["## Codec fidelity (test-split clips, original vs encode-decode)", ""]
     if cres:
         L += [f"n = {cres['n']} clips. Log-mel L1 {_f(cres['log_mel_l1'])}, SI-SDR {_f(cres['si_sdr_db'], 1)} dB.", "",

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from ..config import option, save_config, to_dict
 from ..errors import MusiclensError
+from ..bench_utils import machine
 from ..io import atomic_path, write_json
 from ..models import organism as O
 from . import quantizer as Q
@@ -291,6 +292,7 @@ def train_codec(cfg: CodecTrainConfig, corpus: Path, out: Path, minutes: float |
         export_codec(codec, cdir / "hf")
     summary = {"step": step, "steps": cfg.steps, "done": clock.done(step),
                "trained_minutes": round(clock.seconds() / 60, 2),
+               "device": device, "machine": machine(),
                "minutes_this_sitting": round((time.time() - t0) / 60, 2), "last": stats}
     write_json(cdir / "progress.json", summary)
     return summary

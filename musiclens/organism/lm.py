@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from ..config import option, save_config, to_dict
 from ..errors import MusiclensError
+from ..bench_utils import machine
 from ..io import atomic_path, write_json
 from ..models import organism as O
 from .codes import load_codes
@@ -407,6 +408,7 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
     summary = {"step": step, "steps": cfg.steps, "done": clock.done(step),
                "trained_minutes": round(clock.seconds() / 60, 2),
                "minutes_this_sitting": round((time.time() - t0) / 60, 2), "last": rec,
+               "device": device, "machine": machine(),
                **({"contrast_pairs": con.counts} if con is not None else {})}
     write_json(ldir / "progress.json", summary)
     return summary
