@@ -76,3 +76,11 @@ def test_tune_continues_from_another_runs_checkpoint(tiny_corpus, tmp_path, caps
     card = (dst / "README.md").read_text()
     assert "on the larger corpus" in card and "--tune-init runs/organism/tune/ckpt.pt" in card
     assert "--contrast-concepts tempo,brightness --contrast-flips all" in card  # the continuation's recipe, reproducible
+
+
+def test_bad_schedule_options_are_one_line_errors(tiny_corpus, tmp_path, capsys):
+    for flag, value in (("--schedule-minutes", "-1"), ("--codec-crop-seconds", "0")):
+        out = tmp_path / flag.strip("-")
+        assert main(["organism", "train", "--corpus", str(tiny_corpus), "--out", str(out), flag, value]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--schedule-minutes must be >= 0" in err and not out.exists()
