@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..bench_utils import machine
 from ..config import option, save_config, to_dict
 from ..errors import MusiclensError
-from ..bench_utils import machine
 from ..io import atomic_path, write_json
 from ..models import organism as O
 from . import quantizer as Q
