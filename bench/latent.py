@@ -111,6 +111,12 @@ def table(r: dict) -> list[dict]:
     return [{k: (round(c[k], 4) if isinstance(c.get(k), float) else c.get(k)) for k in keep} for c in r["cells"]]
 
 
+def _cell_name(cell: Path) -> str:
+    """A cell's grid name (a shipped copy lives in a folder called `cell`; its probes.json keeps the name)."""
+    meta = cell / "probes.json"
+    return json.loads(meta.read_text()).get("cell", cell.name) if meta.exists() else cell.name
+
+
 def best_cell(r: dict, grid_dir: Path) -> Path:
     """The main grid's cell with the best held-out pitch accuracy."""
     cells = [c for c in r["cells"] if c["name"] != "latent"]
@@ -185,10 +191,14 @@ def main() -> None:
     ap.add_argument("--ship", action="store_true", help="copy the trained flow model + cell into musiclens/assets")
     ap.add_argument("--stages", default="extract,grid,random,edit,flow,traj,musicgen")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cell", type=Path, default=None,
+                    help="SAE + probe cell for the musicgen stage instead of the grid's best (e.g. the shipped "
+                         "musiclens/assets/organism/flow/cell): re-measures MusicGen's trajectories after the LM "
+                         "changed, without re-running the grid")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     stages = set(args.stages.split(","))
-    if not (args.corpus / "DONE").exists():
+    if not (args.corpus / "metadata.jsonl").exists():  # written when a render completes
         sys.exit(f"corpus not rendered: {args.corpus} (run `musiclens corpus render`)")
     args.work.mkdir(parents=True, exist_ok=True)
     from musiclens.latent.autoencoders import load_autoencoder
@@ -337,8 +347,11 @@ def main() -> None:
         from musiclens.latent.trajectory import musicgen_trajectories
         from musiclens.sae.io import load_sae
 
-        rg = json.loads((args.work / "grid" / "grid.json").read_text())
-        cell = best_cell(rg, args.work / "grid")
+        if args.cell is not None:
+            cell = args.cell
+        else:
+            rg = json.loads((args.work / "grid" / "grid.json").read_text())
+            cell = best_cell(rg, args.work / "grid")
         model = load_model("organism")
         if model.hf.audio_encoder is not None and args.autoencoder not in ("organism",):
             fig["musicgen_note"] = f"cell trained on {args.autoencoder}; MusicGen's codec is the organism's"
@@ -347,13 +360,15 @@ def main() -> None:
         t0 = time.perf_counter()
         res = musicgen_trajectories(model, load_sae(cell), Probes.load(cell), prompts, seconds=4.0)
         fig["trajectory_musicgen"] = {
-            "model": "organism", "cell": cell.name, "prompts": len(prompts), "seconds": 4.0,
+            "model": "organism", "cell": _cell_name(cell), "prompts": len(prompts), "seconds": 4.0,
             "layers": {"n": res["layers"]["steps"], "convergence_layer": res["layers"]["convergence_step"],
                        "s": res["layers"]["s"], "tv": res["layers"]["tv"]},
             "generated_frames": {"n": res["generated_steps"]["steps"],
                                  "convergence_frame": res["generated_steps"]["convergence_step"]},
             "wall_seconds": round(time.perf_counter() - t0, 1)}
         save()
+    # which stages this command ran: the others' figures come from earlier runs in the same --work
+    fig["stages_this_run"] = sorted(stages)
     write_result("latent", fig, "python bench/latent.py " + " ".join(sys.argv[1:]))
     log("wrote bench/results/latent.json")
 
