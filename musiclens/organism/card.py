@@ -305,7 +305,9 @@ def card_text(folder: Path | None = None) -> str:
     else:
         L += [_not_measured(shipped, folder, ""), ""]
     L += ["## Limitations", "",
-          "Trained for minutes-to-hours on a shared 2-core CPU, on synthetic General-MIDI renderings: it knows "
+          ("Its codec and decoder stage trained on a shared 2-core CPU, its language model for the minutes its logs show on "
+           "one GPU" if gpu else "Trained for minutes-to-hours on a shared 2-core CPU")
+          + ", on synthetic General-MIDI renderings: it knows "
           "only this corpus's instruments and factors, its audio is 16 kHz, and the figures above (with their n) "
           "are what it reaches at the step shown. Continue training with `musiclens organism train --resume` "
           "(a GPU is used automatically when present).", ""]
