@@ -71,7 +71,7 @@ def _contrast_flags(cfg: dict) -> str:
     from .pipeline import OrganismTrainConfig
 
     flags = ""
-    for key in ("contrast_concepts", "contrast_flips"):
+    for key in ("contrast_concepts", "contrast_flips", "contrast_margin"):
         if key in cfg and cfg[key] != getattr(OrganismTrainConfig, key):
             flags += f" --{key.replace('_', '-')} {cfg[key]}"
     return flags

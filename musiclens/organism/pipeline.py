@@ -82,6 +82,8 @@ class OrganismTrainConfig:
     tune_init: str = option("", "LM checkpoint the tune stage starts from (default: RUN/lm/ckpt.pt); e.g. "
                                 "another run's tune/ckpt.pt, to continue fine-tuning on a larger corpus")
     contrast_weight: float = option(1.0, "weight of the caption-contrast hinge during fine-tuning")
+    contrast_margin: float = option(0.1, "nats per token a clip's own caption must beat each flipped one by (the "
+                                         "hinge is 0 beyond it)")
     contrast_concepts: str = option("tempo,drums,register,dynamics", "concepts the hinge flips (comma-separated, "
                                                                      "see organism/sensitivity.py; the shipped "
                                                                      "continuation adds brightness)")
@@ -159,6 +161,7 @@ def train(cfg: OrganismTrainConfig) -> dict:
                              layers=cfg.lm_layers, d_model=cfg.lm_d_model, heads=max(1, cfg.lm_d_model // 32),
                              ffn=4 * cfg.lm_d_model, dropout=cfg.lm_dropout, eval_every=cfg.lm_eval_every,
                              lr=cfg.tune_lr, init=str(init), contrast_weight=cfg.contrast_weight,
+                             contrast_margin=cfg.contrast_margin,
                              contrast_concepts=cfg.contrast_concepts, contrast_flips=cfg.contrast_flips,
                              seed=cfg.seed + 1)
         summary["tune"] = train_lm(tcfg, out, cfg.minutes, cfg.resume, device, subdir="tune")

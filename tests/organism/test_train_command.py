@@ -60,6 +60,7 @@ def test_tune_continues_from_another_runs_checkpoint(tiny_corpus, tmp_path, caps
     # learning rate 0: the continued model must be exactly the checkpoint it started from
     assert main(["organism", "train", "--out", str(run2), "--stage", "tune", "--tune-init", str(run / "tune" / "ckpt.pt"),
                  "--tune-steps", "1", "--tune-lr", "0", "--contrast-flips", "all", "--contrast-concepts", "tempo,brightness",
+                 "--contrast-margin", "0.3",
                  *common]) == 0
     a, b = (load_file(str(r / "tune" / "hf" / "model.safetensors")) for r in (run, run2))
     dec = [k for k in a if k.startswith("decoder.")]
@@ -73,6 +74,7 @@ def test_tune_continues_from_another_runs_checkpoint(tiny_corpus, tmp_path, caps
         assert (tr / f).exists(), f
     tcfg = json.loads((tr / "tune_config.json").read_text())
     assert tcfg["lr"] == 0 and tcfg["contrast_flips"] == "all" and tcfg["contrast_concepts"] == "tempo,brightness"
+    assert tcfg["contrast_margin"] == 0.3
     card = (dst / "README.md").read_text()
     assert "on the larger corpus" in card and "--tune-init runs/organism/tune/ckpt.pt" in card
     assert "--contrast-concepts tempo,brightness --contrast-flips all" in card  # the continuation's recipe, reproducible
