@@ -55,8 +55,9 @@ class LMTrainConfig:
     eval_every: int = option(200, "steps between held-out loss and caption-gap evaluations")
     checkpoint_minutes: float = option(5.0, "minutes between checkpoints (+ HF export)")
     seed: int = option(0, "random seed")
-    init: str = option("", "start from this LM checkpoint (e.g. RUN/lm/ckpt.pt) with a fresh optimiser and "
-                           "schedule, instead of random weights (the `tune` stage)")
+    init: str = option("", "start from this LM checkpoint (e.g. RUN/lm/ckpt.pt) or organism HF folder (e.g. the "
+                           "shipped one, or RUN/tune/hf) with a fresh optimiser and schedule, instead of random "
+                           "weights (the `tune` stage)")
     contrast_weight: float = option(0.0, "weight of the caption-contrast loss (0 = off): a hinge that makes a "
                                          "clip's opening less likely under its caption with one concept flipped")
     contrast_margin: float = option(0.1, "nats per token the own caption must beat the flipped one by")
@@ -276,6 +277,18 @@ def export_organism(model, out: Path, extra_files: dict[str, str] | None = None)
             (tmp / name).write_text(text)
 
 
+def init_state(path: Path, device: str = "cpu") -> dict:
+    """Decoder and projection weights to start from: a stage checkpoint, or an exported organism HF folder.
+
+    A folder is what a lent GPU sends back (`tools/device_lm.sh`) and what ships, so it can be
+    fine-tuned further without the checkpoint that stayed on the GPU machine.
+    """
+    if path.is_dir():
+        model, _ = O.load_organism_hf(device, path)
+        return {"decoder": model.decoder.state_dict(), "proj": model.enc_to_dec_proj.state_dict()}
+    return load_checkpoint(path, device)
+
+
 def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool, device: str = "cpu",
              subdir: str = "lm") -> dict:
     """Train (or continue) the LM in `out/<subdir>`; returns a summary dict.
@@ -308,7 +321,7 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
     rng = np.random.default_rng(cfg.seed)
     step, trained = 0, 0.0
     if cfg.init and not (resume and ckpt.exists()):
-        state = load_checkpoint(Path(cfg.init), device)
+        state = init_state(Path(cfg.init), device)
         load_weights(model.decoder, state["decoder"], Path(cfg.init), "decoder")
         load_weights(model.enc_to_dec_proj, state["proj"], Path(cfg.init), "projection")
     if resume and ckpt.exists():

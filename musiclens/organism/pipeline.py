@@ -79,8 +79,9 @@ class OrganismTrainConfig:
                                    "stage; shipped run: 3,500 steps, extended to 5,500 with --resume, ~78 min "
                                    "on 2 CPU cores)")
     tune_lr: float = option(5e-4, "peak learning rate of the fine-tuning")
-    tune_init: str = option("", "LM checkpoint the tune stage starts from (default: RUN/lm/ckpt.pt); e.g. "
-                                "another run's tune/ckpt.pt, to continue fine-tuning on a larger corpus")
+    tune_init: str = option("", "LM checkpoint or organism HF folder the tune stage starts from (default: "
+                                "RUN/lm/ckpt.pt); e.g. another run's tune/ckpt.pt, to continue fine-tuning on a "
+                                "larger corpus, or a GPU run's returned tune/hf")
     contrast_weight: float = option(1.0, "weight of the caption-contrast hinge during fine-tuning")
     contrast_margin: float = option(0.1, "nats per token a clip's own caption must beat each flipped one by (the "
                                          "hinge is 0 beyond it)")

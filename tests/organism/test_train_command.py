@@ -66,6 +66,15 @@ def test_tune_continues_from_another_runs_checkpoint(tiny_corpus, tmp_path, caps
     dec = [k for k in a if k.startswith("decoder.")]
     assert dec and all(torch.equal(a[k], b[k]) for k in dec)
     assert not (run2 / "lm").exists()
+    # an exported HF folder works as --tune-init too (what a lent GPU returns): lr 0 keeps its weights
+    run3 = tmp_path / "run3"
+    run3.mkdir()
+    for d in ("codec", "codes"):
+        shutil.copytree(run2 / d, run3 / d)
+    assert main(["organism", "train", "--out", str(run3), "--stage", "tune", "--tune-init", str(run / "tune" / "hf"),
+                 "--tune-steps", "1", "--tune-lr", "0", *common]) == 0
+    c = load_file(str(run3 / "tune" / "hf" / "model.safetensors"))
+    assert all(torch.equal(a[k], c[k]) for k in dec)
     # the export shows the whole lineage: the base run's LM and first fine-tuning, then the continuation
     dst = tmp_path / "ship"
     assert main(["organism", "export", "--run", str(run2), "--out", str(dst), "--corpus", str(tiny_corpus)]) == 0
