@@ -88,10 +88,12 @@ def _gpu_lm_recipe(lm_cfg: dict, tune_cfg: dict, corpus: dict | None) -> list[st
             "mkdir RUN2 && cp -a runs/organism/codec runs/organism/decoder RUN2/   # the codec and decoder above",
             f"musiclens organism train --corpus {big} --out RUN2 --stage codes",
             "musiclens organism pack-lm --run RUN2 --out gpu/lm",
-            "# one device call carrying .whl and gpu/lm (docs/organism.md, \"Training the language model on a lent GPU\"):",
+            "# one device call carrying .whl and gpu/lm",
+            "# (docs/organism.md, \"Training the language model on a lent GPU\"):",
             f"LM_MINUTES={lm_cfg.get('budget_minutes')} TUNE_MINUTES={tune_cfg.get('budget_minutes')} "
             f"TUNE_ARGS=\"{tune}\" bash tools/device_lm.sh {shape}",
-            "# (on a machine with a GPU and the package: organism train --stage lm|tune --schedule-minutes M with the same options)",
+            "# (on a machine with a GPU and the package: organism train --stage lm|tune --schedule-minutes M",
+            "#  with the same options)",
             "# back here: unpack lm.tar.part-* into RUN2, widen with organism.pack.set_export_dtype(..., 'float32'),",
             "# install the codec with organism.polish.install_codec(RUN2, RUN2/decoder/hf), then",
             f"musiclens organism export --run RUN2 --corpus {big}"]
@@ -305,8 +307,8 @@ def card_text(folder: Path | None = None) -> str:
     else:
         L += [_not_measured(shipped, folder, ""), ""]
     L += ["## Limitations", "",
-          ("Its codec and decoder stage trained on a shared 2-core CPU, its language model for the minutes its logs show on "
-           "one GPU" if gpu else "Trained for minutes-to-hours on a shared 2-core CPU")
+          ("Its codec and decoder stage trained on a shared 2-core CPU, its language model for the minutes its "
+           "logs show on one GPU" if gpu else "Trained for minutes-to-hours on a shared 2-core CPU")
           + ", on synthetic General-MIDI renderings: it knows "
           "only this corpus's instruments and factors, its audio is 16 kHz, and the figures above (with their n) "
           "are what it reaches at the step shown. Continue training with `musiclens organism train --resume` "
