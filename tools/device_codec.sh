@@ -38,13 +38,7 @@ HALF=${HALF:-0}
 PY=${PYTHON:-python3}
 : "${OUT:?OUT must name the folder whose files come back}"
 case "$STAGE" in codec|decoder) ;; *) echo "STAGE must be codec or decoder, not '$STAGE'" >&2; exit 2;; esac
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-
-if ! "$PY" -c "import librosa, soundfile" 2>/dev/null; then
-  "$PY" -m pip install --no-deps --no-index --quiet .whl/*.whl
-fi
-"$PY" -c "import torch, transformers; print('torch', torch.__version__, '| transformers', transformers.__version__,
-'| cuda', torch.cuda.is_available() and torch.cuda.get_device_name(0))"
+source "$(dirname "${BASH_SOURCE[0]}")/device_setup.sh"
 
 shards=(gpu/pack*/)
 [ -d "${shards[0]}" ] || { echo "no pack shard under gpu/ (make one with: musiclens organism pack)" >&2; exit 2; }
@@ -101,7 +95,7 @@ if [ -n "$VARIANTS" ]; then
     wait "${pids[$i]}" || rc=$?
     d="$RUN/$n/$STAGE"
     if [ "$HALF" = 1 ] && [ -f "$d/hf/model.safetensors" ]; then
-      "$PY" -c "from musiclens.organism.pack import set_export_dtype; set_export_dtype('$d/hf', 'float16')" || rc=4
+      export_dtype "$d/hf" float16 || rc=4
     fi
     echo "$n: exit $rc; last log: $(tail -n 1 "$d/log.jsonl" 2>/dev/null)" | tee -a "$OUT/summary.txt"
     tail -n 5 "$RUN/$n/console.log" >> "$OUT/summary.txt"

@@ -27,21 +27,15 @@ TUNE_ARGS=${TUNE_ARGS:-}
 DEVICE=${DEVICE:-cuda}
 PY=${PYTHON:-python3}
 : "${OUT:?OUT must name the folder whose files come back}"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 [ -f "$PACK/pack.json" ] || { echo "no LM pack in $PACK (make one with: musiclens organism pack-lm)" >&2; exit 2; }
-
-if ! "$PY" -c "import librosa, soundfile" 2>/dev/null; then
-  "$PY" -m pip install --no-deps --no-index --quiet .whl/*.whl
-fi
-"$PY" -c "import torch, transformers; print('torch', torch.__version__, '| transformers', transformers.__version__,
-'| cuda', torch.cuda.is_available() and torch.cuda.get_device_name(0))"
+source "$(dirname "${BASH_SOURCE[0]}")/device_setup.sh"
 
 if [ ! -f "$RUN/codec/hf/config.json" ]; then
   mkdir -p "$RUN/codes" "$RUN/codec" "$RUN/minilm"
   for f in "$PACK/codes/"*.gz; do gunzip -c "$f" > "$RUN/codes/$(basename "$f" .gz)"; done
   cp -r "$PACK/codec_hf" "$RUN/codec/hf"
   tar -xzf "$PACK/minilm.tar.gz" -C "$RUN/minilm"
-  "$PY" -c "from musiclens.organism.pack import set_export_dtype; set_export_dtype('$RUN/codec/hf', 'float32')"
+  export_dtype "$RUN/codec/hf" float32
 fi
 export MUSICLENS_MINILM="$PWD/$RUN/minilm"
 
@@ -73,7 +67,7 @@ for s in lm tune; do
   d="$RUN/$s"
   [ -d "$d" ] || continue
   if [ -f "$d/hf/model.safetensors" ]; then
-    "$PY" -c "from musiclens.organism.pack import set_export_dtype; set_export_dtype('$d/hf', 'float16')"
+    export_dtype "$d/hf" float16
   fi
   echo "$s: last log: $(tail -n 1 "$d/log.jsonl" 2>/dev/null)" | tee -a "$OUT/summary.txt"
   for f in log.jsonl config.json progress.json hf; do [ -e "$d/$f" ] && files+=("$s/$f"); done

@@ -77,16 +77,21 @@ def _contrast_flags(cfg: dict) -> str:
     return flags
 
 
-def _gpu_lm_recipe(lm_cfg: dict, tune_cfg: dict, corpus: dict | None) -> list[str]:
+def _larger_corpus_codes(corpus: dict) -> tuple[str, list[str]]:
+    """(folder, commands): render the larger corpus and encode it with the codec and decoder above, in RUN2."""
+    big = f"data/corpus{corpus['clips'] // 1000}k"
+    return big, [f"musiclens corpus render --out {big} --clips {corpus['clips']} --seed {corpus['seed']}",
+                 "mkdir RUN2 && cp -a runs/organism/codec runs/organism/decoder RUN2/   # the same codec and decoder",
+                 f"musiclens organism train --corpus {big} --out RUN2 --stage codes"]
+
+
+def _gpu_lm_recipe(lm_cfg: dict, tune_cfg: dict, corpus: dict) -> list[str]:
     """Commands of the lent-GPU LM recipe (organism pack-lm + tools/device_lm.sh), from the stages' configs."""
-    n = (corpus or {}).get("clips", 12000)
-    big = f"data/corpus{n // 1000}k"
+    big, codes = _larger_corpus_codes(corpus)
     shape = (f"--lm-batch-size {lm_cfg.get('batch_size')} --lm-layers {lm_cfg.get('layers')} --lm-d-model "
              f"{lm_cfg.get('d_model')} --lm-dropout {lm_cfg.get('dropout')} --lm-eval-every {lm_cfg.get('eval_every')}")
     tune = (f"--tune-lr {tune_cfg.get('lr')}" + _contrast_flags(tune_cfg)) if tune_cfg else ""
-    return [f"musiclens corpus render --out {big} --clips {n} --seed {(corpus or {}).get('seed', 0)}",
-            "mkdir RUN2 && cp -a runs/organism/codec runs/organism/decoder RUN2/   # the codec and decoder above",
-            f"musiclens organism train --corpus {big} --out RUN2 --stage codes",
+    return [*codes,
             "musiclens organism pack-lm --run RUN2 --out gpu/lm",
             "# one device call carrying .whl and gpu/lm",
             "# (docs/organism.md, \"Training the language model on a lent GPU\"):",
@@ -126,8 +131,8 @@ def card_text(folder: Path | None = None) -> str:
     cres = (_json(RESULTS / "organism_codec.json") or {}).get("figures") if shipped else None
     gres = (_json(RESULTS / "organism.json") or {}).get("figures") if shipped else None
     size = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 1e6
-    # an LM trained on a schedule of minutes: the lent-GPU recipe (tools/device_lm.sh)
-    gpu = (lm_cfg.get("budget_minutes") or 0) > 0
+    # an LM trained on a GPU (its progress.json records the device): the lent-GPU recipe (tools/device_lm.sh)
+    gpu = str(lm_prog.get("device", "")).startswith("cuda")
     gpu_name = ((lm_prog.get("machine") or {}).get("gpu") or "a GPU") if gpu else ""
     where = (f"its codec on a 2-core CPU, its language model in minutes on one {gpu_name}" if gpu else "on CPU")
     L = []
@@ -170,8 +175,8 @@ def card_text(folder: Path | None = None) -> str:
              f"--decoder-w-adv {dec_cfg.get('w_adv')} --decoder-w-feat {dec_cfg.get('w_feat')}"
              + (f" --decoder-filters {dec_cfg['num_filters']}" if dec_cfg.get("num_filters") else "")]
             if dec_log else []),
-          *(_gpu_lm_recipe(lm_cfg, tune_cfg, _json(tr / "corpus.json")) if gpu else
-            ["musiclens organism export --run runs/organism"]),
+          *(_gpu_lm_recipe(lm_cfg, tune_cfg, _json(tr / "corpus.json") or {"clips": 12000, "seed": 0}) if gpu
+            else ["musiclens organism export --run runs/organism"]),
           "python bench/organism.py --corpus data/corpus", "```", "",
           "Stages: codec (data-dependent init of the encoder, k-means codebook init, EMA codebooks with "
           "dead-code restarts; waveform L1 + multi-scale mel with 4-128 ms windows + onset-envelope loss), decoder (the "
@@ -192,10 +197,8 @@ def card_text(folder: Path | None = None) -> str:
               f"clips ({'/'.join(init_codes.get('splits', []))}) of a smaller corpus; the continued fine-tuning "
               "saw the corpus above, whose first clips are that corpus (a clip depends only on seed and index).", ""]
     if corpus and init_log and not gpu:
-        big = f"data/corpus{corpus['clips'] // 1000}k"
-        L += ["```", f"musiclens corpus render --out {big} --clips {corpus['clips']} --seed {corpus['seed']}",
-              "mkdir RUN2 && cp -a runs/organism/codec runs/organism/decoder RUN2/   # the same codec and decoder",
-              f"musiclens organism train --corpus {big} --out RUN2 --stage codes",
+        big, codes_lines = _larger_corpus_codes(corpus)
+        L += ["```", *codes_lines,
               f"musiclens organism train --corpus {big} --out RUN2 --stage tune --tune-init runs/organism/tune/ckpt.pt "
               f"--tune-steps {tune_cfg.get('steps')} --tune-lr {tune_cfg.get('lr')}" + _contrast_flags(tune_cfg),
               f"musiclens organism export --run RUN2 --corpus {big}", "```", ""]
@@ -221,8 +224,8 @@ def card_text(folder: Path | None = None) -> str:
                  f"matching {dec_cfg.get('w_feat')}; held-out mel loss {dec_log[0]['heldout_mel']:.3f} before, "
                  f"{dec_log[-1]['heldout_mel']:.3f} after")
     if lm_log:
-        span = (f"(LR schedule spanning {lm_cfg['budget_minutes']} min of training)" if gpu
-                else f"of {lm_cfg.get('steps', '?')}")
+        span = (f"(LR schedule spanning {lm_cfg['budget_minutes']} min of training)"
+                if (lm_cfg.get("budget_minutes") or 0) > 0 else f"of {lm_cfg.get('steps', '?')}")
         L.append(f"* language model: step {max(lm_prog.get('step', 0), lm_log[-1]['step'])} {span} "
                  f"(batch {lm_cfg.get('batch_size')} x {lm_cfg.get('crop_frames')} frames), "
                  f"{lm_log[-1].get('frames_per_s')} frames/s; held-out token loss by step: "

@@ -189,15 +189,12 @@ def pack_lm(cfg: PackLMConfig) -> dict:
     for concept in FLIPS:
         for every in (False, True):
             captions += [f for _, f in flip_pairs(rows, idx, concept, every)]
-    from transformers import AutoTokenizer, BertModel
-
     src = O.minilm_path()
-    tok = AutoTokenizer.from_pretrained(src)
+    enc, tok = O.load_text_encoder("cpu")
     kept: set[int] = set(tok.all_special_ids)
     for s in range(0, len(captions), 4096):
         t = tok(captions[s: s + 4096], padding=True, return_tensors="pt")
         kept |= set(t["input_ids"][t["attention_mask"].bool()].tolist())
-    enc = BertModel.from_pretrained(src)
     state = {k: v.detach().clone() for k, v in enc.state_dict().items()}
     emb = state["embeddings.word_embeddings.weight"]
     keep = torch.zeros(emb.shape[0], dtype=torch.bool)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -32,6 +33,11 @@ def test_model_card_matches_the_shipped_logs_and_bench_results():
     folder = O.organism_path()
     assert (folder / "README.md").read_text() == card_text(folder), \
         "stale model card: python -c 'from musiclens.organism.card import write_card; write_card()'"
+    # the shipped LM trained on a GPU (its progress.json says so): the card gives the device-call recipe
+    progress = json.loads((folder / "training" / "lm_progress.json").read_text())
+    card = card_text(folder)
+    assert progress["device"].startswith("cuda") and "bash tools/device_lm.sh" in card
+    assert f"on one {progress['machine']['gpu']}" in card
 
 
 def test_loads_offline_both_ways_and_generates():

@@ -36,6 +36,7 @@ def test_train_all_stages_then_resume_and_export(tiny_corpus, tmp_path, capsys):
     assert "caption-contrast fine-tuning" in card
     assert "decoder stage (the codec's decoder fine-tuned on frozen codes" in card and "--stage decoder" in card
     assert "Not measured in this card" in card  # the shipped model's bench results do not describe this export
+    assert "tools/device_lm.sh" not in card and "Machine: CPU, 2 cores" in card  # trained on CPU: the CPU recipe
     model, _ = O.load_organism_hf(path=dst)
     assert model.config.decoder.num_hidden_layers == 1 and model.config.decoder.hidden_size == 32
 
