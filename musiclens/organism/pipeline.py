@@ -47,7 +47,7 @@ class OrganismTrainConfig:
     minutes: float | None = option(None, "stop each stage after this many minutes (resume later with --resume)")
     resume: bool = option(False, "continue from the run directory's checkpoints")
     device: str = option("auto", "cpu, cuda, or auto (GPU when available)")
-    schedule_minutes: float = option(0.0, "span the LR schedule of the stage(s) trained (codec, lm, tune) over this "
+    schedule_minutes: float = option(0.0, "span the LR schedule of the stage(s) trained (codec, decoder, lm, tune) over this "
                                           "many minutes of training each, instead of their step counts, and stop "
                                           "when they are spent (0 = by steps): for a machine whose speed is not "
                                           "known in advance, such as one lent GPU call")
@@ -128,7 +128,7 @@ def train(cfg: OrganismTrainConfig) -> dict:
     if "decoder" in stages and cfg.decoder_steps > 0:
         from .polish import PolishConfig, train_decoder
 
-        pcfg = PolishConfig(steps=cfg.decoder_steps, batch_size=cfg.codec_batch_size, lr=cfg.decoder_lr,
+        pcfg = PolishConfig(steps=cfg.decoder_steps, budget_minutes=cfg.schedule_minutes, batch_size=cfg.codec_batch_size, lr=cfg.decoder_lr,
                             w_adv=cfg.decoder_w_adv, w_feat=cfg.decoder_w_feat, w_stft=cfg.decoder_w_stft,
                             num_filters=cfg.decoder_filters, seed=cfg.seed)
         summary["decoder"] = train_decoder(pcfg, corpus, out, cfg.minutes, cfg.resume, device)

@@ -41,7 +41,7 @@ from .codec import export_codec, heldout_mel, load_codec, training_audio
 from .discriminator import Adversary
 from .losses import reconstruction_loss
 from .resume import load_checkpoint, load_weights, restore_rng, rng_state
-from .schedule import warmup_cosine
+from .schedule import Clock
 from .widen import widen_codec
 
 
@@ -50,6 +50,8 @@ class PolishConfig:
     """Decoder fine-tuning options (saved as RUN/decoder/config.json)."""
 
     steps: int = option(20000, "optimiser steps (the LR schedule spans these; --minutes may stop earlier)")
+    budget_minutes: float = option(0.0, "span the LR schedule over this many training minutes instead of `steps`, "
+                                        "and stop when they are spent (0 = by steps; see schedule.Clock)")
     batch_size: int = option(8, "crops per step")
     crop_seconds: float = option(0.5, "crop length in seconds")
     lr: float = option(3e-4, "peak AdamW learning rate of decoder and discriminator (cosine to 10 %)")
@@ -137,9 +139,10 @@ def train_decoder(cfg: PolishConfig, corpus: Path, out: Path, minutes: float | N
         p.requires_grad_(True)
     opt_g = torch.optim.AdamW(codec.decoder.parameters(), lr=cfg.lr, betas=(0.5, 0.9), weight_decay=0.0)
     rng = np.random.default_rng(cfg.seed)
-    step = 0
+    step, trained = 0, 0.0
     if resume and ckpt.exists():
         state = load_checkpoint(ckpt, device)
+        trained = state.get("trained_seconds", 0.0)
         load_weights(codec.decoder, state["decoder"], ckpt, "decoder")
         if adversary is not None and "disc" in state:
             adversary.load_state_dict(state)
@@ -147,7 +150,8 @@ def train_decoder(cfg: PolishConfig, corpus: Path, out: Path, minutes: float | N
         step = state["step"]
         restore_rng(state, rng)
     save_config(cfg, ddir / "config.json")
-    if step >= cfg.steps and (ddir / "hf" / "config.json").exists():
+    clock = Clock(cfg.steps, cfg.budget_minutes, trained)
+    if clock.done(step) and (ddir / "hf" / "config.json").exists():
         # install again: a sitting that died between the last save and the install left old decoders behind
         return {"step": step, "steps": cfg.steps, "done": True, "installed_in": install_codec(out, ddir / "hf"),
                 "minutes_this_sitting": 0.0, "last": {}}
@@ -158,22 +162,23 @@ def train_decoder(cfg: PolishConfig, corpus: Path, out: Path, minutes: float | N
     def save():
         state = {"decoder": codec.decoder.state_dict(), **(adversary.state_dict() if adversary else {}),
                  "opt_g": opt_g.state_dict(),
-                 "step": step, **rng_state(rng), "config": to_dict(cfg)}
+                 "step": step, "trained_seconds": clock.seconds(), **rng_state(rng), "config": to_dict(cfg)}
         with atomic_path(ckpt) as tmp:
             torch.save(state, tmp)
         export_codec(codec, ddir / "hf")
 
     t0 = last_ckpt = time.time()
     codec.decoder.train()
-    bar = tqdm(total=cfg.steps, initial=step, desc="decoder", disable=None, dynamic_ncols=True)
+    bar = tqdm(total=clock.total(), initial=step, desc="decoder", disable=None, dynamic_ncols=True)
     stats: dict = {}
     if step == 0:
         with open(log_path, "a") as f:
             f.write(json.dumps({"step": 0, "heldout_mel": heldout_mel(codec, mel, valid, device, True)}) + "\n")
-    while step < cfg.steps:
+    clock.start()
+    while not clock.done(step):
         if minutes is not None and time.time() - t0 > minutes * 60:
             break
-        lr = warmup_cosine(cfg.lr, step, cfg.steps)
+        lr = clock.lr(cfg.lr, step)
         for g in opt_g.param_groups:
             g["lr"] = lr
         if adversary is not None:
@@ -199,7 +204,7 @@ def train_decoder(cfg: PolishConfig, corpus: Path, out: Path, minutes: float | N
         if step % 25 == 0:
             bar.set_postfix(mel=f"{float(rec['mel']):.3f}", adv=f"{adv:.3f}", feat=f"{feat:.3f}",
                             d=f"{d_loss:.3f}")
-        if step % 100 == 0 or step == cfg.steps:
+        if step % 100 == 0 or clock.done(step):
             stats = {"step": step, "minutes": round((time.time() - t0) / 60, 2), "train_mel": float(rec["mel"]),
                      "train_onset": float(rec["onset"]), "train_wave": float(rec["wave"]), "train_stft": float(rec["stft"]), "adv": adv,
                      "feat": feat, "disc": d_loss,
@@ -212,7 +217,7 @@ def train_decoder(cfg: PolishConfig, corpus: Path, out: Path, minutes: float | N
             last_ckpt = time.time()
     bar.close()
     save()
-    done = step >= cfg.steps
+    done = clock.done(step)
     installed = install_codec(out, ddir / "hf") if done else []
     summary = {"step": step, "steps": cfg.steps, "done": done, "installed_in": installed,
                "minutes_this_sitting": round((time.time() - t0) / 60, 2), "last": stats}

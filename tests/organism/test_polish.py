@@ -111,3 +111,20 @@ def test_train_command_passes_decoder_loss_weights(tiny_corpus, tmp_path):
     log = [json.loads(line) for line in (run / "decoder" / "log.jsonl").read_text().splitlines()]
     assert all(r.get("adv", 0) == 0 and r.get("disc", 0) == 0 for r in log)  # plain fine-tuning: no discriminator
     assert log[-1]["train_stft"] > 0
+
+
+def test_decoder_stage_by_minutes_stops_when_spent_and_saves_its_time(tiny_corpus, tmp_path):
+    run = _codec_run(tiny_corpus, tmp_path)
+    assert main(["organism", "train", "--corpus", str(tiny_corpus), "--out", str(run), "--stage", "decoder",
+                 "--decoder-steps", "100000", "--schedule-minutes", "0.02", "--codec-batch-size", "2",
+                 "--device", "cpu"]) == 0
+    cfg = json.loads((run / "decoder" / "config.json").read_text())
+    assert cfg["budget_minutes"] == 0.02
+    progress = json.loads((run / "decoder" / "progress.json").read_text())
+    assert progress["done"] and 0 < progress["step"] < 100000  # time, not the step count, ended it
+    state = torch.load(run / "decoder" / "ckpt.pt", weights_only=False)
+    assert state["trained_seconds"] >= 0.02 * 60
+    before = progress["step"]
+    again = train_decoder(PolishConfig(steps=100000, batch_size=2, budget_minutes=0.02), tiny_corpus, run, None,
+                          resume=True)
+    assert again["done"] and again["step"] == before  # its budget is spent: a resume adds nothing
