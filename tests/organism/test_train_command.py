@@ -39,6 +39,17 @@ def test_train_all_stages_then_resume_and_export(tiny_corpus, tmp_path, capsys):
     assert "tools/device_lm.sh" not in card and "Machine: CPU, 2 cores" in card  # trained on CPU: the CPU recipe
     model, _ = O.load_organism_hf(path=dst)
     assert model.config.decoder.num_hidden_layers == 1 and model.config.decoder.hidden_size == 32
+    # shipped in float16 by default (half the size), loaded into float32, each weight the run's rounded to float16
+    from safetensors.torch import load_file
+
+    stored, trained = load_file(str(dst / "model.safetensors")), load_file(str(run / "tune" / "hf" / "model.safetensors"))
+    assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float16}
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    k = "decoder.model.decoder.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(dict(model.named_parameters())[k], trained[k].half().float())
+    full = tmp_path / "ship32"
+    assert main(["organism", "export", "--run", str(run), "--out", str(full), "--dtype", "float32"]) == 0
+    assert (full / "model.safetensors").stat().st_size > 1.9 * (dst / "model.safetensors").stat().st_size
 
 
 def test_tune_continues_from_another_runs_checkpoint(tiny_corpus, tmp_path, capsys):
