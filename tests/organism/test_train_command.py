@@ -47,6 +47,16 @@ def test_train_all_stages_then_resume_and_export(tiny_corpus, tmp_path, capsys):
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     k = "decoder.model.decoder.layers.0.self_attn.q_proj.weight"
     assert torch.equal(dict(model.named_parameters())[k], trained[k].half().float())
+    # a decoder stage that started from an earlier one's codec: RUN/decoder_init reaches the card as the first stage
+    import shutil
+
+    shutil.copytree(run / "decoder", run / "decoder_init")
+    assert main(["organism", "export", "--run", str(run), "--out", str(tmp_path / "ship2")]) == 0
+    card2 = (tmp_path / "ship2" / "README.md").read_text()
+    assert (tmp_path / "ship2" / "training" / "decoder_init_log.jsonl").exists()
+    assert "then a second decoder stage, from the first one's codec" in card2
+    assert "cp -r runs/organism/decoder/hf runs/organism-dec2/codec/hf" in card2
+    assert "then a second decoder stage" not in card
     full = tmp_path / "ship32"
     assert main(["organism", "export", "--run", str(run), "--out", str(full), "--dtype", "float32"]) == 0
     assert (full / "model.safetensors").stat().st_size > 1.9 * (dst / "model.safetensors").stat().st_size
