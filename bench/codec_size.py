@@ -1,9 +1,10 @@
-"""What a wider organism codec would weigh: parameters and float32 size per width, and the shipped folder it implies.
+"""What a wider organism codec would weigh: parameters and size per width, and the shipped folder it implies.
 
     python bench/codec_size.py [--widths 16,24,32]
 
 Builds an untrained HF `EncodecModel` with the shipped codec's config at each
-`num_filters` (size does not depend on training), and adds the shipped
+`num_filters` (size does not depend on training), in float32 and float16
+(`organism export --dtype`), and adds the shipped
 organism's non-codec tensors (decoder + projection, read from its
 safetensors header) to give the organism folder that width would ship. Also
 reports the tracked tree that would result, because a device call carries at
@@ -54,7 +55,10 @@ def main() -> None:
         organism = (size + other) / MIB
         figures["widths"][w] = {"codec_parameters_m": round(params / 1e6, 2), "codec_mib_fp32": round(size / MIB, 1),
                                 "organism_mib_fp32": round(organism, 1),
-                                "tracked_tree_mib": round(tracked / MIB - shipped_mib + organism, 1)}
+                                "tracked_tree_mib": round(tracked / MIB - shipped_mib + organism, 1),
+                                # `organism export --dtype float16` (the default since session 12) halves both
+                                "organism_mib_fp16": round(organism / 2, 1),
+                                "tracked_tree_mib_fp16": round(tracked / MIB - shipped_mib + organism / 2, 1)}
         print(w, figures["widths"][w], flush=True)
     write_result("codec_size", figures, "python bench/codec_size.py " + " ".join(sys.argv[1:]))
 

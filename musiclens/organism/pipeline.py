@@ -236,11 +236,13 @@ class OrganismExportConfig:
     corpus: str = option("data/corpus", "the corpus it was trained on (summarised in the model card)")
     lm: str = option("auto", "which LM to ship: the fine-tuned one (RUN/tune), the base one (RUN/lm), or auto "
                              "(tune when it exists)", choices=["auto", "tune", "lm"])
-    dtype: str = option("float16", "precision of the shipped weights. float16 halves the organism; "
-                                   "`load_model` and plain `from_pretrained` load it into float32. An LM trained "
-                                   "on a GPU in float16 loses nothing. Rounding the codec flips about 0.6 % of "
-                                   "codes of test audio, and the decoder's output moves by -54 dB "
-                                   "(docs/organism.md, \"Stored in float16\")", choices=["float16", "float32"])
+    dtype: str = option("lossless", "precision of the shipped weights: lossless = float16 for each tensor that "
+                                    "float16 holds exactly, float32 for the rest (an LM trained on a GPU in "
+                                    "float16 ships at half its size with the same values; a CPU-trained codec "
+                                    "stays float32); float16 rounds everything (bench/export_dtype.py measures "
+                                    "what that does to the codec); float32 as trained. `load_model` and plain "
+                                    "`from_pretrained` load any of them into float32",
+                        choices=["lossless", "float16", "float32"])
 
 
 def _corpus_summary(corpus: Path) -> dict | None:

@@ -10,7 +10,9 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
+import torch
 
 from musiclens.cli import main
 
@@ -236,3 +238,22 @@ def test_pack_lm_and_device_lm_script_train_lm_and_tune_from_codes_with_a_trimme
     missing = subprocess.run(["bash", str(ROOT / "tools" / "device_lm.sh")], cwd=work,
                              env={**env, "PACK": "gpu/nope"}, capture_output=True, text=True)
     assert missing.returncode == 2 and "no LM pack in gpu/nope" in missing.stderr
+
+
+def test_lossless_export_dtype_halves_only_what_float16_holds_exactly(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from musiclens.errors import MusiclensError
+    from musiclens.organism.pack import set_export_dtype
+
+    exact = torch.randn(64, 64).half().float()  # e.g. an LM that came back from the GPU in float16
+    fine = torch.randn(64, 64) * 1e-3 + 0.1     # e.g. a codec trained in float32: not representable
+    save_file({"lm.w": exact, "codec.w": fine, "codec.n": torch.arange(4)}, str(tmp_path / "model.safetensors"))
+    assert set_export_dtype(tmp_path, "lossless") == 1
+    out = load_file(str(tmp_path / "model.safetensors"))
+    assert out["lm.w"].dtype == torch.float16 and torch.equal(out["lm.w"].float(), exact)
+    assert out["codec.w"].dtype == torch.float32 and torch.equal(out["codec.w"], fine)
+    assert out["codec.n"].dtype == torch.int64
+    assert set_export_dtype(tmp_path, "lossless") == 0  # idempotent
+    with pytest.raises(MusiclensError, match="lossless"):
+        set_export_dtype(tmp_path, "bf16")
