@@ -78,10 +78,56 @@ def load_control(cell: str | Path, autoencoder: str | None = None, device: str =
     # same width (e.g. a retrained organism) gives latents the SAE and probes have never seen
     flow_cfg = cell.parent / "config.json"
     trained_on = json.loads(flow_cfg.read_text()).get("codec_weights_hash") if flow_cfg.exists() else None
-    if trained_on and trained_on != ae.weights_hash:
+    if trained_on and trained_on != ae.weights_hash and not same_latents(ae, cell.parent / FINGERPRINT):
         raise MusiclensError(f"{cell} was trained on {ae.name} codec weights {trained_on}, these are {ae.weights_hash}: "
                              "retrain it (`python bench/latent.py --ship`) or pass a cell of this codec")
     return ControlModel(ae, sae, probes, cell)
+
+
+FINGERPRINT = "codec_fingerprint.safetensors"
+FINGERPRINT_TOLERANCE = 0.01
+
+
+def latent_fingerprint(ae) -> torch.Tensor:
+    """The codec's continuous latents `[F, D]` of a fixed one-second signal (a 440 Hz tone + seeded noise).
+
+    Why: a cell's SAE and probes read the encoder's latents only. A codec whose weights changed
+    but whose encoder gives the same latents (its decoder fine-tuned or widened, or its weights
+    stored in float16) keeps the cell valid; the weights hash alone would refuse it.
+    """
+    import math
+
+    n = int(ae.sample_rate)
+    t = torch.arange(n, dtype=torch.float64) / ae.sample_rate
+    noise = torch.randn(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    wav = (0.3 * torch.sin(2 * math.pi * 440.0 * t) + 0.05 * noise).float()
+    return ae.latents(wav[None])[0].float().cpu()
+
+
+def write_fingerprint(ae, folder: str | Path) -> Path:
+    """Save `latent_fingerprint(ae)` as FOLDER/codec_fingerprint.safetensors (next to a flow's config.json)."""
+    from safetensors.torch import save_file
+
+    from ..io import atomic_path
+
+    path = Path(folder) / FINGERPRINT
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file({"latents": latent_fingerprint(ae).contiguous()}, str(tmp),
+                  metadata={"codec_weights_hash": ae.weights_hash})
+    return path
+
+
+def same_latents(ae, path: Path) -> bool:
+    """Whether `ae` gives the fingerprint's latents to within 1 % (relative L2); False without a fingerprint."""
+    if not Path(path).exists():
+        return False
+    from safetensors.torch import load_file
+
+    ref = load_file(str(path))["latents"]
+    now = latent_fingerprint(ae)
+    if now.shape != ref.shape:
+        return False
+    return float((now - ref).norm() / ref.norm().clamp_min(1e-12)) < FINGERPRINT_TOLERANCE
 
 
 def target_class(bins: LabelBins, attribute: str, target: str) -> int:

@@ -243,6 +243,20 @@ def _clip_latents(store_path: str) -> tuple[list[torch.Tensor], list[str], dict,
     return lat, caps, store.meta, store.model_name, store.manifest.get("weights_hash", "")
 
 
+def _fingerprint_codec(model_name: str, whash: str, out: Path) -> None:
+    """Save the codec's latent fingerprint next to the flow (latent.control.same_latents), when the codec
+    that made the store is the one loadable now: its cells then stay valid for codecs with the same encoder."""
+    from .autoencoders import load_autoencoder
+    from .control import write_fingerprint
+
+    try:
+        ae = load_autoencoder(model_name, "cpu")
+    except MusiclensError:
+        return
+    if ae.weights_hash == whash:
+        write_fingerprint(ae, out)
+
+
 def train_flow(cfg: FlowTrainConfig, progress: bool = True) -> dict:
     """Train for `minutes` (or `max_steps`), save, and return a summary with the loss curve."""
     from tqdm import tqdm
@@ -315,4 +329,5 @@ def train_flow(cfg: FlowTrainConfig, progress: bool = True) -> dict:
             "train_config": {k: v for k, v in dataclasses.asdict(cfg).items()}}
     flow.info = info
     flow.save(out, overwrite=True)
+    _fingerprint_codec(model_name, whash, out)
     return {k: v for k, v in info.items() if k != "loss_curve"}

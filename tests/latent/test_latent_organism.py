@@ -52,6 +52,32 @@ def test_a_cell_refuses_a_codec_it_was_not_trained_on(tmp_path):
         load_control(tmp_path / "flow" / "cell", "organism")
 
 
+def test_a_cell_follows_the_encoders_latents_not_its_weights_hash(tmp_path):
+    """The shipped cell was trained on the 16-filter codec; the shipped codec since session 12 has a
+    widened decoder and float16 weights, so its hash differs, but its encoder gives the same latents."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from musiclens.errors import MusiclensError
+    from musiclens.latent.autoencoders import load_autoencoder
+    from musiclens.latent.control import FINGERPRINT, latent_fingerprint, load_control, same_latents
+
+    ae = load_autoencoder("organism", "cpu")
+    cfg = json.loads((CELL.parent / "config.json").read_text())
+    assert cfg["codec_weights_hash"] != ae.weights_hash and same_latents(ae, CELL.parent / FINGERPRINT)
+    ref = load_file(str(CELL.parent / FINGERPRINT))["latents"]
+    assert float((latent_fingerprint(ae) - ref).norm() / ref.norm()) < 1e-3
+    # another encoder's latents (here: the fingerprint shifted by 5 %) do not pass
+    (tmp_path / "flow").mkdir()
+    shutil.copy(CELL.parent / "config.json", tmp_path / "flow" / "config.json")
+    shutil.copytree(CELL, tmp_path / "flow" / "cell")
+    save_file({"latents": (ref + 0.05 * ref.norm() / ref.numel() ** 0.5).contiguous()},
+              str(tmp_path / "flow" / FINGERPRINT))
+    with pytest.raises(MusiclensError, match="was trained on"):
+        load_control(tmp_path / "flow" / "cell", "organism")
+
+
 @pytest.fixture(scope="module")
 def heldout():
     clips = [sf.read(p, dtype="float32")[0] for p in sorted((CELL / "heldout").glob("*.wav"))]

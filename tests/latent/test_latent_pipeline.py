@@ -171,6 +171,8 @@ def test_flow_and_stable_audio_trajectories(enc_store, enc_grid, synth_corpus, t
                                       max_steps=15, batch_size=4, crop_frames=32, channels=16, blocks=2),
                       progress=False)
     assert info["steps"] == 15 and info["train_clips"] == 6
+    # the codec that made the store is loadable: its latent fingerprint is saved with the flow
+    assert (tmp_path / "flow" / "codec_fingerprint.safetensors").exists()
     flow = load_flow(tmp_path / "flow")
     res, final = flow_trajectory(flow, sae, probes, ["soft dark note", "loud bright note"], seconds=0.5, steps=6)
     assert final.shape == (2, 25, 16) and res["steps"] == 6
