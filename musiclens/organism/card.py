@@ -90,7 +90,8 @@ def _larger_corpus_codes(corpus: dict, two_decoders: bool = False) -> tuple[str,
                  copy, f"musiclens organism train --corpus {big} --out RUN2 --stage codes"]
 
 
-def _gpu_lm_recipe(lm_cfg: dict, tune_cfg: dict, corpus: dict, two_decoders: bool = False) -> list[str]:
+def _gpu_lm_recipe(lm_cfg: dict, tune_cfg: dict, corpus: dict, two_decoders: bool = False,
+                   dtype: str = "") -> list[str]:
     """Commands of the lent-GPU LM recipe (organism pack-lm + tools/device_lm.sh), from the stages' configs."""
     big, codes = _larger_corpus_codes(corpus, two_decoders)
     shape = (f"--lm-batch-size {lm_cfg.get('batch_size')} --lm-layers {lm_cfg.get('layers')} --lm-d-model "
@@ -106,7 +107,7 @@ def _gpu_lm_recipe(lm_cfg: dict, tune_cfg: dict, corpus: dict, two_decoders: boo
             "#  with the same options)",
             "# back here: unpack lm.tar.part-* into RUN2, widen with organism.pack.set_export_dtype(..., 'float32'),",
             "# install the codec with organism.polish.install_codec(RUN2, RUN2/decoder/hf), then",
-            f"musiclens organism export --run RUN2 --corpus {big}"]
+            f"musiclens organism export --run RUN2 --corpus {big}" + (f" --dtype {dtype}" if dtype else "")]
 
 
 def _not_measured(shipped: bool, folder: Path, what: str) -> str:
@@ -227,7 +228,7 @@ def card_text(folder: Path | None = None) -> str:
           "musiclens organism train --corpus data/corpus --out runs/organism --minutes 45 [--resume]",
           *(_decoder_recipe(dec_cfg, dec_init_cfg if dec_init_log else None) if dec_log else []),
           *(_gpu_lm_recipe(lm_cfg, tune_cfg, _json(tr / "corpus.json") or {"clips": 12000, "seed": 0},
-                           bool(dec_init_log)) if gpu
+                           bool(dec_init_log), "float16" if _stored_dtype(folder) == "float16" else "") if gpu
             else ["musiclens organism export --run runs/organism"]),
           "python bench/organism.py --corpus data/corpus", "```", "",
           "Stages: codec (data-dependent init of the encoder, k-means codebook init, EMA codebooks with "
