@@ -124,6 +124,13 @@ def best_cell(r: dict, grid_dir: Path) -> Path:
     return grid_dir / "cells" / best["name"]
 
 
+def chosen_cell(args) -> Path:
+    """`--cell` when given, else the grid's best: the cell the edit, traj and musicgen stages use."""
+    if args.cell is not None:
+        return args.cell
+    return best_cell(json.loads((args.work / "grid" / "grid.json").read_text()), args.work / "grid")
+
+
 def flow_adherence(flow, ae, rows: list[dict], n: int = 4, seconds: float = 5.0) -> dict:
     """Does the flow model follow its captions? Decode samples for contrasting captions and measure them.
 
@@ -192,9 +199,12 @@ def main() -> None:
     ap.add_argument("--stages", default="extract,grid,random,edit,flow,traj,musicgen")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cell", type=Path, default=None,
-                    help="SAE + probe cell for the musicgen stage instead of the grid's best (e.g. the shipped "
-                         "musiclens/assets/organism/flow/cell): re-measures MusicGen's trajectories after the LM "
-                         "changed, without re-running the grid")
+                    help="SAE + probe cell for the edit, traj and musicgen stages instead of the grid's best (e.g. "
+                         "the shipped musiclens/assets/organism/flow/cell): re-measures what decodes audio after the "
+                         "LM or the codec's decoder changed, without re-running the grid")
+    ap.add_argument("--flow", type=Path, default=None,
+                    help="rectified-flow folder for the traj stage instead of WORK/flow (e.g. the shipped "
+                         "musiclens/assets/organism/flow)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     stages = set(args.stages.split(","))
@@ -249,13 +259,12 @@ def main() -> None:
     if "edit" in stages:
         from musiclens.latent.control import held_out_audio, load_control, sweep, target_class
 
-        rg = json.loads((args.work / "grid" / "grid.json").read_text())
-        cell = best_cell(rg, args.work / "grid")
+        cell = chosen_cell(args)
         cm = load_control(cell, args.autoencoder)
         held = held_out_audio(str(store), cm.ae.sample_rate, args.edit_clips, args.seconds)
         targets = {"pitch": "C5", "loudness": str(cm.bins.n_classes("loudness") - 3),
                    "timbre": str(cm.bins.n_classes("timbre") - 5)}
-        fig["control_vectors"] = {"cell": cell.name, "clips": [c for c, _ in held], "sweeps": {}}
+        fig["control_vectors"] = {"cell": _cell_name(cell), "clips": [c for c, _ in held], "sweeps": {}}
         for attr, tgt in targets.items():
             t0 = time.perf_counter()
             k = target_class(cm.bins, attr, tgt)
@@ -316,13 +325,12 @@ def main() -> None:
         from musiclens.latent.trajectory import build_tiny_stable_audio, flow_trajectory, stable_audio_trajectory
         from musiclens.sae.io import load_sae
 
-        rg = json.loads((args.work / "grid" / "grid.json").read_text())
-        cell = best_cell(rg, args.work / "grid")
-        flow = load_flow(args.work / "flow")
+        cell = chosen_cell(args)
+        flow = load_flow(args.flow or args.work / "flow")
         rows = [json.loads(line) for line in (args.corpus / "metadata.jsonl").read_text().splitlines() if line.strip()]
         prompts = [r["caption"] for r in rows if r["split"] == "test"][:args.traj_prompts]
         res, _ = flow_trajectory(flow, load_sae(cell), Probes.load(cell), prompts, seconds=5.0, steps=32)
-        fig["trajectory_flow"] = {"cell": cell.name, "steps": 32, "prompts": len(prompts),
+        fig["trajectory_flow"] = {"cell": _cell_name(cell), "steps": 32, "prompts": len(prompts),
                                   "convergence_step": res["convergence_step"], "s": res["s"], "tv": res["tv"]}
         t0 = time.perf_counter()
         fig["flow_adherence"] = flow_adherence(flow, ae, rows)
@@ -347,11 +355,7 @@ def main() -> None:
         from musiclens.latent.trajectory import musicgen_trajectories
         from musiclens.sae.io import load_sae
 
-        if args.cell is not None:
-            cell = args.cell
-        else:
-            rg = json.loads((args.work / "grid" / "grid.json").read_text())
-            cell = best_cell(rg, args.work / "grid")
+        cell = chosen_cell(args)
         model = load_model("organism")
         if model.hf.audio_encoder is not None and args.autoencoder not in ("organism",):
             fig["musicgen_note"] = f"cell trained on {args.autoencoder}; MusicGen's codec is the organism's"

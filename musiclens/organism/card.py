@@ -361,6 +361,9 @@ def card_text(folder: Path | None = None) -> str:
         L.append("")
     else:
         L += [_not_measured(shipped, folder, ""), ""]
+    mp = (_json(RESULTS / "minimal_pairs.json") or {}).get("figures") if shipped else None
+    if isinstance(mp, dict) and mp.get("concepts"):
+        L += _minimal_pair_lines(mp["concepts"])
     L += ["## Limitations", "",
           ("Its codec and decoder stage trained on a shared 2-core CPU, its language model for the minutes its "
            "logs show on one GPU" if gpu else "Trained for minutes-to-hours on a shared 2-core CPU")
@@ -369,6 +372,26 @@ def card_text(folder: Path | None = None) -> str:
           "are what it reaches at the step shown. Continue training with `musiclens organism train --resume` "
           "(a GPU is used automatically when present).", ""]
     return "\n".join(L)
+
+
+def _minimal_pair_lines(concepts: dict) -> list[str]:
+    """The minimal-pair table (bench/minimal_pairs.py): the same caption with only one concept's word changed."""
+    L = ["## Minimal pairs (one caption word changed, test split)", "",
+         "Test captions that name a concept, each rewritten to every level of it (only that concept's words change) "
+         "and generated with the same seed, so the versions share everything but the word (`bench/minimal_pairs.py`). "
+         "Caption by caption, each level is compared with the one below it: one-sided Wilcoxon signed-rank p, share "
+         "of captions in the asked order, median paired change (x ratio, or difference in dB / MIDI).", "",
+         "| concept (measure) | n captions | medians | paired | tagger hears the asked level |", "|---|---:|---|---|---|"]
+    for c, r in concepts.items():
+        tagger = ", ".join(f"{lv} {100 * s:.0f} %" for lv, s in (r.get("tagger") or {}).items()) or "no tagger head"
+        for m, v in r["measures"].items():
+            med = " / ".join(_f(x, 1) for x in v["median"].values())
+            paired = "; ".join(
+                f"{k}: p={p['p_one_sided']:.2g}, {100 * p['share_in_order']:.0f} % in order, "
+                + (f"x{p['median_ratio']:.2f}" if "median_ratio" in p else f"{p['median_difference']:+.1f}")
+                for k, p in v["paired"].items())
+            L.append(f"| {c} ({m}) | {r['n_captions']} | {' / '.join(r['levels'])}: {med} | {paired} | {tagger} |")
+    return L + [""]
 
 
 def write_card(folder: Path | None = None) -> Path:
