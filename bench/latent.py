@@ -29,7 +29,11 @@ bench can be resumed):
              generated frames (logit lens into the codec latent space).
 
 The codec: the organism's (musiclens/assets/organism/musicgen) by default, or
-`--autoencoder FOLDER` (e.g. the organism run's exported codec).
+`--autoencoder FOLDER` (e.g. the organism run's exported codec). After the
+codec's decoder or the LM changed, `--stages edit,traj,musicgen --cell
+musiclens/assets/organism/flow/cell --flow musiclens/assets/organism/flow`
+re-measures only what decodes audio or reads the LM, with the shipped cell
+and flow (no grid, no flow training).
 
     python bench/latent.py [--autoencoder organism] [--train-clips 160] [--test-clips 40] [--seconds 6] [--ship]
 """
