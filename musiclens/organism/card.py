@@ -1,8 +1,9 @@
 """The shipped organism's model card (README.md), written from measured files only.
 
 Every figure in the card comes from a file: the training logs copied into
-`training/` by `musiclens organism export`, and `bench/results/organism*.json`
-written by `bench/organism.py`. Nothing is typed in by hand, so the card can
+`training/` by `musiclens organism export`, `bench/results/organism*.json`
+written by `bench/organism.py`, and `bench/results/minimal_pairs.json` written by
+`bench/minimal_pairs.py`. Nothing is typed in by hand, so the card can
 be regenerated whenever the model or the measurements change.
 """
 
@@ -379,7 +380,8 @@ def _minimal_pair_lines(concepts: dict) -> list[str]:
     L = ["## Minimal pairs (one caption word changed, test split)", "",
          "Test captions that name a concept, each rewritten to every level of it (only that concept's words change) "
          "and generated with the same seed, so the versions share everything but the word (`bench/minimal_pairs.py`). "
-         "Caption by caption, each level is compared with the one below it: one-sided Wilcoxon signed-rank p, share "
+         "Caption by caption, each level is compared with the one below it (and the lowest with the highest): "
+         "one-sided Wilcoxon signed-rank p, share "
          "of captions in the asked order, median paired change (x ratio, or difference in dB / MIDI).", "",
          "| concept (measure) | n captions | medians | paired | tagger hears the asked level |", "|---|---:|---|---|---|"]
     for c, r in concepts.items():
