@@ -55,8 +55,9 @@ def main() -> None:
     with torch.no_grad():
         for t in list(rounded.parameters()) + list(rounded.buffers()):
             if t.is_floating_point():
-                changed += int(not torch.equal(t.half().float(), t))
-                t.copy_(t.half().float())
+                r = t.half().float()
+                changed += int(not torch.equal(r, t))
+                t.copy_(r)
     if changed == 0:  # e.g. the shipped codec, already stored in float16: measure the float32 one it came from
         print("note: these weights are already float16 values; rounding them changes nothing", file=sys.stderr)
     flips = total = 0

@@ -53,12 +53,10 @@ def pair_captions(rows: list[dict], concept: str, n: int, seed: int = 0, split: 
     levels = list(levels or ORDER[concept])
     if len(levels) < 2 or any(lv not in ORDER[concept] for lv in levels):
         raise MusiclensError(f"{concept} levels are {', '.join(ORDER[concept])}; got {', '.join(levels)}")
-    pool = [r for r in rows if r["split"] == split and concept in named_factors(r)]
-    rng = np.random.default_rng(seed)
-    rng.shuffle(pool)
+    pool = [(r, nf[concept]) for r in rows if r["split"] == split and concept in (nf := named_factors(r))]
+    order = np.random.default_rng(seed).permutation(len(pool))
     out = []
-    for row in pool:
-        own = named_factors(row)[concept]
+    for row, own in (pool[i] for i in order):
         versions = {}
         for lv in levels:
             versions[lv] = row["caption"] if lv == own else flip_caption(row["caption"], row, concept, lv)
@@ -93,6 +91,7 @@ def minimal_pair_eval(model, tok, rows: list[dict], concept: str, n: int = 100, 
     if not pairs:
         raise MusiclensError(f"no {split}-split caption names {concept}: nothing to rewrite")
     levels = list(pairs[0][1])
+    own = [named_factors(r)[concept] for r, _ in pairs]
     est = _estimators()
     measures = [m for m in MEASURES[concept] if m in est]
     if not measures:
@@ -111,7 +110,7 @@ def minimal_pair_eval(model, tok, rows: list[dict], concept: str, n: int = 100, 
             heard[lv] = [t.get(concept) for t in tagger.predict_batch(audio, sr)]
     res: dict = {"concept": concept, "levels": levels, "split": split, "n_captions": len(pairs),
                  "seconds_per_clip": seconds, "guidance_scale": guidance, "seed": seed,
-                 "own_level": {lv: sum(named_factors(r)[concept] == lv for r, _ in pairs) for lv in levels},
+                 "own_level": {lv: own.count(lv) for lv in levels},
                  "generation_seconds": round(time.time() - t0, 1), "measures": {}}
     for m in measures:
         ratio = m in RATIO
@@ -128,7 +127,7 @@ def minimal_pair_eval(model, tok, rows: list[dict], concept: str, n: int = 100, 
                               "ordered": all(c["p_one_sided"] < 0.05 for k, c in cmp.items())}
     if heard:
         res["tagger"] = {lv: float(np.mean([h == lv for h in hs])) for lv, hs in heard.items()}
-    res["per_caption"] = [{"caption": {lv: v[lv] for lv in levels}, "own_level": named_factors(r)[concept],
+    res["per_caption"] = [{"caption": {lv: v[lv] for lv in levels}, "own_level": own[i],
                            **{m: {lv: float(values[lv][m][i]) for lv in levels} for m in measures}}
-                          for i, (r, v) in enumerate(pairs)]
+                          for i, (_, v) in enumerate(pairs)]
     return res

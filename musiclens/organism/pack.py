@@ -133,11 +133,12 @@ def set_export_dtype(folder: str | Path, dtype: str) -> int:
     if not path.exists():
         raise MusiclensError(f"no model.safetensors in {folder}")
     state = load_file(str(path))
+    fixed = {"float16": torch.float16, "float32": torch.float32}.get(dtype)  # None: lossless, per tensor
     n = 0
     for k, v in state.items():
         if not v.is_floating_point():
             continue
-        target = {"float16": torch.float16, "float32": torch.float32}.get(dtype)
+        target = fixed
         if target is None:  # lossless: half precision only where it changes nothing
             wide = v.float()
             target = torch.float16 if torch.equal(wide.half().float(), wide) else torch.float32
