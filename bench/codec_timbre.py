@@ -19,6 +19,17 @@ suspect, and asks the tagger about each:
 It writes bench/results/<name>.json (tagger accuracy per head and the most
 predicted instruments for each variant) and <name>.png (spectrograms of four
 clips, original vs full reconstruction).
+
+`--mfcc-train N` adds a second judge of instrument that shares nothing with
+the tagger: a logistic regression on MFCC statistics (20 coefficients and
+their deltas, mean and std over time) fitted on N clean train clips. A
+decoder trained with a loss read from a tagger network (`perceptual.py`)
+could learn to please CNNs of that kind; a gain this judge also hears is not
+that.
+
+`--baseline RESULT` compares the plain reconstructions clip by clip with an
+earlier run of this bench on the same clips (another decoder): how many clips
+only one decoder gets right, with a sign test, for each judge.
 """
 
 from __future__ import annotations
@@ -48,6 +59,62 @@ def decode_windows(codec, z: torch.Tensor, window: int, context: int, hop: int) 
         y = codec.decoder(z[..., a:s + window])[:, 0]
         out.append(y[:, (s - a) * hop:])
     return torch.cat(out, -1)
+
+
+def mfcc_stats(y: np.ndarray, sr: int) -> np.ndarray:
+    """Mean and std over time of 20 MFCCs and their deltas (80 numbers)."""
+    import librosa
+
+    m = librosa.feature.mfcc(y=y, sr=sr, n_mfcc=20)
+    d = librosa.feature.delta(m)
+    return np.concatenate([m.mean(1), m.std(1), d.mean(1), d.std(1)]).astype(np.float32)
+
+
+def mfcc_judge(corpus: Path, rows: list[dict], n_samples: int, sr: int):
+    """A standardised logistic regression on MFCC statistics of clean train clips: instrument from audio."""
+    import soundfile as sf
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X = np.stack([mfcc_stats(sf.read(corpus / r["path"], dtype="float32")[0][:n_samples], sr) for r in rows])
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(X, [r["instrument"] for r in rows])
+
+
+def by_class(rows: list[dict], variant: dict) -> dict:
+    """Share of clips of each instrument that each judge names right: which timbres a decoder loses."""
+    out = {}
+    for inst in sorted({r["instrument"] for r in rows}):
+        idx = [i for i, r in enumerate(rows) if r["instrument"] == inst]
+        out[inst] = {"n": len(idx), **{judge: round(sum(variant[f"{judge}_hits"][i] for i in idx) / len(idx), 4)
+                                       for judge in ("instrument", "instrument_mfcc") if f"{judge}_hits" in variant}}
+    return out
+
+
+def paired_with(baseline: str, figures: dict) -> dict:
+    """Sign tests of the plain reconstructions' per-clip hits against an earlier result (a = baseline, b = this)."""
+    import json
+
+    from scipy.stats import binomtest
+
+    path = Path(baseline) if baseline.endswith(".json") else RESULTS / f"{baseline}.json"
+    if not path.exists():
+        sys.exit(f"error: no result {path}")
+    base = json.loads(path.read_text())["figures"]
+    if base["clips"] != figures["clips"]:
+        sys.exit(f"error: {path.name} decoded {base['clips']} clips, this run {figures['clips']}: not the same clips")
+    out = {"baseline": path.stem}
+    for key in ("instrument_hits", "instrument_mfcc_hits"):
+        ha, hb = base["variants"]["full"].get(key), figures["variants"]["full"].get(key)
+        if ha is None or hb is None:
+            continue
+        a_only = sum(x and not y for x, y in zip(ha, hb))
+        b_only = sum(y and not x for x, y in zip(ha, hb))
+        flips = a_only + b_only
+        out[key.removesuffix("_hits")] = {"a_only": a_only, "b_only": b_only,
+                                          "both": sum(x and y for x, y in zip(ha, hb)),
+                                          "p_sign_test": binomtest(b_only, flips).pvalue if flips else 1.0}
+    return out
 
 
 def spectrogram_figure(pairs: list[tuple[str, np.ndarray, np.ndarray]], sr: int, path: Path) -> None:
@@ -82,6 +149,10 @@ def main() -> None:
     ap.add_argument("--name", default="codec_timbre")
     ap.add_argument("--variants", default="all", help="comma-separated variants to decode (default: all); "
                                                         "`full` alone gives the tagger on plain reconstructions")
+    ap.add_argument("--mfcc-train", type=int, default=0, help="also judge instrument with an MFCC classifier fitted "
+                                                                "on this many clean train clips (0 = off)")
+    ap.add_argument("--baseline", default="", help="an earlier result of this bench on the same clips (name in "
+                                                       "bench/results or .json path): paired sign tests per judge")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -114,12 +185,26 @@ def main() -> None:
         for k in clips:
             clips[k].append(decode[k]()[0, :n_samples].numpy())
     figures = {"clips": len(rows), "seconds": 6.4, "codec": a.codec or "shipped organism", "variants": {}}
+    judge = None
+    if a.mfcc_train:
+        train_rows = [r for r in load_metadata(a.corpus) if r["split"] == "train"][: a.mfcc_train]
+        judge = mfcc_judge(a.corpus, train_rows, n_samples, sr)
+        figures["mfcc_train_clips"] = len(train_rows)
     for k, ys in clips.items():
         pred = tagger.predict_batch(ys, sr)
         figures["variants"][k] = {
             **{h: round(float(np.mean([p[h] == r[h] for p, r in zip(pred, rows)])), 4) for h in HEADS},
-            "most_predicted_instruments": Counter(p["instrument"] for p in pred).most_common(3)}
+            "most_predicted_instruments": Counter(p["instrument"] for p in pred).most_common(3),
+            "instrument_hits": [int(p["instrument"] == r["instrument"]) for p, r in zip(pred, rows)]}
+        if judge is not None:
+            hits = judge.predict(np.stack([mfcc_stats(y, sr) for y in ys])) == np.array([r["instrument"] for r in rows])
+            figures["variants"][k]["instrument_mfcc"] = round(float(hits.mean()), 4)
+            figures["variants"][k]["instrument_mfcc_hits"] = [int(h) for h in hits]
+        figures["variants"][k]["instrument_by_class"] = by_class(rows, figures["variants"][k])
         print(k, figures["variants"][k], flush=True)
+    if a.baseline:
+        figures["paired_with_baseline"] = paired_with(a.baseline, figures)
+        print("paired", figures["paired_with_baseline"], flush=True)
     pairs = []
     for inst in ("piano", "marimba", "trumpet", "flute") if a.variants == "all" else ():  # figure: full runs only
         i = next((i for i, r in enumerate(rows) if r["instrument"] == inst), None)

@@ -78,23 +78,31 @@ def _contrast_flags(cfg: dict) -> str:
     return flags
 
 
-def _larger_corpus_codes(corpus: dict, two_decoders: bool = False) -> tuple[str, list[str]]:
+def _stage_dir(i: int) -> str:
+    """Where the recipe trains decoder stage i (0 = the first, in the main run)."""
+    return "runs/organism" if i == 0 else f"runs/organism-dec{i + 1}"
+
+
+def _larger_corpus_codes(corpus: dict, n_decoders: int = 1) -> tuple[str, list[str]]:
     """(folder, commands): render the larger corpus and encode it with the codec and decoder above, in RUN2.
 
-    With two decoder stages, RUN2 keeps the first as `decoder_init` (so its logs reach the card) and the
-    second as `decoder`, the codec that is shipped."""
+    With several decoder stages, RUN2 keeps the earlier ones as `decoder_init`, `decoder_init2`, ...
+    (so their logs reach the card) and the last as `decoder`, the codec that is shipped."""
     big = f"data/corpus{corpus['clips'] // 1000}k"
-    copy = ("mkdir RUN2 && cp -a runs/organism/codec RUN2/ && cp -a runs/organism/decoder RUN2/decoder_init && "
-            "cp -a runs/organism-dec2/decoder RUN2/" if two_decoders else
-            "mkdir RUN2 && cp -a runs/organism/codec runs/organism/decoder RUN2/   # the same codec and decoder")
+    if n_decoders > 1:
+        earlier = [f"cp -a {_stage_dir(i)}/decoder RUN2/decoder_init{i + 1 if i else ''}" for i in range(n_decoders - 1)]
+        copy = " && ".join(["mkdir RUN2", "cp -a runs/organism/codec RUN2/", *earlier,
+                            f"cp -a {_stage_dir(n_decoders - 1)}/decoder RUN2/"])
+    else:
+        copy = "mkdir RUN2 && cp -a runs/organism/codec runs/organism/decoder RUN2/   # the same codec and decoder"
     return big, [f"musiclens corpus render --out {big} --clips {corpus['clips']} --seed {corpus['seed']}",
                  copy, f"musiclens organism train --corpus {big} --out RUN2 --stage codes"]
 
 
-def _gpu_lm_recipe(lm_cfg: dict, tune_cfg: dict, corpus: dict, two_decoders: bool = False,
+def _gpu_lm_recipe(lm_cfg: dict, tune_cfg: dict, corpus: dict, n_decoders: int = 1,
                    dtype: str = "") -> list[str]:
     """Commands of the lent-GPU LM recipe (organism pack-lm + tools/device_lm.sh), from the stages' configs."""
-    big, codes = _larger_corpus_codes(corpus, two_decoders)
+    big, codes = _larger_corpus_codes(corpus, n_decoders)
     shape = (f"--lm-batch-size {lm_cfg.get('batch_size')} --lm-layers {lm_cfg.get('layers')} --lm-d-model "
              f"{lm_cfg.get('d_model')} --lm-dropout {lm_cfg.get('dropout')} --lm-eval-every {lm_cfg.get('eval_every')}")
     tune = (f"--tune-lr {tune_cfg.get('lr')}" + _contrast_flags(tune_cfg)) if tune_cfg else ""
@@ -121,33 +129,72 @@ def _not_measured(shipped: bool, folder: Path, what: str) -> str:
 def _decoder_flags(cfg: dict) -> str:
     return (f"--decoder-steps {cfg.get('steps')} --decoder-lr {cfg.get('lr')} --decoder-w-stft {cfg.get('w_stft', 0)} "
             f"--decoder-w-adv {cfg.get('w_adv')} --decoder-w-feat {cfg.get('w_feat')}"
+            + (f" --decoder-w-tagger {cfg['w_tagger']} --decoder-tagger {cfg.get('tagger')}"
+               if (cfg.get("w_tagger") or 0) > 0 else "")
             + (f" --decoder-filters {cfg['num_filters']}" if cfg.get("num_filters") else "")
             + (f" --schedule-minutes {cfg['budget_minutes']}" if (cfg.get("budget_minutes") or 0) > 0 else ""))
 
 
-def _decoder_recipe(cfg: dict, init_cfg: dict | None) -> list[str]:
-    """The decoder stage's command; with an earlier stage (`training/decoder_init_*`), both, the second
-    starting from a run whose codec is the first one's polished codec."""
-    first = "musiclens organism train --corpus data/corpus --out runs/organism --stage decoder "
-    if init_cfg is None:
-        return [first + _decoder_flags(cfg)]
-    return [first + _decoder_flags(init_cfg),
-            "mkdir -p runs/organism-dec2/codec && cp -r runs/organism/decoder/hf runs/organism-dec2/codec/hf",
-            "musiclens organism train --corpus data/corpus --out runs/organism-dec2 --stage decoder "
-            + _decoder_flags(cfg),
-            "# the LM below ships with this codec (organism.polish.install_codec)"]
+def _decoder_stages(tr: Path) -> list[tuple[list[dict], dict, dict | None]]:
+    """(log, config, tagger train config or None) of every decoder stage in training/, oldest first:
+    decoder_init, decoder_init2, ... (the stages the shipped codec came from), then decoder."""
+    names, k = [], 1
+    while (tr / f"decoder_init{k if k > 1 else ''}_log.jsonl").exists():
+        names.append(f"decoder_init{k if k > 1 else ''}")
+        k += 1
+    names.append("decoder")
+    stages = [(_jsonl(tr / f"{n}_log.jsonl"), _json(tr / f"{n}_config.json") or {},
+               _json(tr / f"{n}_tagger_train_config.json")) for n in names]
+    return [st for st in stages if st[0]]
 
 
-def _decoder_line(title: str, log: list[dict], cfg: dict) -> str:
+def _tagger_command(tcfg: dict) -> str:
+    """`musiclens tagger train` with the options a tagger was trained with (defaults left out)."""
+    from ..measure.tagger import TaggerConfig
+
+    flags = ""
+    for key, value in tcfg.items():
+        if key in ("corpus", "out", "resume", "overwrite"):
+            continue
+        field = TaggerConfig.__dataclass_fields__.get(key)
+        default = field.default_factory() if field is not None and callable(field.default_factory) else (
+            field.default if field is not None else None)
+        if value != default:
+            shown = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+            flags += f" --{key.replace('_', '-')} {shown}"
+    return f"musiclens tagger train --corpus {tcfg.get('corpus')} --out {tcfg.get('out')}{flags}"
+
+
+def _decoder_recipe(stages: list[tuple[list[dict], dict, dict | None]]) -> list[str]:
+    """The decoder stages' commands: each later stage starts from a run whose codec is the stage before's."""
+    lines = []
+    for i, (_, cfg, tagger) in enumerate(stages):
+        if tagger:
+            lines.append(_tagger_command(tagger) + "   # the tagger whose features the next stage's loss reads")
+        if i:
+            lines.append(f"mkdir -p {_stage_dir(i)}/codec && "
+                         f"cp -r {_stage_dir(i - 1)}/decoder/hf {_stage_dir(i)}/codec/hf")
+        lines.append(f"musiclens organism train --corpus data/corpus --out {_stage_dir(i)} --stage decoder "
+                     + _decoder_flags(cfg))
+    if len(stages) > 1:
+        lines.append("# the LM below ships with the last stage's codec (organism.polish.install_codec)")
+    return lines
+
+
+def _decoder_line(title: str, log: list[dict], cfg: dict, before: dict | None = None) -> str:
+    """One decoder stage's line; `before` is the previous stage's config (a width it had is not a widening)."""
+    widened = cfg.get("num_filters") and (before or {}).get("num_filters") != cfg["num_filters"]
     return (f"* {title}: "
             + (f"codec widened to {cfg['num_filters']} filters first (same codes and audio at step 0), "
-               if cfg.get("num_filters") else "")
+               if widened else "")
             + f"step {log[-1]['step']} "
             + (f"(LR schedule spanning {cfg['budget_minutes']} min of training)"
                if (cfg.get("budget_minutes") or 0) > 0 else f"of {cfg.get('steps', '?')}")
             + f", lr {cfg.get('lr')}, linear-STFT weight {cfg.get('w_stft', 0)}, adversarial {cfg.get('w_adv')} / "
-            f"feature matching {cfg.get('w_feat')}; held-out mel loss {log[0]['heldout_mel']:.3f} before, "
-            f"{log[-1]['heldout_mel']:.3f} after")
+            f"feature matching {cfg.get('w_feat')}"
+            + (f", tagger-feature weight {cfg['w_tagger']} (tagger {cfg.get('tagger')})"
+               if (cfg.get("w_tagger") or 0) > 0 else "")
+            + f"; held-out mel loss {log[0]['heldout_mel']:.3f} before, {log[-1]['heldout_mel']:.3f} after")
 
 
 def _stored_dtype(folder: Path) -> str:
@@ -177,9 +224,8 @@ def card_text(folder: Path | None = None) -> str:
     # a tune stage that continued another run's fine-tuning (`--tune-init`): that first part, and its codes
     init_log, init_prog, init_cfg = (_jsonl(tr / "tune_init_log.jsonl"), _json(tr / "tune_init_progress.json") or {},
                                      _json(tr / "tune_init_config.json") or {})
-    dec_log, dec_cfg = _jsonl(tr / "decoder_log.jsonl"), _json(tr / "decoder_config.json") or {}
-    # a decoder stage that started from an earlier one's codec (e.g. widened): the earlier stage is decoder_init
-    dec_init_log, dec_init_cfg = _jsonl(tr / "decoder_init_log.jsonl"), _json(tr / "decoder_init_config.json") or {}
+    # the decoder stages, oldest first: each later one started from the one before's codec (e.g. widened)
+    dec_stages = _decoder_stages(tr)
     # bench/results describe the shipped folder only: a copy exported elsewhere is not what they measured
     shipped = folder.resolve() == O.organism_path().resolve()
     cres = (_json(RESULTS / "organism_codec.json") or {}).get("figures") if shipped else None
@@ -228,14 +274,17 @@ def card_text(folder: Path | None = None) -> str:
           "## Training data and commands", "",
           "```", "musiclens corpus render --out data/corpus --clips 4000 --seed 0",
           "musiclens organism train --corpus data/corpus --out runs/organism --minutes 45 [--resume]",
-          *(_decoder_recipe(dec_cfg, dec_init_cfg if dec_init_log else None) if dec_log else []),
+          *_decoder_recipe(dec_stages),
           *(_gpu_lm_recipe(lm_cfg, tune_cfg, _json(tr / "corpus.json") or {"clips": 12000, "seed": 0},
-                           bool(dec_init_log), "float16" if stored == "float16" else "") if gpu
+                           len(dec_stages), "float16" if stored == "float16" else "") if gpu
             else ["musiclens organism export --run runs/organism"]),
           "python bench/organism.py --corpus data/corpus", "```", "",
           "Stages: codec (data-dependent init of the encoder, k-means codebook init, EMA codebooks with "
           "dead-code restarts; waveform L1 + multi-scale mel with 4-128 ms windows + onset-envelope loss), decoder (the "
-          "codec's decoder fine-tuned alone on frozen codes, + a linear-frequency log-STFT loss), codes (corpus "
+          "codec's decoder fine-tuned alone on frozen codes, + a linear-frequency log-STFT loss"
+          + (", and in a later stage a loss on the feature maps of a second, frozen tagger"
+             if any((cfg.get("w_tagger") or 0) > 0 for _, cfg, _ in dec_stages) else "")
+          + "), codes (corpus "
           "encoded once, MiniLM caption states computed once), lm (AdamW, warm-up + cosine, random crops, 15 % "
           "null captions for classifier-free guidance), tune (the LM fine-tuned with an extra hinge that makes each "
           "clip's opening less likely under its caption with one concept's words flipped: the base LM had learned "
@@ -269,13 +318,10 @@ def card_text(folder: Path | None = None) -> str:
                  f"(batch {codec_cfg.get('batch_size')} x {codec_cfg.get('crop_seconds')} s crops); held-out "
                  f"multi-scale mel loss (log + linear mel L1, the training loss's mel term) by step: "
                  + ", ".join(f"{r['step']}: {r['heldout_mel']:.3f}" for r in codec_log[:: max(1, len(codec_log) // 8)]))
-    if dec_init_log:
-        L.append(_decoder_line("decoder stage (the codec's decoder fine-tuned on frozen codes, so the LM's codes "
-                               "are unchanged)", dec_init_log, dec_init_cfg))
-    if dec_log:
-        L.append(_decoder_line("then a second decoder stage, from the first one's codec" if dec_init_log else
+    for i, (log, cfg, _) in enumerate(dec_stages):
+        L.append(_decoder_line(f"then decoder stage {i + 1}, from stage {i}'s codec" if i else
                                "decoder stage (the codec's decoder fine-tuned on frozen codes, so the LM's codes "
-                               "are unchanged)", dec_log, dec_cfg))
+                               "are unchanged)", log, cfg, dec_stages[i - 1][1] if i else None))
     if lm_log:
         span = (f"(LR schedule spanning {lm_cfg['budget_minutes']} min of training)"
                 if (lm_cfg.get("budget_minutes") or 0) > 0 else f"of {lm_cfg.get('steps', '?')}")

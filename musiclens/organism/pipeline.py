@@ -66,6 +66,10 @@ class OrganismTrainConfig:
     decoder_w_adv: float = option(0.0, "adversarial loss weight of the decoder stage (0 = off, as shipped; up to "
                                        "5,010 adversarial steps on CPU made every tagger head worse)")
     decoder_w_feat: float = option(0.0, "feature-matching loss weight of the decoder stage (0 = off, as shipped)")
+    decoder_w_tagger: float = option(0.0, "tagger-feature (perceptual) loss weight of the decoder stage (0 = off; "
+                                          "the shipped codec's last stage: 2; needs --decoder-tagger)")
+    decoder_tagger: str = option("", "tagger folder for the decoder stage's tagger-feature loss (one trained apart "
+                                     "from the shipped tagger, which judges the figures)")
     decoder_w_stft: float = option(2.0, "linear-frequency log-STFT loss weight of the decoder stage (shipped: 2)")
     decoder_filters: int = option(0, "widen the codec to this many filters before the decoder stage, keeping its "
                                      "codes and its audio at step 0 (organism/widen.py; 0 = keep the width)")
@@ -130,6 +134,7 @@ def train(cfg: OrganismTrainConfig) -> dict:
 
         pcfg = PolishConfig(steps=cfg.decoder_steps, budget_minutes=cfg.schedule_minutes, batch_size=cfg.codec_batch_size, lr=cfg.decoder_lr,
                             w_adv=cfg.decoder_w_adv, w_feat=cfg.decoder_w_feat, w_stft=cfg.decoder_w_stft,
+                            w_tagger=cfg.decoder_w_tagger, tagger=cfg.decoder_tagger,
                             num_filters=cfg.decoder_filters, seed=cfg.seed)
         summary["decoder"] = train_decoder(pcfg, corpus, out, cfg.minutes, cfg.resume, device)
         if not summary["decoder"]["done"] and cfg.stage == "all":
@@ -261,6 +266,27 @@ def _corpus_summary(corpus: Path) -> dict | None:
             "sample_rate": cfg.get("sample_rate"), "example_captions": [r["caption"] for r in rows[:4]]}
 
 
+def decoder_chain(run: Path) -> list[Path]:
+    """The earlier decoder stages of a run, oldest first: RUN/decoder_init, RUN/decoder_init2, ...
+
+    Each stage started from the one before's codec (e.g. widened, then continued); RUN/decoder is
+    the last. Keeping them in the run lets the exported card list every stage and its command.
+    """
+    chain, k = [], 1
+    while (run / f"decoder_init{k if k > 1 else ''}").is_dir():
+        chain.append(run / f"decoder_init{k if k > 1 else ''}")
+        k += 1
+    return chain
+
+
+def _stage_tagger(stage: Path) -> Path | None:
+    """The train_config.json of the tagger a decoder stage's tagger-feature loss used, if it is still there."""
+    cfg = stage / "config.json"
+    tagger = json.loads(cfg.read_text()).get("tagger") if cfg.exists() else None
+    found = Path(tagger) / "train_config.json" if tagger else None
+    return found if found is not None and found.exists() else None
+
+
 def _tune_base(run: Path) -> tuple[Path | None, bool]:
     """(the run this run's tune stage started from, whether it continued that run's fine-tuning).
 
@@ -307,8 +333,8 @@ def export(cfg: OrganismExportConfig) -> Path:
         (tmp / "training").mkdir()
         # (stage folder, name in training/): a stage this run did not train comes from the run it started from
         logs = [(run / s if (run / s).is_dir() or base is None else base / s, s) for s in ("codec", "decoder", "lm")]
-        if (run / "decoder_init").is_dir():  # the decoder stage this run's codec came from (docs/organism.md)
-            logs.append((run / "decoder_init", "decoder_init"))
+        # the decoder stages this run's codec came from, oldest first: decoder_init, decoder_init2, ...
+        logs += [(d, d.name) for d in decoder_chain(run)]
         if which == "tune":
             logs.append((run / "tune", "tune"))
             if continued:
@@ -318,6 +344,9 @@ def export(cfg: OrganismExportConfig) -> Path:
                 p = folder / name
                 if p.exists():
                     shutil.copy2(p, tmp / "training" / f"{stage}_{name}")
+            tagger = _stage_tagger(folder)
+            if tagger is not None:  # the tagger a decoder stage's tagger-feature loss read: how it was trained
+                shutil.copy2(tagger, tmp / "training" / f"{stage}_tagger_train_config.json")
         for r, prefix in [(run, "")] + ([(base, "tune_init_")] if continued else []):
             idx = r / "codes" / "index.json"
             if idx.exists():

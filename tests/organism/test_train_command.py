@@ -63,9 +63,29 @@ def test_train_all_stages_then_resume_and_export(tiny_corpus, tmp_path, capsys):
     assert main(["organism", "export", "--run", str(run), "--out", str(tmp_path / "ship2")]) == 0
     card2 = (tmp_path / "ship2" / "README.md").read_text()
     assert (tmp_path / "ship2" / "training" / "decoder_init_log.jsonl").exists()
-    assert "then a second decoder stage, from the first one's codec" in card2
+    assert "then decoder stage 2, from stage 1's codec" in card2
     assert "cp -r runs/organism/decoder/hf runs/organism-dec2/codec/hf" in card2
-    assert "then a second decoder stage" not in card
+    assert "then decoder stage 2" not in card
+    # a chain: decoder_init, decoder_init2, then decoder; the last one with a tagger-feature loss, whose tagger's
+    # training options reach the card as a command before that stage's
+    shutil.copytree(run / "decoder", run / "decoder_init2")
+    tagger = tmp_path / "tagger_perc"
+    tagger.mkdir()
+    (tagger / "train_config.json").write_text(json.dumps({"corpus": "data/corpus12k", "out": "runs/tagger_perc",
+                                                          "epochs": 8, "seed": 1, "threads": 1, "resume": False}))
+    cfg = json.loads((run / "decoder" / "config.json").read_text())
+    (run / "decoder" / "config.json").write_text(json.dumps({**cfg, "w_tagger": 2.0, "tagger": str(tagger)}))
+    assert main(["organism", "export", "--run", str(run), "--out", str(tmp_path / "ship3")]) == 0
+    card3 = (tmp_path / "ship3" / "README.md").read_text()
+    assert (tmp_path / "ship3" / "training" / "decoder_init2_log.jsonl").exists()
+    assert (tmp_path / "ship3" / "training" / "decoder_tagger_train_config.json").exists()
+    assert "then decoder stage 3, from stage 2's codec" in card3 and "tagger-feature weight 2.0" in card3
+    assert "cp -r runs/organism-dec2/decoder/hf runs/organism-dec3/codec/hf" in card3
+    lines = card3.splitlines()
+    tagger_cmd = lines.index("musiclens tagger train --corpus data/corpus12k --out runs/tagger_perc --epochs 8 "
+                             "--seed 1   # the tagger whose features the next stage's loss reads")
+    assert "--out runs/organism-dec3 --stage decoder" in lines[tagger_cmd + 2]  # the tagger comes first
+    assert f"--decoder-w-tagger 2.0 --decoder-tagger {tagger}" in lines[tagger_cmd + 2]
 
 
 def test_tune_continues_from_another_runs_checkpoint(tiny_corpus, tmp_path, capsys):
