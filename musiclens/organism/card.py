@@ -90,7 +90,9 @@ def _larger_corpus_codes(corpus: dict, n_decoders: int = 1) -> tuple[str, list[s
     (so their logs reach the card) and the last as `decoder`, the codec that is shipped."""
     big = f"data/corpus{corpus['clips'] // 1000}k"
     if n_decoders > 1:
-        earlier = [f"cp -a {_stage_dir(i)}/decoder RUN2/decoder_init{i + 1 if i else ''}" for i in range(n_decoders - 1)]
+        from .pipeline import decoder_init_name
+
+        earlier = [f"cp -a {_stage_dir(i)}/decoder RUN2/{decoder_init_name(i)}" for i in range(n_decoders - 1)]
         copy = " && ".join(["mkdir RUN2", "cp -a runs/organism/codec RUN2/", *earlier,
                             f"cp -a {_stage_dir(n_decoders - 1)}/decoder RUN2/"])
     else:
@@ -138,10 +140,11 @@ def _decoder_flags(cfg: dict) -> str:
 def _decoder_stages(tr: Path) -> list[tuple[list[dict], dict, dict | None]]:
     """(log, config, tagger train config or None) of every decoder stage in training/, oldest first:
     decoder_init, decoder_init2, ... (the stages the shipped codec came from), then decoder."""
-    names, k = [], 1
-    while (tr / f"decoder_init{k if k > 1 else ''}_log.jsonl").exists():
-        names.append(f"decoder_init{k if k > 1 else ''}")
-        k += 1
+    from .pipeline import decoder_init_name
+
+    names = []
+    while (tr / f"{decoder_init_name(len(names))}_log.jsonl").exists():
+        names.append(decoder_init_name(len(names)))
     names.append("decoder")
     stages = [(_jsonl(tr / f"{n}_log.jsonl"), _json(tr / f"{n}_config.json") or {},
                _json(tr / f"{n}_tagger_train_config.json")) for n in names]

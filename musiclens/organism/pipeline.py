@@ -272,11 +272,15 @@ def decoder_chain(run: Path) -> list[Path]:
     Each stage started from the one before's codec (e.g. widened, then continued); RUN/decoder is
     the last. Keeping them in the run lets the exported card list every stage and its command.
     """
-    chain, k = [], 1
-    while (run / f"decoder_init{k if k > 1 else ''}").is_dir():
-        chain.append(run / f"decoder_init{k if k > 1 else ''}")
-        k += 1
+    chain = []
+    while (run / decoder_init_name(len(chain))).is_dir():
+        chain.append(run / decoder_init_name(len(chain)))
     return chain
+
+
+def decoder_init_name(i: int) -> str:
+    """The folder (and training/ prefix) of the i-th earlier decoder stage: decoder_init, decoder_init2, ..."""
+    return f"decoder_init{i + 1 if i else ''}"
 
 
 def _stage_tagger(stage: Path) -> Path | None:
