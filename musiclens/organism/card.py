@@ -129,11 +129,15 @@ def _not_measured(shipped: bool, folder: Path, what: str) -> str:
 
 
 def _decoder_flags(cfg: dict) -> str:
+    """The stage's options as `organism train` flags (those left at the shipped defaults are left out)."""
     return (f"--decoder-steps {cfg.get('steps')} --decoder-lr {cfg.get('lr')} --decoder-w-stft {cfg.get('w_stft', 0)} "
             f"--decoder-w-adv {cfg.get('w_adv')} --decoder-w-feat {cfg.get('w_feat')}"
             + (f" --decoder-w-tagger {cfg['w_tagger']} --decoder-tagger {cfg.get('tagger')}"
                if (cfg.get("w_tagger") or 0) > 0 else "")
             + (f" --decoder-filters {cfg['num_filters']}" if cfg.get("num_filters") else "")
+            + (f" --decoder-w-onset {cfg['w_onset']}" if cfg.get("w_onset", 1.0) != 1.0 else "")
+            + (f" --decoder-crop-seconds {cfg['crop_seconds']}" if cfg.get("crop_seconds", 0.5) != 0.5 else "")
+            + (f" --codec-batch-size {cfg['batch_size']}" if cfg.get("batch_size", 8) != 8 else "")
             + (f" --schedule-minutes {cfg['budget_minutes']}" if (cfg.get("budget_minutes") or 0) > 0 else ""))
 
 

@@ -71,6 +71,9 @@ class OrganismTrainConfig:
     decoder_tagger: str = option("", "tagger folder for the decoder stage's tagger-feature loss (one trained apart "
                                      "from the shipped tagger, which judges the figures)")
     decoder_w_stft: float = option(2.0, "linear-frequency log-STFT loss weight of the decoder stage (shipped: 2)")
+    decoder_w_onset: float = option(1.0, "onset-envelope loss weight of the decoder stage (shipped: 1)")
+    decoder_crop_seconds: float = option(0.5, "length of each decoder-stage training crop (shipped: 0.5 s; crops per "
+                                              "step: --codec-batch-size)")
     decoder_filters: int = option(0, "widen the codec to this many filters before the decoder stage, keeping its "
                                      "codes and its audio at step 0 (organism/widen.py; 0 = keep the width)")
     lm_steps: int = option(9000, "language-model optimiser steps (shipped run: 8715 of 9000, ~66 min on 2 CPU cores)")
@@ -114,6 +117,8 @@ def train(cfg: OrganismTrainConfig) -> dict:
         raise MusiclensError("--stage decoder needs --decoder-steps N (N > 0)")
     if cfg.schedule_minutes < 0 or cfg.codec_crop_seconds <= 0:
         raise MusiclensError("--schedule-minutes must be >= 0 and --codec-crop-seconds > 0")
+    if cfg.decoder_crop_seconds <= 0 or cfg.decoder_w_onset < 0:
+        raise MusiclensError("--decoder-crop-seconds must be > 0 and --decoder-w-onset >= 0")
     if cfg.decoder_filters < 0:
         raise MusiclensError(f"--decoder-filters must be 0 (keep the width) or a width, not {cfg.decoder_filters}")
     out.mkdir(parents=True, exist_ok=True)
@@ -133,6 +138,7 @@ def train(cfg: OrganismTrainConfig) -> dict:
         from .polish import PolishConfig, train_decoder
 
         pcfg = PolishConfig(steps=cfg.decoder_steps, budget_minutes=cfg.schedule_minutes, batch_size=cfg.codec_batch_size, lr=cfg.decoder_lr,
+                            crop_seconds=cfg.decoder_crop_seconds, w_onset=cfg.decoder_w_onset,
                             w_adv=cfg.decoder_w_adv, w_feat=cfg.decoder_w_feat, w_stft=cfg.decoder_w_stft,
                             w_tagger=cfg.decoder_w_tagger, tagger=cfg.decoder_tagger,
                             num_filters=cfg.decoder_filters, seed=cfg.seed)

@@ -74,7 +74,8 @@ def test_train_all_stages_then_resume_and_export(tiny_corpus, tmp_path, capsys):
     (tagger / "train_config.json").write_text(json.dumps({"corpus": "data/corpus12k", "out": "runs/tagger_perc",
                                                           "epochs": 8, "seed": 1, "threads": 1, "resume": False}))
     cfg = json.loads((run / "decoder" / "config.json").read_text())
-    (run / "decoder" / "config.json").write_text(json.dumps({**cfg, "w_tagger": 2.0, "tagger": str(tagger)}))
+    (run / "decoder" / "config.json").write_text(json.dumps({**cfg, "w_tagger": 2.0, "tagger": str(tagger),
+                                                             "w_onset": 6.0, "crop_seconds": 1.0, "batch_size": 4}))
     assert main(["organism", "export", "--run", str(run), "--out", str(tmp_path / "ship3")]) == 0
     card3 = (tmp_path / "ship3" / "README.md").read_text()
     assert (tmp_path / "ship3" / "training" / "decoder_init2_log.jsonl").exists()
@@ -86,6 +87,8 @@ def test_train_all_stages_then_resume_and_export(tiny_corpus, tmp_path, capsys):
                              "--seed 1   # the tagger whose features the next stage's loss reads")
     assert "--out runs/organism-dec3 --stage decoder" in lines[tagger_cmd + 2]  # the tagger comes first
     assert f"--decoder-w-tagger 2.0 --decoder-tagger {tagger}" in lines[tagger_cmd + 2]
+    assert "--decoder-w-onset 6.0 --decoder-crop-seconds 1.0 --codec-batch-size 4" in lines[tagger_cmd + 2]
+    assert "--decoder-w-onset" not in lines[tagger_cmd - 1]  # stage 2 kept the defaults
 
 
 def test_tune_continues_from_another_runs_checkpoint(tiny_corpus, tmp_path, capsys):
@@ -143,3 +146,9 @@ def test_bad_schedule_options_are_one_line_errors(tiny_corpus, tmp_path, capsys)
         assert main(["organism", "train", "--corpus", str(tiny_corpus), "--out", str(out), flag, value]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "--schedule-minutes must be >= 0" in err and not out.exists()
+    for flag, value in (("--decoder-crop-seconds", "0"), ("--decoder-w-onset", "-1")):
+        out = tmp_path / flag.strip("-")
+        assert main(["organism", "train", "--corpus", str(tiny_corpus), "--out", str(out), "--stage", "decoder",
+                     flag, value]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--decoder-crop-seconds must be > 0" in err and not out.exists()
