@@ -67,7 +67,7 @@ class OrganismTrainConfig:
                                        "5,010 adversarial steps on CPU made every tagger head worse)")
     decoder_w_feat: float = option(0.0, "feature-matching loss weight of the decoder stage (0 = off, as shipped)")
     decoder_w_tagger: float = option(0.0, "tagger-feature (perceptual) loss weight of the decoder stage (0 = off; "
-                                          "the shipped codec's last stage: 2; needs --decoder-tagger)")
+                                          "the shipped codec's last stage: 6; needs --decoder-tagger)")
     decoder_tagger: str = option("", "tagger folder for the decoder stage's tagger-feature loss (one trained apart "
                                      "from the shipped tagger, which judges the figures)")
     decoder_w_stft: float = option(2.0, "linear-frequency log-STFT loss weight of the decoder stage (shipped: 2)")
