@@ -128,6 +128,17 @@ def _not_measured(shipped: bool, folder: Path, what: str) -> str:
             "this folder (bench results are written into the shipped model's card only).")
 
 
+def _polish_defaults() -> dict:
+    from dataclasses import fields
+
+    from .polish import PolishConfig
+
+    return {f.name: f.default for f in fields(PolishConfig)}
+
+
+_POLISH_DEFAULTS = _polish_defaults()
+
+
 def _decoder_flags(cfg: dict) -> str:
     """The stage's options as `organism train` flags (those left at the shipped defaults are left out)."""
     return (f"--decoder-steps {cfg.get('steps')} --decoder-lr {cfg.get('lr')} --decoder-w-stft {cfg.get('w_stft', 0)} "
@@ -135,9 +146,10 @@ def _decoder_flags(cfg: dict) -> str:
             + (f" --decoder-w-tagger {cfg['w_tagger']} --decoder-tagger {cfg.get('tagger')}"
                if (cfg.get("w_tagger") or 0) > 0 else "")
             + (f" --decoder-filters {cfg['num_filters']}" if cfg.get("num_filters") else "")
-            + (f" --decoder-w-onset {cfg['w_onset']}" if cfg.get("w_onset", 1.0) != 1.0 else "")
-            + (f" --decoder-crop-seconds {cfg['crop_seconds']}" if cfg.get("crop_seconds", 0.5) != 0.5 else "")
-            + (f" --codec-batch-size {cfg['batch_size']}" if cfg.get("batch_size", 8) != 8 else "")
+            + "".join(f" {flag} {cfg[key]}" for flag, key in (("--decoder-w-onset", "w_onset"),
+                                                               ("--decoder-crop-seconds", "crop_seconds"),
+                                                               ("--codec-batch-size", "batch_size"))
+                      if cfg.get(key, _POLISH_DEFAULTS[key]) != _POLISH_DEFAULTS[key])
             + (f" --schedule-minutes {cfg['budget_minutes']}" if (cfg.get("budget_minutes") or 0) > 0 else ""))
 
 
@@ -174,9 +186,10 @@ def _tagger_command(tcfg: dict) -> str:
 
 def _decoder_recipe(stages: list[tuple[list[dict], dict, dict | None]]) -> list[str]:
     """The decoder stages' commands: each later stage starts from a run whose codec is the stage before's."""
-    lines = []
+    lines, taggers = [], []
     for i, (_, cfg, tagger) in enumerate(stages):
-        if tagger:
+        if tagger and tagger not in taggers:  # stages that share a tagger train it once
+            taggers.append(tagger)
             lines.append(_tagger_command(tagger) + "   # the tagger whose features the next stage's loss reads")
         if i:
             lines.append(f"mkdir -p {_stage_dir(i)}/codec && "

@@ -89,6 +89,13 @@ def test_train_all_stages_then_resume_and_export(tiny_corpus, tmp_path, capsys):
     assert f"--decoder-w-tagger 2.0 --decoder-tagger {tagger}" in lines[tagger_cmd + 2]
     assert "--decoder-w-onset 6.0 --decoder-crop-seconds 1.0 --codec-batch-size 4" in lines[tagger_cmd + 2]
     assert "--decoder-w-onset" not in lines[tagger_cmd - 1]  # stage 2 kept the defaults
+    # two stages that read the same tagger: its training command is printed once, before the first of them
+    cfg2 = json.loads((run / "decoder_init2" / "config.json").read_text())
+    (run / "decoder_init2" / "config.json").write_text(json.dumps({**cfg2, "w_tagger": 6.0, "tagger": str(tagger)}))
+    assert main(["organism", "export", "--run", str(run), "--out", str(tmp_path / "ship4")]) == 0
+    lines4 = (tmp_path / "ship4" / "README.md").read_text().splitlines()
+    assert sum(line.startswith("musiclens tagger train") for line in lines4) == 1
+    assert "--out runs/organism-dec2 --stage decoder" in lines4[lines4.index(lines[tagger_cmd]) + 2]
 
 
 def test_tune_continues_from_another_runs_checkpoint(tiny_corpus, tmp_path, capsys):
