@@ -43,6 +43,8 @@ def main() -> None:
     ap.add_argument("--split", default="test", choices=["test", "valid"],
                     help="captions' split: test for reported figures, valid for choosing a checkpoint or guidance")
     ap.add_argument("--no-card", action="store_true", help="do not rewrite the model card")
+    ap.add_argument("--no-reference", action="store_true", help="skip the same figures on the captions' source clips "
+                                                                 "(as rendered and through the codec)")
     ap.add_argument("--tagger", default="", help="tagger folder for instrument / drums (default: shipped); the "
                                                  "result then goes to bench/results/organism_<folder name>.json")
     ap.add_argument("--name", default="", help="results file name (default: organism for the shipped model's test-split "
@@ -83,7 +85,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = OrganismEvalConfig(model=a.model or str(organism_path()), run=a.run, corpus=a.corpus, out=str(Path(tmp) / "eval.json"), what=a.what,
                                  n_codec=a.n_codec, n_prompts=a.n_prompts, n_uncond=a.n_uncond, seconds=a.seconds,
-                                 guidance=a.guidance, top_k=a.top_k, temperature=a.temperature, seed=a.seed, tagger=a.tagger, split=a.split)
+                                 guidance=a.guidance, top_k=a.top_k, temperature=a.temperature, seed=a.seed, tagger=a.tagger, split=a.split,
+                                 reference=not a.no_reference)
         res = evaluate(cfg)
     if "codec" in res:
         write_result(codec_name, {"model": res["model"], **res["codec"]})

@@ -285,34 +285,8 @@ def paired_tags(per_clip_a: list[dict], per_clip_b: list[dict], factor: str) -> 
             "p_sign_test": binomtest(b_only, a_only + b_only).pvalue if a_only + b_only else 1.0}
 
 
-def generation_eval(model, tok, rows: list[dict], n_prompts: int = 64, n_uncond: int = 16, seconds: float = 6.0,
-                    seed: int = 0, guidance: float = 3.0, tagger=None, corpus=None, code_probe=None,
-                    split: str = "test", top_k: int | None = None, temperature: float = 1.0) -> dict:
-    """The issue's 'Prove it' metrics on test-split captions (see module docstring).
-
-    `split="valid"` draws the captions from the valid split instead, for model selection.
-
-    With a `codeprobe.CodeProbe`, instrument and drums are also read from the
-    codes the LM sampled (`<factor>_codes`), before the codec decodes them.
-    """
-    from .codeprobe import capture_decoder_input
-    from scipy.stats import spearmanr
-
-    from ..corpus.factors import tempo_word
-
-    est = _estimators()
-    sr = O.SAMPLE_RATE
-    prompts = pick_prompts(rows, n_prompts, seed, split)
-    if not prompts:
-        raise MusiclensError(f"no {split}-split captions to generate from (--n-prompts {n_prompts})")
-    t0 = time.time()
-    # the decoder-input hook only when a probe will read it: generation stays untouched otherwise
-    capture = capture_decoder_input(model.audio_encoder) if code_probe is not None else contextlib.nullcontext([])
-    with capture as latents:
-        audio = generate(model, tok, [r["caption"] for r in prompts], seconds, seed, guidance,
-                         top_k=top_k, temperature=temperature)
-    t_gen = time.time() - t0
-    named = [named_factors(r) for r in prompts]
+def _measure(audio: list[np.ndarray], named: list[dict], tagger, est: dict, sr: int) -> list[dict]:
+    """Centroid, loudness, onset rate, BPM (and CREPE pitch where a register is asked for, tagger heads) per clip."""
     tags = tagger.predict_batch(audio, sr) if tagger is not None else [None] * len(audio)
     meas = []
     for y, nf, tag in zip(audio, named, tags):
@@ -322,13 +296,17 @@ def generation_eval(model, tok, rows: list[dict], n_prompts: int = 64, n_uncond:
         if tag is not None:
             m["tag"] = tag
         meas.append(m)
-    res: dict = {"split": split, "n_prompts": len(prompts), "seconds_per_clip": seconds, "guidance_scale": guidance,
-                 "top_k": top_k if top_k is not None else model.generation_config.top_k,
-                 "temperature": temperature, "generation_seconds": round(t_gen, 1)}
-    # instrument / drums via the tagger
-    if tagger is not None:
-        from ..corpus.factors import DRUMS
+    return meas
 
+
+def _adherence(prompts: list[dict], named: list[dict], meas: list[dict], rows: list[dict], with_tags: bool) -> dict:
+    """The issue's figures for one set of clips: each from the clips whose caption names that factor."""
+    from scipy.stats import spearmanr
+
+    from ..corpus.factors import DRUMS
+
+    res: dict = {}
+    if with_tags:
         inst = [(nf["instrument"], m["tag"].get("instrument")) for nf, m in zip(named, meas) if "instrument" in nf]
         n_inst = len({r["instrument"] for r in rows})
         res["instrument"] = _accuracy(inst, 1.0 / max(n_inst, 1))
@@ -337,13 +315,6 @@ def generation_eval(model, tok, rows: list[dict], n_prompts: int = 64, n_uncond:
         res["drums_presence"] = _accuracy([(a != "none", b != "none") for a, b in dr], 0.5)
     else:
         res["instrument"] = res["drums"] = "tagger not available"
-    if code_probe is not None:
-        read = code_probe.predict(np.concatenate(latents))
-        for f in code_probe.probes:
-            pairs = [(nf[f], read[f][i]) for i, nf in enumerate(named) if f in nf]
-            n_levels = len({str(r.get(f)) for r in rows})
-            res[f"{f}_codes"] = {**_accuracy(pairs, 1.0 / max(n_levels, 1)),
-                                 "probe_valid_accuracy": code_probe.valid_accuracy[f], "probe_train_clips": code_probe.n_train}
     # tempo: Spearman requested vs estimated BPM, onset rate ordered slow < fast
     tp = [(r["bpm"], m["bpm"], m["onset_rate"], nf["tempo"]) for r, nf, m in zip(prompts, named, meas) if "tempo" in nf]
     if len(tp) >= 3:
@@ -361,8 +332,86 @@ def generation_eval(model, tok, rows: list[dict], n_prompts: int = 64, n_uncond:
             if factor in nf:
                 vals.setdefault(nf[factor], []).append(m[key])
         res[factor] = {"measure": key, **_ordered(ORDER[factor], vals)}
+    return res
+
+
+def source_clip_reference(model, prompts: list[dict], named: list[dict], rows: list[dict], corpus, seconds: float,
+                          tagger, est: dict) -> dict:
+    """The same figures on the real clips the captions were written from: as rendered, and through the codec.
+
+    Why: each figure compares *different* captions, whose other factors
+    (instrument, register, drums) move the same measurements, and the
+    estimators have errors of their own. The source clips show what the
+    figure is for ground truth on this very draw; their reconstructions, what
+    an LM that reproduced them exactly would score through this codec.
+    """
+    from .codes import encode_clips
+    from .data import load_clips
+
+    sr = O.SAMPLE_RATE
+    want = {r["path"] for r in prompts}
+    clips = load_clips(corpus, (prompts[0]["split"],), sr, rows=[r for r in rows if r["path"] in want])
+    by_path = {r["path"]: i for i, r in enumerate(clips.rows)}
+    keep = [j for j, r in enumerate(prompts) if r["path"] in by_path]
+    if not keep:
+        return {"n_clips": 0}
+    prompts, named = [prompts[j] for j in keep], [named[j] for j in keep]
+    wavs = [clips.wav(by_path[r["path"]])[: int(seconds * sr)] for r in prompts]
+    codec = model.audio_encoder
+    codes = encode_clips(codec, wavs)
+    with torch.no_grad():
+        recon = [codec.decode(c[None, None], [None]).audio_values[0, 0, : len(w)].float().numpy()
+                 for c, w in zip(codes, wavs)]
+    out = {"n_clips": len(prompts), "seconds": seconds}
+    for name, audio in (("as_rendered", wavs), ("through_codec", recon)):
+        out[name] = _adherence(prompts, named, _measure(audio, named, tagger, est, sr), rows, tagger is not None)
+    return out
+
+
+def generation_eval(model, tok, rows: list[dict], n_prompts: int = 64, n_uncond: int = 16, seconds: float = 6.0,
+                    seed: int = 0, guidance: float = 3.0, tagger=None, corpus=None, code_probe=None,
+                    split: str = "test", top_k: int | None = None, temperature: float = 1.0,
+                    reference: bool = False) -> dict:
+    """The issue's 'Prove it' metrics on test-split captions (see module docstring).
+
+    `split="valid"` draws the captions from the valid split instead, for model selection.
+
+    With a `codeprobe.CodeProbe`, instrument and drums are also read from the
+    codes the LM sampled (`<factor>_codes`), before the codec decodes them.
+    With `reference` (and a corpus), `source_clips` holds the same figures on
+    the captions' own clips (`source_clip_reference`).
+    """
+    from .codeprobe import capture_decoder_input
+
+    est = _estimators()
+    sr = O.SAMPLE_RATE
+    prompts = pick_prompts(rows, n_prompts, seed, split)
+    if not prompts:
+        raise MusiclensError(f"no {split}-split captions to generate from (--n-prompts {n_prompts})")
+    t0 = time.time()
+    # the decoder-input hook only when a probe will read it: generation stays untouched otherwise
+    capture = capture_decoder_input(model.audio_encoder) if code_probe is not None else contextlib.nullcontext([])
+    with capture as latents:
+        audio = generate(model, tok, [r["caption"] for r in prompts], seconds, seed, guidance,
+                         top_k=top_k, temperature=temperature)
+    t_gen = time.time() - t0
+    named = [named_factors(r) for r in prompts]
+    meas = _measure(audio, named, tagger, est, sr)
+    res: dict = {"split": split, "n_prompts": len(prompts), "seconds_per_clip": seconds, "guidance_scale": guidance,
+                 "top_k": top_k if top_k is not None else model.generation_config.top_k,
+                 "temperature": temperature, "generation_seconds": round(t_gen, 1)}
+    res.update(_adherence(prompts, named, meas, rows, tagger is not None))
+    if code_probe is not None:
+        read = code_probe.predict(np.concatenate(latents))
+        for f in code_probe.probes:
+            pairs = [(nf[f], read[f][i]) for i, nf in enumerate(named) if f in nf]
+            n_levels = len({str(r.get(f)) for r in rows})
+            res[f"{f}_codes"] = {**_accuracy(pairs, 1.0 / max(n_levels, 1)),
+                                 "probe_valid_accuracy": code_probe.valid_accuracy[f], "probe_train_clips": code_probe.n_train}
     res["per_clip"] = [{"caption": r["caption"], "named": nf, "bpm_requested": r["bpm"],
                         **{k: v for k, v in m.items()}} for r, nf, m in zip(prompts, named, meas)]
+    if reference and corpus is not None:
+        res["source_clips"] = source_clip_reference(model, prompts, named, rows, corpus, seconds, tagger, est)
     # unconditional generations vs the test split, and noise as the reference
     if n_uncond and corpus is not None:
         res["fad"] = fad_eval(model, tok, corpus, rows, n_uncond, seconds, seed, top_k, temperature)

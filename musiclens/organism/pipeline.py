@@ -201,6 +201,8 @@ class OrganismEvalConfig:
     seed: int = option(0, "random seed")
     tagger: str = option("", "tagger folder for the instrument / drums figures (default: the shipped tagger); "
                              "e.g. one trained on `organism reconstruct` output, which hears through the codec")
+    reference: bool = option(True, "also measure the real clips the captions were written from, as rendered and "
+                                   "through the codec: each figure's ground truth on the same draw")
 
 
 def evaluate(cfg: OrganismEvalConfig) -> dict:
@@ -232,7 +234,8 @@ def evaluate(cfg: OrganismEvalConfig) -> dict:
             probe = train_code_probe(cfg.run, model.audio_encoder, seed=cfg.seed)
         res["generation"] = generation_eval(model, tok, rows, cfg.n_prompts, cfg.n_uncond, cfg.seconds, cfg.seed,
                                             cfg.guidance, tagger, corpus, code_probe=probe, split=cfg.split,
-                                            top_k=cfg.top_k or None, temperature=cfg.temperature)
+                                            top_k=cfg.top_k or None, temperature=cfg.temperature,
+                                            reference=cfg.reference)
     res["eval_seconds"] = round(time.time() - t0, 1)
     write_json(cfg.out, res)
     return res

@@ -81,3 +81,35 @@ def test_paired_tags_counts_clips_and_refuses_other_captions():
     assert r["accuracy_a"] == r["accuracy_b"] == 0.5 and r["p_sign_test"] == 1.0
     with pytest.raises(MusiclensError, match="same captions"):
         paired_tags(a, b[::-1], "instrument")
+
+
+def test_generation_eval_measures_the_source_clips_as_ground_truth(tmp_path):
+    """The source-clip reference measures the captions' own audio: dark tones below bright ones, raw and decoded."""
+    import json
+
+    import soundfile as sf
+
+    import musiclens.models.organism as O
+    from musiclens.organism.evaluate import generation_eval
+
+    sr = O.SAMPLE_RATE
+    (tmp_path / "audio").mkdir()
+    t = np.arange(sr) / sr
+    rows = []
+    for i in range(6):
+        bright = i % 2 == 1
+        f = [220.0 * h for h in (range(1, 12) if bright else (1,))]
+        y = 0.3 * sum(np.sin(2 * np.pi * x * t) for x in f) / len(f)
+        sf.write(tmp_path / "audio" / f"{i:06d}.wav", y.astype(np.float32), sr, subtype="PCM_16")
+        rows.append(dict(ROW, id=f"{i:06d}", path=f"audio/{i:06d}.wav", split="test", brightness="bright" if bright else "dark",
+                         caption=f"a {'bright' if bright else 'dark'} organ tune"))
+    (tmp_path / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    model, tok = O.load_organism_hf()
+    res = generation_eval(model, tok, rows, n_prompts=6, n_uncond=0, seconds=0.5, corpus=tmp_path, reference=True)
+    assert res["brightness"]["n"]["dark"] == 3 and res["brightness"]["n"]["bright"] == 3
+    ref = res["source_clips"]
+    assert ref["n_clips"] == 6
+    for kind in ("as_rendered", "through_codec"):
+        med = ref[kind]["brightness"]["median"]
+        assert med["dark"] < 400 < med["bright"], (kind, med)  # a 220 Hz sine against its harmonics up to 2.4 kHz
+    assert "source_clips" not in generation_eval(model, tok, rows, n_prompts=2, n_uncond=0, seconds=0.3)
