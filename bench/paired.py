@@ -8,7 +8,8 @@
 Both `bench/organism.py` runs must use the same captions and seeds. A per-clip
 sign test then says whether the tagger hears the requested instrument and
 drum pattern more often in one run, beyond what flipping a few clips would
-do. With the same LM the codes are identical too, so only the decoder differs
+do; for tempo, among the clips whose estimated BPM moved, which run's estimate
+is closer to the request. With the same LM the codes are identical too, so only the decoder differs
 (the decoder stage, a widened codec). A run is a name in bench/results or a
 path to a result file (e.g. an older version taken with `git show`).
 Writes bench/results/<name>.json. `--combine` pools earlier paired results
@@ -28,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from musiclens.bench_utils import RESULTS, write_result  # noqa: E402
 from musiclens.errors import MusiclensError  # noqa: E402
-from musiclens.organism.evaluate import paired_tags  # noqa: E402
+from musiclens.organism.evaluate import paired_tags, paired_tempo  # noqa: E402
 
 
 def combine(names: list[str], name: str | None) -> int:
@@ -49,6 +50,10 @@ def combine(names: list[str], name: str | None) -> int:
         figures[f] = {**c, "accuracy_a": (c["both_right"] + c["a_only"]) / c["n"],
                       "accuracy_b": (c["both_right"] + c["b_only"]) / c["n"],
                       "p_sign_test": binomtest(c["b_only"], flips).pvalue if flips else 1.0}
+    if all("tempo" in p for p in parts):
+        c = {k: sum(p["tempo"][k] for p in parts) for k in ("n", "moved", "a_closer", "b_closer")}
+        won = c["a_closer"] + c["b_closer"]
+        figures["tempo"] = {**c, "p_sign_test": binomtest(c["b_closer"], won).pvalue if won else 1.0}
     out = write_result(name or "paired_combined", figures)
     print(json.dumps(figures, indent=1))
     print(f"wrote {out}")
@@ -80,6 +85,7 @@ def main() -> int:
     (la, a), (lb, b) = runs.items()
     try:
         tags = {f: paired_tags(a, b, f) for f in ("instrument", "drums")}
+        tags["tempo"] = paired_tempo(a, b)
     except MusiclensError as e:  # e.g. the runs used other captions
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -426,6 +426,8 @@ def card_text(folder: Path | None = None) -> str:
                      f"{fad['fad_unconditional']:.2f}, noise {fad['fad_noise']:.2f}, real valid clips "
                      f"{fad['fad_real_valid']:.2f} (n={fad['n_generated']} vs {fad['n_reference']}) |")
         L.append("")
+        if isinstance(gres.get("source_clips"), dict) and gres["source_clips"].get("n_clips"):
+            L += _source_clip_lines(gres)
     else:
         L += [_not_measured(shipped, folder, ""), ""]
     mp = (_json(RESULTS / "minimal_pairs.json") or {}).get("figures") if shipped else None
@@ -439,6 +441,42 @@ def card_text(folder: Path | None = None) -> str:
           "are what it reaches at the step shown. Continue training with `musiclens organism train --resume` "
           "(a GPU is used automatically when present).", ""]
     return "\n".join(L)
+
+
+def _adherence_cells(g: dict) -> dict[str, str]:
+    """One short cell per figure of a prompt-adherence result (generations or source clips)."""
+    out = {}
+    for k in ("instrument", "drums"):
+        v = g.get(k)
+        out[k] = f"{100 * v['accuracy']:.1f} % (n={v['n']})" if isinstance(v, dict) and v.get("n") else "-"
+    t = g.get("tempo")
+    out["tempo, BPM Spearman"] = f"{t['spearman_bpm']:.2f} (n={t['n']})" if isinstance(t, dict) else "-"
+    if isinstance(t, dict):
+        ps = t["onset_rate"].get("p_one_sided", {})
+        out["onset rate, p(slow < fast)"] = f"{ps['slow<fast']:.2g}" if "slow<fast" in ps else "-"
+    for k, pairs in (("register", ("low<mid", "mid<high")), ("brightness", ("dark<neutral", "neutral<bright")),
+                     ("dynamics", ("soft<medium", "medium<loud"))):
+        v = g.get(k)
+        ps = v.get("p_one_sided", {}) if isinstance(v, dict) else {}
+        out[f"{k}, p({pairs[0]}) / p({pairs[1]})"] = " / ".join(f"{ps[x]:.2g}" if x in ps else "-" for x in pairs)
+    return out
+
+
+def _source_clip_lines(gres: dict) -> list[str]:
+    """Each figure next to its ground truth: the same statistic on the clips the captions were written from."""
+    ref = gres["source_clips"]
+    cols = [_adherence_cells(gres), _adherence_cells(ref["as_rendered"]), _adherence_cells(ref["through_codec"])]
+    L = ["### The same figures on the captions' own clips", "",
+         f"Every caption above was written from a test clip. The same statistics on those {ref['n_clips']} clips "
+         f"(first {ref['seconds']} s), as rendered and after the codec's encode-decode, show what ground truth "
+         "scores on this very draw (the captions' other factors and the estimators' errors included), and what an "
+         "LM that reproduced each clip exactly would score through this codec. For tempo, the source clip has the "
+         "exact requested BPM, which most captions do not state, so its figure is an upper bound.", "",
+         "| figure | generations | source clips, as rendered | source clips, through the codec |",
+         "|---|---:|---:|---:|"]
+    for k in cols[0]:
+        L.append(f"| {k} | " + " | ".join(c.get(k, "-") for c in cols) + " |")
+    return L + [""]
 
 
 def _minimal_pair_lines(concepts: dict) -> list[str]:

@@ -113,3 +113,19 @@ def test_generation_eval_measures_the_source_clips_as_ground_truth(tmp_path):
         med = ref[kind]["brightness"]["median"]
         assert med["dark"] < 400 < med["bright"], (kind, med)  # a 220 Hz sine against its harmonics up to 2.4 kHz
     assert "source_clips" not in generation_eval(model, tok, rows, n_prompts=2, n_uncond=0, seconds=0.3)
+
+
+def test_paired_tempo_counts_only_moved_estimates():
+    from musiclens.organism.evaluate import paired_tempo
+
+    def run(bpms):
+        return [{"caption": f"c{i}", "named": {"tempo": "fast"} if i < 4 else {}, "bpm_requested": 160.0, "bpm": x}
+                for i, x in enumerate(bpms)]
+
+    a = run([160.0, 80.0, 150.0, 120.0, 90.0])
+    b = run([161.0, 160.0, 100.0, 170.0, 60.0])  # clip 0 within 4 %; clip 4 names no tempo
+    r = paired_tempo(a, b)
+    assert (r["n"], r["moved"], r["a_closer"], r["b_closer"]) == (4, 3, 1, 2)
+    assert 0 < r["p_sign_test"] <= 1
+    with pytest.raises(MusiclensError, match="same captions"):
+        paired_tempo(a, b[::-1])
