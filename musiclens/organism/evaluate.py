@@ -13,7 +13,10 @@ factors as the request. Ordered factors are tested with one-sided
 Mann-Whitney U tests between neighbouring levels and a Spearman correlation
 with the level; instrument / drums by the tagger's accuracy with a binomial
 test against chance; FAD of unconditional generations vs the test split is
-compared with FAD of noise at the corpus loudness.
+compared with FAD of noise at the corpus loudness. The same figures on the
+captions' own source clips (as rendered and through the codec) say what
+ground truth scores on the same draw, since each figure compares different
+captions and the estimators err too.
 """
 
 from __future__ import annotations
