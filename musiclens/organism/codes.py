@@ -54,6 +54,16 @@ def encode_clips(codec, wavs: list[np.ndarray], device: str = "cpu", batch: int 
 
 
 @torch.no_grad()
+def reconstruct_clips(codec, wavs: list[np.ndarray]) -> list[np.ndarray]:
+    """Each waveform through the codec (encode, then decode), float32 and trimmed to its own length.
+
+    One clip per decode, so no clip's padding leaks into another's audio.
+    """
+    return [codec.decode(c[None, None], [None]).audio_values[0, 0, : len(w)].float().numpy()
+            for c, w in zip(encode_clips(codec, wavs), wavs)]
+
+
+@torch.no_grad()
 def caption_states(captions: list[str], device: str = "cpu", batch: int = 64, encoder=None, desc: str = ""):
     """Frozen MiniLM last hidden states for captions -> (states [N, L, 384] fp16, mask [N, L] int8).
 

@@ -103,18 +103,17 @@ def _corr(a, b) -> dict:
 @torch.no_grad()
 def codec_fidelity(codec, clips, n: int = 40, tagger=None, n_pitch: int = 16) -> dict:
     """Original vs reconstructed held-out clips (see module docstring)."""
-    from .codes import encode_clips
+    from .codes import reconstruct_clips
 
     est = _estimators()
     sr = clips.sample_rate
     n = min(n, len(clips))
     wavs = [clips.wav(i) for i in range(n)]
-    codes = encode_clips(codec, wavs)
+    t0 = time.time()
+    recons = reconstruct_clips(codec, wavs)
     per = {k: ([], []) for k in ["onset_rate", "bpm", "centroid", "loudness", "pitch"] if k in est or k == "bpm"}
     mel, sdr, tag_agree = [], [], {}
-    t0 = time.time()
-    for i, (x, c) in enumerate(zip(wavs, codes)):
-        y = codec.decode(c[None, None], [None]).audio_values[0, 0, : len(x)].numpy()
+    for i, (x, y) in enumerate(zip(wavs, recons)):
         mel.append(log_mel_distance(x, y, sr))
         sdr.append(si_sdr(x, y))
         for k in per:
@@ -376,7 +375,7 @@ def source_clip_reference(model, prompts: list[dict], named: list[dict], rows: l
     figure is for ground truth on this very draw; their reconstructions, what
     an LM that reproduced them exactly would score through this codec.
     """
-    from .codes import encode_clips
+    from .codes import reconstruct_clips
     from .data import load_clips
 
     sr = O.SAMPLE_RATE
@@ -388,13 +387,8 @@ def source_clip_reference(model, prompts: list[dict], named: list[dict], rows: l
         return {"n_clips": 0}
     prompts, named = [prompts[j] for j in keep], [named[j] for j in keep]
     wavs = [clips.wav(by_path[r["path"]])[: int(seconds * sr)] for r in prompts]
-    codec = model.audio_encoder
-    codes = encode_clips(codec, wavs)
-    with torch.no_grad():
-        recon = [codec.decode(c[None, None], [None]).audio_values[0, 0, : len(w)].float().numpy()
-                 for c, w in zip(codes, wavs)]
     out = {"n_clips": len(prompts), "seconds": seconds}
-    for name, audio in (("as_rendered", wavs), ("through_codec", recon)):
+    for name, audio in (("as_rendered", wavs), ("through_codec", reconstruct_clips(model.audio_encoder, wavs))):
         out[name] = _adherence(prompts, named, _measure(audio, named, tagger, est, sr), rows, tagger is not None)
     return out
 

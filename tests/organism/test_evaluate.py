@@ -126,6 +126,8 @@ def test_paired_tempo_counts_only_moved_estimates():
     b = run([161.0, 160.0, 100.0, 170.0, 60.0])  # clip 0 within 4 %; clip 4 names no tempo
     r = paired_tempo(a, b)
     assert (r["n"], r["moved"], r["a_closer"], r["b_closer"]) == (4, 3, 1, 2)
-    assert 0 < r["p_sign_test"] <= 1
+    assert r["p_sign_test"] == 1.0  # 2 of 3 is no evidence either way
+    many = paired_tempo(run([80.0] * 4), run([160.0] * 4))
+    assert many["b_closer"] == 4 and many["p_sign_test"] == 0.125  # every moved clip won by b: 2 x 0.5^4
     with pytest.raises(MusiclensError, match="same captions"):
         paired_tempo(a, b[::-1])
