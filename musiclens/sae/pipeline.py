@@ -169,7 +169,11 @@ def run_train_sae(cfg: TrainSAEConfig) -> dict:
     store, combos = _validate(cfg, out)
     rank, world = setup_distributed(device)
     try:
-        return _run(cfg, out, store, combos, device, rank, world)
+        result = _run(cfg, out, store, combos, device, rank, world)
+        # every rank leaves together: a rank that tears its process group down while rank 0 still
+        # evaluates can abort in gloo's teardown ("terminate called without an active exception")
+        _barrier()
+        return result
     finally:
         if world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
