@@ -38,8 +38,34 @@ def _run(*args):
     return subprocess.run([sys.executable, "-m", "musiclens", *args], capture_output=True, text=True, timeout=300)
 
 
+def test_generate_continues_an_audio_prompt(tmp_path):
+    import json
+
+    import numpy as np
+    import soundfile as sf
+
+    from musiclens.cli import main
+
+    t = np.arange(22050) / 22050       # 1 s at another rate: resampled to the model's
+    sf.write(tmp_path / "prompt.wav", (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 22050)
+    out = tmp_path / "out"
+    assert main(["generate", "--model", "tiny-random", "--prompt", "x", "--audio-prompt", str(tmp_path / "prompt.wav"),
+                 "--prompt-seconds", "0.1", "--seconds", "0.3", "--out", str(out)]) == 0
+    (wav,) = out.glob("*.wav")
+    y, sr = sf.read(wav)
+    assert len(y) == round(0.3 * sr)
+    assert json.loads((out / "config.json").read_text())["prompt_seconds"] == 0.1
+    # the whole second does not fit in 0.3 s
+    r = _run("generate", "--model", "tiny-random", "--prompt", "x", "--audio-prompt", str(tmp_path / "prompt.wav"),
+             "--seconds", "0.3", "--out", str(tmp_path / "out2"))
+    assert r.returncode == 2 and "shorter than the clip" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out2").exists()
+
+
 @pytest.mark.parametrize("args", [
     ("generate", "--model", "no-such-model", "--prompt", "x"),
+    ("generate", "--model", "tiny-random", "--prompt", "x", "--audio-prompt", "/no/such.wav"),
+    ("generate", "--model", "tiny-random", "--prompt", "x", "--prompt-seconds", "1"),
     ("models", "info", "/no/such/folder"),
 ])
 def test_user_errors_are_one_line_exit_2(args):

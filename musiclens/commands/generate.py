@@ -1,4 +1,9 @@
-"""`musiclens generate`: text -> audio files, batched, reproducible seeds, CFG scale."""
+"""`musiclens generate`: text -> audio files, batched, reproducible seeds, CFG scale.
+
+With --audio-prompt the model continues a recording instead of starting from
+silence (MusicGen's continuation mode): each clip begins with the prompt as
+the codec hears it, and the text steers what follows.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,9 @@ class GenerateConfig:
     temperature: float = option(1.0, help="sampling temperature")
     top_k: int = option(250, help="top-k sampling")
     batch_size: int = option(8, help="prompts per generation batch")
+    audio_prompt: str | None = option(None, help="audio file to continue (mono-mixed, resampled); every clip "
+                                                 "starts with it and --seconds counts it")
+    prompt_seconds: float | None = option(None, help="use only the first S seconds of --audio-prompt")
     device: str = option("cpu", help="cpu or cuda")
     out: str = option("generated", help="output folder for the WAV files")
     overwrite: bool = option(False, help="allow writing into an existing output folder")
@@ -40,8 +48,31 @@ def load_prompt_args(prompt: str | None, prompts_file: str | None) -> list[str]:
     return [prompt] if prompt is not None else read_prompts(prompts_file)
 
 
-def generate_batched(model, prompts, cfg) -> list:
-    """Generate `prompts` in batches of cfg.batch_size; batch b uses seed cfg.seed + b."""
+def read_audio_prompt(cfg, sample_rate: int):
+    """The --audio-prompt samples at the model's rate (cropped to --prompt-seconds), or None."""
+    if cfg.prompt_seconds is not None and cfg.audio_prompt is None:
+        raise MusiclensError("--prompt-seconds needs --audio-prompt")
+    if cfg.audio_prompt is None:
+        return None
+    from ..steer.generation import read_audio
+
+    if not Path(cfg.audio_prompt).is_file():
+        raise MusiclensError(f"audio prompt not found: {cfg.audio_prompt}")
+    y, _ = read_audio(cfg.audio_prompt, sample_rate)
+    if cfg.prompt_seconds is not None:
+        if not cfg.prompt_seconds > 0:
+            raise MusiclensError("--prompt-seconds must be a positive number")
+        y = y[: int(round(cfg.prompt_seconds * sample_rate))]
+    if len(y) < sample_rate // 50:
+        raise MusiclensError(f"audio prompt {cfg.audio_prompt} is too short (under 20 ms)")
+    return y
+
+
+def generate_batched(model, prompts, cfg, audio_prompt=None) -> list:
+    """Generate `prompts` in batches of cfg.batch_size; batch b uses seed cfg.seed + b.
+
+    `audio_prompt` (mono samples at the model's rate) is continued by every prompt.
+    """
     import torch
     from tqdm import tqdm
 
@@ -51,7 +82,7 @@ def generate_batched(model, prompts, cfg) -> list:
     batches = [prompts[i:i + cfg.batch_size] for i in range(0, len(prompts), cfg.batch_size)]
     for b, batch in enumerate(tqdm(batches, desc="generate", unit="batch", disable=None)):
         res = model.generate(batch, seconds=cfg.seconds, seed=cfg.seed + b, guidance_scale=cfg.guidance_scale,
-                             temperature=cfg.temperature, top_k=cfg.top_k)
+                             temperature=cfg.temperature, top_k=cfg.top_k, audio_prompt=audio_prompt)
         audios.extend(res.audio)
     return audios
 
@@ -68,7 +99,7 @@ def run(args) -> int:
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise MusiclensError(f"output folder exists and is not empty: {out} (use --overwrite)")
     model = load_model(cfg.model, device=cfg.device)
-    audios = generate_batched(model, prompts, cfg)
+    audios = generate_batched(model, prompts, cfg, read_audio_prompt(cfg, model.sample_rate))
     out.mkdir(parents=True, exist_ok=True)
     for name, audio in zip(clip_names(prompts), audios):
         write_wav(out / name, audio, model.sample_rate)

@@ -22,7 +22,7 @@ class MeasureConfig:
     out: str = option(help="output JSON file")
     reference: str | None = option(None, help="reference folder: relative change of each metric and FAD vs it")
     metrics: list[str] = option(default_factory=lambda: ["bpm", "onset_rate", "centroid", "loudness", "pitch"],
-                                help="metrics (bpm, bpm_raw, onset_rate, centroid, loudness, pitch, beat_this_bpm, "
+                                help="metrics (bpm, bpm_raw, onset_rate, pulse_clarity, centroid, loudness, pitch, beat_this_bpm, "
                                      "clap:<text>, tag:<head>=<label>); unavailable default ones are skipped")
     clap_text: list[str] = option(default_factory=list, help="texts to score with CLAP (adds clap:<text> metrics)")
     clap: str | None = option(None, help="CLAP model: local HF ClapModel folder (default: the shipped mini-CLAP)")

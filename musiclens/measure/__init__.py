@@ -4,6 +4,7 @@
     centroid(y, sr)  -> Hz (energy-weighted spectral centroid)
     loudness(y, sr)  -> dB RMS
     onset_rate(y, sr)-> onsets per second
+    pulse_clarity(y, sr) -> {clarity, bpm}: how steady the beat is, and at which period
     pitch(y, sr)     -> {median_hz, median_midi, voiced}   (CREPE via torchcrepe)
     Tagger           -> the organism's attribute CNN: predict(y, sr), embed(y, sr)
     fad(emb_a, emb_b)-> Fréchet audio distance
@@ -19,7 +20,7 @@ from __future__ import annotations
 from .fad import fad
 from .pitch import pitch
 from .spectral import centroid, loudness, onset_rate
-from .tempo import tempo
+from .tempo import pulse_clarity, tempo
 
 _LAZY = {"Tagger": ("tagger", "Tagger")}
 
@@ -33,4 +34,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["centroid", "loudness", "onset_rate", "tempo", "pitch", "Tagger", "fad"]
+__all__ = ["centroid", "loudness", "onset_rate", "tempo", "pulse_clarity", "pitch", "Tagger", "fad"]

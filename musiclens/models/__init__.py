@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 
 from ..errors import MusiclensError
@@ -297,18 +298,36 @@ class MusicModel:
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], seconds: float = 5.0, seed: int = 0, guidance_scale: float = 3.0,
                  temperature: float = 1.0, top_k: int = 250, do_sample: bool = True,
-                 n_frames: int | None = None) -> GenerationResult:
+                 n_frames: int | None = None, audio_prompt=None) -> GenerationResult:
         """Generate audio for `prompts` in one batch and keep the codes.
 
         Reproducible: same prompts, batch, seed and settings give the same
         audio (torch's global RNG is seeded). While this runs, hooks can see
         the CFG batch split and the step counter through `self.state`.
+
+        `audio_prompt` (mono audio at `sample_rate`, [T] for every prompt or
+        [B, T] one per prompt) is encoded by the codec and the model
+        continues it, as MusicGen's continuation mode does: the returned clip
+        (`seconds` long) starts with the prompt's codes, kept exactly.
         """
         prompts = list(prompts)
         if not prompts:
             raise MusiclensError("no prompts given")
         F = n_frames or self.frames_for(seconds)
         B = len(prompts)
+        K = self.n_codebooks
+        extra: dict = {}
+        if audio_prompt is not None:
+            wav = torch.as_tensor(np.asarray(audio_prompt, dtype=np.float32))
+            wav = wav[None].expand(B, -1) if wav.dim() == 1 else wav
+            if wav.dim() != 2 or wav.shape[0] != B or wav.shape[1] == 0:
+                raise MusiclensError(f"audio prompt: expected [T] or [{B}, T] mono samples, got {tuple(wav.shape)}")
+            prompt_codes = self.encode_audio(wav)
+            if prompt_codes.shape[-1] >= F:
+                raise MusiclensError(f"the audio prompt ({prompt_codes.shape[-1] / self.frame_rate:.2f} s) must be "
+                                     f"shorter than the clip ({F / self.frame_rate:.2f} s)")
+            extra["decoder_input_ids"] = prompt_codes.reshape(B * K, -1)
+            F -= prompt_codes.shape[-1]
         inputs = self.text_inputs([p or "" for p in prompts])
         cfg = guidance_scale is not None and guidance_scale > 1
         torch.manual_seed(seed)
@@ -327,7 +346,7 @@ class MusicModel:
         codec.decode = decode_and_keep
         prefill_patch = self._single_prefill()
         try:
-            audio = self.hf.generate(**inputs, max_new_tokens=F + self.n_codebooks - 1,
+            audio = self.hf.generate(**inputs, **extra, max_new_tokens=F + K - 1,
                                      guidance_scale=guidance_scale if cfg else None, do_sample=do_sample,
                                      temperature=temperature, top_k=top_k)
         finally:

@@ -2,9 +2,9 @@
 
 Every figure in the card comes from a file: the training logs copied into
 `training/` by `musiclens organism export`, `bench/results/organism*.json`
-written by `bench/organism.py`, and `bench/results/minimal_pairs.json` written by
-`bench/minimal_pairs.py`. Nothing is typed in by hand, so the card can
-be regenerated whenever the model or the measurements change.
+written by `bench/organism.py`, `bench/results/minimal_pairs.json` written by
+`bench/minimal_pairs.py` and `bench/results/tempo_pulse_test.json` written by
+`bench/tempo_pulse.py`. Nothing is typed in by hand, so the card can be regenerated whenever the model or the measurements change.
 """
 
 from __future__ import annotations
@@ -433,6 +433,9 @@ def card_text(folder: Path | None = None) -> str:
     mp = (_json(RESULTS / "minimal_pairs.json") or {}).get("figures") if shipped else None
     if isinstance(mp, dict) and mp.get("concepts"):
         L += _minimal_pair_lines(mp["concepts"])
+    tp = (_json(RESULTS / "tempo_pulse_test.json") or {}).get("figures") if shipped else None
+    if isinstance(tp, dict) and tp.get("model") == "shipped organism" and isinstance(tp.get("generated"), dict):
+        L += _pulse_lines(tp)
     L += ["## Limitations", "",
           ("Its codec and decoder stage trained on a shared 2-core CPU, its language model for the minutes its "
            "logs show on one GPU" if gpu else "Trained for minutes-to-hours on a shared 2-core CPU")
@@ -476,6 +479,30 @@ def _source_clip_lines(gres: dict) -> list[str]:
          "|---|---:|---:|---:|"]
     for k in cols[0]:
         L.append(f"| {k} | " + " | ".join(c.get(k, "-") for c in cols) + " |")
+    return L + [""]
+
+
+def _pulse_lines(tp: dict) -> list[str]:
+    """Pulse clarity of generations next to their source clips (bench/tempo_pulse.py): is there a beat to read?"""
+    sets = [k for k in ("generated", "continued", "as_rendered", "through_codec") if isinstance(tp.get(k), dict)]
+    names = {"generated": "generations", "continued": f"continuations of the source clips' first "
+                                                       f"{tp.get('window', {}).get('from_seconds', 0):g} s",
+             "as_rendered": "source clips, as rendered", "through_codec": "source clips, through the codec"}
+    win = tp.get("window", {}).get("clarity_median", {})
+    L = ["## Is there a beat to read? (test split)", "",
+         f"Pulse clarity (`musiclens.measure.pulse_clarity`: how strongly the onset envelope recurs at the best beat "
+         f"period in 60-180 BPM; random onsets score about 0.05) of the generations of the {tp['generated']['n']} "
+         f"captions above that name a tempo, and of their source clips (`bench/tempo_pulse.py`, {tp['seconds']:g} s). "
+         "'Clear' = at least the median source clip through the codec "
+         f"({tp['clear_above']:.2f}).", "",
+         "| clips | pulse clarity, median | clear | BPM Spearman | within 4 % of the requested BPM |"
+         + (f" clarity after {tp['window']['from_seconds']:g} s |" if win else ""),
+         "|---|---:|---:|---:|---:|" + ("---:|" if win else "")]
+    for k in sets:
+        v = tp[k]
+        rho = v["spearman_bpm"]["rho"]
+        L.append(f"| {names[k]} | {v['clarity_median']:.2f} | {100 * v['share_clear']:.0f} % | "
+                 f"{_f(rho, 2)} | {100 * v['within_4pct']:.0f} % |" + (f" {win[k]:.2f} |" if win else ""))
     return L + [""]
 
 

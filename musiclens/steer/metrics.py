@@ -7,6 +7,8 @@ of an unvoiced clip), computed by the shared estimators in
     bpm          tempo with octave errors resolved (`measure.tempo`)
     bpm_raw      the raw estimator's BPM (may be doubled/halved)
     onset_rate   onsets per second: tempo without octave ambiguity
+    pulse_clarity  how steady the beat is: the onset envelope's strongest
+                 recurrence at a 60-180 BPM period (0 = no pulse to read)
     centroid     energy-weighted spectral centroid, Hz (brightness)
     loudness     RMS level, dBFS (dynamics)
     pitch        median CREPE f0 over voiced frames, MIDI number (register)
@@ -30,7 +32,7 @@ from ..errors import MusiclensError
 
 BASIC = ("bpm", "onset_rate", "centroid", "loudness", "pitch")
 UNITS = {"bpm": "BPM", "bpm_raw": "BPM", "onset_rate": "1/s", "centroid": "Hz", "loudness": "dBFS",
-         "pitch": "MIDI", "beat_this_bpm": "BPM"}
+         "pitch": "MIDI", "beat_this_bpm": "BPM", "pulse_clarity": ""}
 
 
 @dataclass
@@ -89,6 +91,10 @@ def _scalar(name: str, ctx: MeasureContext) -> Callable[[np.ndarray, int], float
         from ..measure.spectral import onset_rate
 
         return onset_rate
+    if name == "pulse_clarity":
+        from ..measure.tempo import pulse_clarity
+
+        return lambda y, sr: float(pulse_clarity(y, sr)["clarity"])
     if name == "centroid":
         from ..measure.spectral import centroid
 
@@ -115,7 +121,7 @@ def _scalar(name: str, ctx: MeasureContext) -> Callable[[np.ndarray, int], float
         if not head or not label:
             raise MusiclensError(f"metric {name!r}: use tag:<head>=<label>")
         return None      # batched in measure_clips
-    raise MusiclensError(f"unknown metric {name!r} (choose {', '.join(BASIC)}, bpm_raw, beat_this_bpm, "
+    raise MusiclensError(f"unknown metric {name!r} (choose {', '.join(BASIC)}, bpm_raw, pulse_clarity, beat_this_bpm, "
                          "clap:<text>, tag:<head>=<label>)")
 
 

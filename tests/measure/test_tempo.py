@@ -68,3 +68,18 @@ def test_silence_and_bad_method():
     assert np.isnan(out["bpm"]) and out["onset_rate"] == 0.0
     with pytest.raises(MusiclensError, match="unknown tempo method"):
         tempo(click_track(120.0, seconds=2.0), SR, method="beat-this")
+
+
+def test_pulse_clarity_separates_a_steady_beat_from_scattered_onsets():
+    from musiclens.measure.tempo import pulse_clarity
+
+    steady = pulse_clarity(click_track(120.0), SR)
+    assert steady["clarity"] > 0.5 and steady["bpm"] == pytest.approx(120.0, abs=2)
+    # the same number of bursts at random times: onsets, but no period to read
+    rng = np.random.default_rng(1)
+    burst = click_track(120.0)[int(0.1 * SR): int(0.1 * SR) + 240]
+    y = np.zeros(10 * SR, np.float32)
+    for t in rng.uniform(0.05, 9.9, size=20):
+        y[int(t * SR): int(t * SR) + 240] += burst
+    scattered = pulse_clarity(y, SR)
+    assert scattered["clarity"] < 0.15       # 0.05 here; 0.03-0.07 over other draws

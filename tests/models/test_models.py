@@ -100,6 +100,22 @@ def test_generate_reproducible(model):
     assert r1.codes.shape == (2, 4, 10) and r1.audio.shape[-1] == 10 * 320
 
 
+def test_generate_continues_an_audio_prompt(model):
+    first = model.generate(["a", "b"], seconds=0.4, seed=1)
+    wav = model.decode_codes(first.codes[:, :, :8])          # 8 frames of audio, one per prompt
+    prompt_codes = model.encode_audio(wav)
+    r = model.generate(["a", "b"], seconds=0.4, seed=2, audio_prompt=wav)
+    assert r.codes.shape == first.codes.shape and r.audio.shape == first.audio.shape   # --seconds counts the prompt
+    assert torch.equal(r.codes[:, :, : prompt_codes.shape[-1]], prompt_codes)          # kept exactly
+    # one prompt for the whole batch is the same as that prompt on every row
+    assert torch.equal(model.generate(["a", "b"], seconds=0.4, seed=2, audio_prompt=wav[0].numpy()).codes[0],
+                       r.codes[0])
+    with pytest.raises(MusiclensError, match="shorter than the clip"):
+        model.generate(["a"], seconds=0.1, audio_prompt=wav[0])
+    with pytest.raises(MusiclensError, match="audio prompt: expected"):
+        model.generate(["a", "b", "c"], seconds=0.4, audio_prompt=wav)
+
+
 def test_save_and_reload(tmp_path, tiny_model):
     out = save_model(tiny_model, tmp_path / "m")
     m2 = load_model(str(out), cache=False)

@@ -64,11 +64,12 @@ def test_steer_lambda_zero_equals_generate_files(work):
 def test_measure_with_reference(work):
     out = work / "m.json"
     assert main(["measure", "--audio", str(work / "st2"), "--reference", str(work / "gen"), "--out", str(out),
-                 "--metrics", "centroid,loudness,onset_rate", "--embedder", "mel", "--no-tags"]) == 0
+                 "--metrics", "centroid,loudness,onset_rate,pulse_clarity", "--embedder", "mel", "--no-tags"]) == 0
     r = json.loads(out.read_text())
-    assert r["audio"]["n"] == 2 and set(r["audio"]["summary"]) == {"centroid", "loudness", "onset_rate"}
+    assert r["audio"]["n"] == 2 and set(r["audio"]["summary"]) == {"centroid", "loudness", "onset_rate", "pulse_clarity"}
     assert r["fad"]["embedder"] == "mel" and r["fad"]["value"] > 0
-    assert set(r["relative_change"]) == {"centroid", "loudness", "onset_rate"}
+    assert 0 <= r["audio"]["summary"]["pulse_clarity"]["mean"] <= 1
+    assert set(r["relative_change"]) == {"centroid", "loudness", "onset_rate", "pulse_clarity"}
 
 
 def test_experiments_end_to_end(work):

@@ -1,0 +1,189 @@
+"""Is the organism's tempo miss an unreadable beat, or a readable beat at the wrong tempo?
+
+    python bench/tempo_pulse.py --corpus data/corpus [--model DIR] [--split valid] [--n-prompts 200]
+                                [--seconds 6] [--seed 2] [--top-k K] [--temperature T] [--name tempo_pulse]
+
+The tempo figure of issue 3 (Spearman of requested vs estimated BPM) is low
+for generations while the onset rate follows the tempo word. A beat tracker
+returns some BPM for any audio, so the figure alone cannot say why. This
+bench draws captions that name a tempo (`evaluate.pick_prompts`, the same
+draw as bench/organism.py with the same --n-prompts and --seed, restricted to
+those captions), generates them, and measures three sets of audio with the
+same estimators: the generations, the captions' source clips as rendered, and
+those clips through the organism's codec. Per set it reports
+
+* pulse clarity (`measure.tempo.pulse_clarity`): how strongly the onset
+  envelope recurs at the best beat period in 60-180 BPM. Low = no steady
+  pulse for any tracker to read;
+* the tempo Spearman (resolved BPM, as in bench/organism.py) over all clips
+  and over the clips whose pulse is at least as clear as the median source
+  clip through the codec: if the readable generations follow the request, the
+  miss is the unreadable ones;
+* the beat salience at the requested BPM (best of its octave levels in range)
+  as a share of the clip's clarity: near 1 when the strongest period is the
+  requested one (or an octave of it), lower when the pulse sits elsewhere.
+
+With --prompt-seconds P, a fourth set: each caption's generation continued
+from the first P seconds of its source clip (MusicGen's audio prompt), and
+the pulse clarity of every set is also measured on the window after P alone
+(`window`). A pulse that survives in the continuation means the LM can keep
+a beat it is given; one that fades means it cannot hold one either.
+
+Writes bench/results/<name>.json with per-clip values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from musiclens.bench_utils import write_result  # noqa: E402
+
+
+def measure(audio: list[np.ndarray], requested: list[float], sr: int) -> list[dict]:
+    from musiclens.measure.tempo import PRIOR, beat_salience, pulse_clarity, tempo
+
+    out = []
+    for y, req in zip(audio, requested):
+        t = tempo(y, sr)
+        pc = pulse_clarity(y, sr)
+        levels = [b for b in (req / 2, req, req * 2) if PRIOR[0] * 0.95 <= b <= PRIOR[1] * 1.05]
+        at_req = max(beat_salience(y, sr, levels))
+        out.append({"bpm_requested": req, "bpm": t["bpm"], "bpm_raw": t["bpm_raw"], "onset_rate": t["onset_rate"],
+                    "clarity": pc["clarity"], "grid_bpm": pc["bpm"], "salience_at_request": float(at_req)})
+    return out
+
+
+@torch.no_grad()
+def continue_clips(model, tok, captions: list[str], source: list[np.ndarray], prompt_seconds: float, seconds: float,
+                   seed: int, guidance: float, top_k: int | None, temperature: float, batch: int = 16) -> list[np.ndarray]:
+    """Generations that start from the first `prompt_seconds` of each source clip (audio prompt + caption)."""
+    from musiclens.models import organism as O
+
+    sr = O.SAMPLE_RATE
+    n_prompt = int(prompt_seconds * sr)
+    new = int((seconds - prompt_seconds) * O.FRAME_RATE)
+    sampling = {"temperature": temperature, **({"top_k": top_k} if top_k else {})}
+    out = []
+    for s in range(0, len(captions), batch):
+        torch.manual_seed(seed + s)
+        t = tok(captions[s: s + batch], return_tensors="pt", padding=True)
+        t.pop("token_type_ids", None)
+        wav = torch.from_numpy(np.stack([y[:n_prompt] for y in source[s: s + batch]])).float().unsqueeze(1)
+        audio = model.generate(**t, input_values=wav, max_new_tokens=new + O.N_CODEBOOKS, do_sample=True,
+                               guidance_scale=guidance, **sampling)
+        out += [a.float().numpy()[: int(seconds * sr)] for a in audio[:, 0]]
+    return out
+
+
+def summarise(clips: list[dict], words: list[str], clear_above: float) -> dict:
+    from scipy.stats import spearmanr
+
+    def rho(sel):
+        c = [(m["bpm_requested"], m["bpm"]) for m, s in zip(clips, sel) if s and np.isfinite(m["bpm"])]
+        if len(c) < 5:
+            return {"rho": None, "n": len(c)}
+        r, p = spearmanr(*zip(*c))
+        return {"rho": float(r), "p": float(p), "n": len(c)}
+
+    clarity = np.array([m["clarity"] for m in clips])
+    ratio = np.array([m["salience_at_request"] / m["clarity"] if m["clarity"] > 0 else np.nan for m in clips])
+    within = np.array([abs(m["bpm"] / m["bpm_requested"] - 1) <= 0.04 for m in clips])
+    by_word = {w: float(np.median(clarity[[x == w for x in words]])) for w in ("slow", "moderate", "fast")
+               if w in words}
+    return {"n": len(clips),
+            "clarity_median": float(np.median(clarity)),
+            "clarity_quartiles": [float(q) for q in np.percentile(clarity, [25, 75])],
+            "clarity_median_by_word": by_word,
+            "share_clear": float(np.mean(clarity >= clear_above)),
+            "spearman_bpm": rho([True] * len(clips)),
+            "spearman_bpm_clear": rho(clarity >= clear_above),
+            "spearman_bpm_unclear": rho(clarity < clear_above),
+            "within_4pct": float(np.mean(within)),
+            "salience_at_request_share_median": float(np.nanmedian(ratio))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--corpus", default=str(ROOT / "data" / "corpus"))
+    ap.add_argument("--model", default="", help="organism HF folder (default: the shipped one)")
+    ap.add_argument("--split", default="valid", choices=["valid", "test"])
+    ap.add_argument("--n-prompts", type=int, default=200)
+    ap.add_argument("--seconds", type=float, default=6.0)
+    ap.add_argument("--seed", type=int, default=2)
+    ap.add_argument("--guidance", type=float, default=3.0)
+    ap.add_argument("--top-k", type=int, default=0, help="0 = the model's generation_config (250 shipped)")
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--prompt-seconds", type=float, default=0.0,
+                    help="also continue each source clip's first P seconds (0 = off); see the module docstring")
+    ap.add_argument("--name", default="tempo_pulse")
+    a = ap.parse_args()
+
+    from musiclens.errors import MusiclensError
+    from musiclens.models import organism as O
+    from musiclens.organism.codes import reconstruct_clips
+    from musiclens.organism.data import load_clips, read_metadata
+    from musiclens.organism.evaluate import generate, named_factors, pick_prompts
+
+    try:
+        rows = read_metadata(a.corpus)
+        prompts = [r for r in pick_prompts(rows, a.n_prompts, a.seed, a.split) if "tempo" in named_factors(r)]
+        if not prompts:
+            raise MusiclensError(f"no {a.split}-split captions that name a tempo in this draw")
+        model, tok = O.load_organism_hf("cpu", a.model or str(O.organism_path()))
+    except MusiclensError as e:
+        sys.exit(f"error: {e}")
+    sr = O.SAMPLE_RATE
+    words = [named_factors(r)["tempo"] for r in prompts]
+    req = [float(r["bpm"]) for r in prompts]
+    clips = load_clips(a.corpus, (a.split,), sr, rows=[r for r in rows if r["path"] in {p["path"] for p in prompts}])
+    idx = {r["path"]: i for i, r in enumerate(clips.rows)}
+    source = [clips.wav(idx[r["path"]])[: int(a.seconds * sr)] for r in prompts]
+    sets = {"as_rendered": source, "through_codec": reconstruct_clips(model.audio_encoder, source),
+            "generated": generate(model, tok, [r["caption"] for r in prompts], a.seconds, a.seed, a.guidance,
+                                  top_k=a.top_k or None, temperature=a.temperature)}
+    if a.prompt_seconds:
+        if not 0 < a.prompt_seconds <= a.seconds - 2:
+            sys.exit("error: --prompt-seconds must leave at least 2 s to continue within --seconds")
+        sets["continued"] = continue_clips(model, tok, [r["caption"] for r in prompts], source, a.prompt_seconds,
+                                           a.seconds, a.seed, a.guidance, a.top_k or None, a.temperature)
+    per = {k: measure(v, req, sr) for k, v in sets.items()}
+    window = {}
+    if a.prompt_seconds:
+        from musiclens.measure.tempo import pulse_clarity
+
+        cut = int(a.prompt_seconds * sr)
+        for k, v in sets.items():
+            for m, y in zip(per[k], v):
+                m["clarity_window"] = pulse_clarity(y[cut:], sr)["clarity"]
+            window[k] = float(np.median([m["clarity_window"] for m in per[k]]))
+    clear_above = float(np.median([m["clarity"] for m in per["through_codec"]]))
+    res = {"model": a.model or "shipped organism", "split": a.split, "seed": a.seed, "seconds": a.seconds,
+           "guidance": a.guidance, "top_k": a.top_k or int(model.generation_config.top_k),
+           "temperature": a.temperature, "n_prompts_drawn": a.n_prompts,
+           "clear_above": clear_above,
+           "clear_above_means": "median pulse clarity of the source clips through the codec",
+           **({"window": {"from_seconds": a.prompt_seconds, "clarity_median": window}} if window else {}),
+           **{k: summarise(v, words, clear_above) for k, v in per.items()},
+           "per_clip": [{"caption": r["caption"], "word": w, **{k: per[k][i] for k in per}}
+                        for i, (r, w) in enumerate(zip(prompts, words))]}
+    write_result(a.name, res)
+    for k in per:
+        s = res[k]
+        print(f"{k:14s} n {s['n']}  clarity {s['clarity_median']:.3f}  share clear {s['share_clear']:.2f}  "
+              f"rho {s['spearman_bpm']['rho']:.2f} (clear {s['spearman_bpm_clear']['rho']}, "
+              f"unclear {s['spearman_bpm_unclear']['rho']})  within 4% {s['within_4pct']:.2f}  "
+              f"salience at request {s['salience_at_request_share_median']:.2f}")
+    if window:
+        print(f"pulse clarity after {a.prompt_seconds:g} s: " + ", ".join(f"{k} {v:.3f}" for k, v in window.items()))
+
+
+if __name__ == "__main__":
+    main()
