@@ -494,15 +494,20 @@ def _pulse_lines(tp: dict) -> list[str]:
          f"period in 60-180 BPM; random onsets score about 0.05) of the generations of the {tp['generated']['n']} "
          f"captions above that name a tempo, and of their source clips (`bench/tempo_pulse.py`, {tp['seconds']:g} s). "
          "'Clear' = at least the median source clip through the codec "
-         f"({tp['clear_above']:.2f}).", "",
+         f"({tp['clear_above']:.2f}). The generations are a new sampling of the same captions, so their BPM "
+         "Spearman differs from the table above by sampling alone."
+         + (" Continuations start with the source clip itself, so only the window after it is theirs."
+            if win else ""), "",
          "| clips | pulse clarity, median | clear | BPM Spearman | within 4 % of the requested BPM |"
          + (f" clarity after {tp['window']['from_seconds']:g} s |" if win else ""),
          "|---|---:|---:|---:|---:|" + ("---:|" if win else "")]
     for k in sets:
         v = tp[k]
         rho = v["spearman_bpm"]["rho"]
-        L.append(f"| {names[k]} | {v['clarity_median']:.2f} | {100 * v['share_clear']:.0f} % | "
-                 f"{_f(rho, 2)} | {100 * v['within_4pct']:.0f} % |" + (f" {win[k]:.2f} |" if win else ""))
+        cells = ("| | | | |" if k == "continued" else
+                 f"| {v['clarity_median']:.2f} | {100 * v['share_clear']:.0f} % | {_f(rho, 2)} | "
+                 f"{100 * v['within_4pct']:.0f} % |")
+        L.append(f"| {names[k]} {cells}" + (f" {win[k]:.2f} |" if win else ""))
     return L + [""]
 
 

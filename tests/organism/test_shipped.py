@@ -33,6 +33,16 @@ def test_model_card_matches_the_shipped_logs_and_bench_results():
     folder = O.organism_path()
     assert (folder / "README.md").read_text() == card_text(folder), \
         "stale model card: python -c 'from musiclens.organism.card import write_card; write_card()'"
+    # every table row has as many cells as its header
+    table: list[str] = []
+    for line in (folder / "README.md").read_text().splitlines() + [""]:
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        if table:
+            widths = {row.replace("\\|", "").count("|") for row in table}
+            assert len(widths) == 1, f"ragged table in the model card: {table[0]}"
+        table = []
     # the shipped LM trained on a GPU (its progress.json says so): the card gives the device-call recipe
     progress = json.loads((folder / "training" / "lm_progress.json").read_text())
     card = card_text(folder)
