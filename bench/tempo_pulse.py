@@ -39,7 +39,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -61,25 +60,24 @@ def measure(audio: list[np.ndarray], requested: list[float], sr: int) -> list[di
     return out
 
 
-@torch.no_grad()
 def continue_clips(model, tok, captions: list[str], source: list[np.ndarray], prompt_seconds: float, seconds: float,
                    seed: int, guidance: float, top_k: int | None, temperature: float, batch: int = 16) -> list[np.ndarray]:
-    """Generations that start from the first `prompt_seconds` of each source clip (audio prompt + caption)."""
+    """Generations that start from the first `prompt_seconds` of each source clip (audio prompt + caption).
+
+    Through `MusicModel.generate(audio_prompt=)`, what `musiclens generate --audio-prompt` runs;
+    batch b starts at clip s = 16 b and is seeded seed + s, as `evaluate.generate` seeds its batches.
+    """
+    from musiclens.models import MusicModel
     from musiclens.models import organism as O
 
-    sr = O.SAMPLE_RATE
-    n_prompt = int(prompt_seconds * sr)
-    new = int((seconds - prompt_seconds) * O.FRAME_RATE)
-    sampling = {"temperature": temperature, **({"top_k": top_k} if top_k else {})}
+    mm = MusicModel(model, tok, "organism")
+    n_prompt = int(prompt_seconds * O.SAMPLE_RATE)
     out = []
     for s in range(0, len(captions), batch):
-        torch.manual_seed(seed + s)
-        t = tok(captions[s: s + batch], return_tensors="pt", padding=True)
-        t.pop("token_type_ids", None)
-        wav = torch.from_numpy(np.stack([y[:n_prompt] for y in source[s: s + batch]])).float().unsqueeze(1)
-        audio = model.generate(**t, input_values=wav, max_new_tokens=new + O.N_CODEBOOKS, do_sample=True,
-                               guidance_scale=guidance, **sampling)
-        out += [a.float().numpy()[: int(seconds * sr)] for a in audio[:, 0]]
+        res = mm.generate(captions[s: s + batch], seconds=seconds, seed=seed + s, guidance_scale=guidance,
+                          temperature=temperature, top_k=top_k or int(model.generation_config.top_k),
+                          audio_prompt=np.stack([y[:n_prompt] for y in source[s: s + batch]]))
+        out += [a.numpy() for a in res.audio]
     return out
 
 

@@ -65,6 +65,9 @@ def read_audio_prompt(cfg, sample_rate: int):
         y = y[: int(round(cfg.prompt_seconds * sample_rate))]
     if len(y) < sample_rate // 50:
         raise MusiclensError(f"audio prompt {cfg.audio_prompt} is too short (under 20 ms)")
+    if len(y) >= cfg.seconds * sample_rate:
+        raise MusiclensError(f"the audio prompt ({len(y) / sample_rate:.2f} s) must be shorter than the clip "
+                             f"(--seconds {cfg.seconds:g}): crop it with --prompt-seconds")
     return y
 
 

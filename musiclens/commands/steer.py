@@ -31,6 +31,8 @@ class SteerConfig:
     guidance_scale: float = option(3.0, help="classifier-free guidance scale")
     temperature: float = option(1.0, help="sampling temperature")
     top_k: int = option(250, help="top-k sampling")
+    audio_prompt: str | None = option(None, help="audio file to continue, as `musiclens generate --audio-prompt`")
+    prompt_seconds: float | None = option(None, help="use only the first S seconds of --audio-prompt")
     vector: list[str] = option(default_factory=list, help="DiffMean vector director(y/ies), comma-separated to compose")
     lam: list[float] = option(default_factory=lambda: [1.0], help="λ per vector (one value = all); negative steers toward --neg")
     strategy: str = option("one-to-all", help="injection strategy", choices=["one-to-all", "all-to-all", "single"])
@@ -91,6 +93,7 @@ def run(cfg: SteerConfig) -> dict:
     from ..io import atomic_dir, write_json
     from ..steer.generation import generate_batched, write_clips
     from ..audio import read_prompts
+    from .generate import read_audio_prompt
 
     if (cfg.prompt is None) == (cfg.prompts is None):
         raise MusiclensError("give exactly one of --prompt and --prompts")
@@ -111,7 +114,8 @@ def run(cfg: SteerConfig) -> dict:
     specs = build_specs(model, cfg)
     audio = generate_batched(model, prompts, cfg.seconds, seed=cfg.seed, batch_size=cfg.batch_size,
                              guidance_scale=cfg.guidance_scale, specs=specs, branch=cfg.branch, steps=steps,
-                             temperature=cfg.temperature, top_k=cfg.top_k)
+                             temperature=cfg.temperature, top_k=cfg.top_k,
+                             audio_prompt=read_audio_prompt(cfg, model.sample_rate))
     with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
         names = write_clips(tmp, audio, model.sample_rate, prompts)
         write_json(tmp / "prompts.json", [{"file": n, "prompt": p} for n, p in zip(names, prompts)])

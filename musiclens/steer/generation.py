@@ -23,11 +23,14 @@ AUDIO_EXT = (".wav", ".flac", ".ogg", ".mp3")
 
 def generate_batched(model, prompts: Sequence[str], seconds: float, seed: int = 0, batch_size: int = 8,
                      guidance_scale: float = 3.0, specs: Sequence = (), branch: str = "both",
-                     steps: tuple[int, int] | None = None, temperature: float = 1.0, top_k: int = 250) -> np.ndarray:
+                     steps: tuple[int, int] | None = None, temperature: float = 1.0, top_k: int = 250,
+                     audio_prompt=None) -> np.ndarray:
     """Audio [n, T] float32 for `prompts`, steered by `specs` (none = plain generation).
 
     Calls `musiclens generate`'s own batching function inside the steering
     context, so seeds, batches and sampling settings cannot drift apart.
+    `audio_prompt` (mono samples at the model's rate) is continued by every
+    prompt; steps count from the prefill over it (step 0).
     """
     from ..commands.generate import GenerateConfig
     from ..commands.generate import generate_batched as plain_generate
@@ -41,9 +44,9 @@ def generate_batched(model, prompts: Sequence[str], seconds: float, seed: int = 
                           temperature=temperature, top_k=top_k, batch_size=batch_size)
     if specs:
         with steering(model, list(specs), branch=branch, steps=steps):
-            audios = plain_generate(model, prompts, gcfg)
+            audios = plain_generate(model, prompts, gcfg, audio_prompt)
     else:
-        audios = plain_generate(model, prompts, gcfg)
+        audios = plain_generate(model, prompts, gcfg, audio_prompt)
     audio = torch.stack([a.float().cpu() for a in audios]).numpy()
     if not np.isfinite(audio).all():
         raise MusiclensError("generation produced non-finite audio (steering strength too large?)")

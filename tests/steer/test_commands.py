@@ -61,6 +61,25 @@ def test_steer_lambda_zero_equals_generate_files(work):
     assert any((work / "gen" / w).read_bytes() != (work / "st2" / w).read_bytes() for w in wavs)
 
 
+def test_steer_continues_an_audio_prompt(work):
+    import soundfile as sf
+
+    t = np.arange(3200) / 16000
+    sf.write(work / "take.wav", (0.3 * np.sin(2 * np.pi * 330 * t)).astype(np.float32), 16000)
+    args = ["--model", "tiny-random", "--prompts", str(work / "neutral.txt"), "--seconds", "0.3", "--seed", "1",
+            "--audio-prompt", str(work / "take.wav")]
+    assert main(["generate", *args, "--out", str(work / "cont_gen")]) == 0
+    assert main(["steer", *args, "--out", str(work / "cont0"), "--vector", str(work / "vec"), "--lam", "0",
+                 "--layer", "2"]) == 0
+    assert main(["steer", *args, "--out", str(work / "cont9"), "--vector", str(work / "vec"), "--lam", "40",
+                 "--layer", "2"]) == 0
+    wavs = sorted(p.name for p in (work / "cont_gen").glob("*.wav"))
+    assert len(wavs) == 2
+    for w in wavs:   # λ = 0 is the plain continuation, byte for byte; λ = 40 changes it
+        assert (work / "cont_gen" / w).read_bytes() == (work / "cont0" / w).read_bytes()
+    assert any((work / "cont_gen" / w).read_bytes() != (work / "cont9" / w).read_bytes() for w in wavs)
+
+
 def test_measure_with_reference(work):
     out = work / "m.json"
     assert main(["measure", "--audio", str(work / "st2"), "--reference", str(work / "gen"), "--out", str(out),
