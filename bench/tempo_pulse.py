@@ -123,6 +123,8 @@ def main() -> None:
                     help="also continue each source clip's first P seconds (0 = off); see the module docstring")
     ap.add_argument("--name", default="tempo_pulse")
     a = ap.parse_args()
+    if a.prompt_seconds and not 0 < a.prompt_seconds <= a.seconds - 2:
+        sys.exit("error: --prompt-seconds must leave at least 2 s to continue within --seconds")
 
     from musiclens.errors import MusiclensError
     from musiclens.models import organism as O
@@ -148,8 +150,6 @@ def main() -> None:
             "generated": generate(model, tok, [r["caption"] for r in prompts], a.seconds, a.seed, a.guidance,
                                   top_k=a.top_k or None, temperature=a.temperature)}
     if a.prompt_seconds:
-        if not 0 < a.prompt_seconds <= a.seconds - 2:
-            sys.exit("error: --prompt-seconds must leave at least 2 s to continue within --seconds")
         sets["continued"] = continue_clips(model, tok, [r["caption"] for r in prompts], source, a.prompt_seconds,
                                            a.seconds, a.seed, a.guidance, a.top_k or None, a.temperature)
     per = {k: measure(v, req, sr) for k, v in sets.items()}
