@@ -318,7 +318,8 @@ class MusicModel:
         K = self.n_codebooks
         extra: dict = {}
         if audio_prompt is not None:
-            wav = torch.as_tensor(np.asarray(audio_prompt, dtype=np.float32))
+            wav = (audio_prompt.detach().float().cpu() if torch.is_tensor(audio_prompt)
+                   else torch.as_tensor(np.asarray(audio_prompt, dtype=np.float32)))
             wav = wav[None].expand(B, -1) if wav.dim() == 1 else wav
             if wav.dim() != 2 or wav.shape[0] != B or wav.shape[1] == 0:
                 raise MusiclensError(f"audio prompt: expected [T] or [{B}, T] mono samples, got {tuple(wav.shape)}")
