@@ -24,10 +24,11 @@ those clips through the organism's codec. Per set it reports
   requested one (or an octave of it), lower when the pulse sits elsewhere.
 
 With --prompt-seconds P, a fourth set: each caption's generation continued
-from the first P seconds of its source clip (MusicGen's audio prompt), and
-the pulse clarity of every set is also measured on the window after P alone
-(`window`). A pulse that survives in the continuation means the LM can keep
-a beat it is given; one that fades means it cannot hold one either.
+from the first P seconds of its source clip (MusicGen's audio prompt). Those
+begin with the source clip itself, so every set's pulse clarity is measured
+on the window after P alone (`window`), and the continuations only there. A
+pulse that survives in the continuation means the LM can keep a beat it is
+given; one that fades means it cannot hold one either.
 
 Writes bench/results/<name>.json with per-clip values.
 """
@@ -60,8 +61,9 @@ def measure(audio: list[np.ndarray], requested: list[float], sr: int) -> list[di
     return out
 
 
-def continue_clips(model, tok, captions: list[str], source: list[np.ndarray], prompt_seconds: float, seconds: float,
-                   seed: int, guidance: float, top_k: int | None, temperature: float, batch: int = 16) -> list[np.ndarray]:
+def continue_clips(model, tok, captions: list[str], source: list[np.ndarray], prompt_seconds: float,
+                   seconds: float, seed: int, guidance: float, top_k: int | None, temperature: float,
+                   batch: int = 16) -> list[np.ndarray]:
     """Generations that start from the first `prompt_seconds` of each source clip (audio prompt + caption).
 
     Through `MusicModel.generate(audio_prompt=)`, what `musiclens generate --audio-prompt` runs;
@@ -81,7 +83,14 @@ def continue_clips(model, tok, captions: list[str], source: list[np.ndarray], pr
     return out
 
 
-def summarise(clips: list[dict], words: list[str], clear_above: float) -> dict:
+def clarity_stats(clarity: np.ndarray, clear_above: float) -> dict:
+    """Median, 10th-90th percentiles and the share at or above `clear_above`."""
+    p10, p25, p75, p90 = (float(q) for q in np.percentile(clarity, [10, 25, 75, 90]))
+    return {"clarity_median": float(np.median(clarity)), "clarity_p10": p10, "clarity_p25": p25,
+            "clarity_p75": p75, "clarity_p90": p90, "share_clear": float(np.mean(clarity >= clear_above))}
+
+
+def summarise(clips: list[dict], words: list[str], drums: list[bool], clear_above: float) -> dict:
     from scipy.stats import spearmanr
 
     def rho(sel):
@@ -96,11 +105,11 @@ def summarise(clips: list[dict], words: list[str], clear_above: float) -> dict:
     within = np.array([abs(m["bpm"] / m["bpm_requested"] - 1) <= 0.04 for m in clips])
     by_word = {w: float(np.median(clarity[[x == w for x in words]])) for w in ("slow", "moderate", "fast")
                if w in words}
-    return {"n": len(clips),
-            "clarity_median": float(np.median(clarity)),
-            "clarity_quartiles": [float(q) for q in np.percentile(clarity, [25, 75])],
+    drums = np.array(drums)
+    return {"n": len(clips), **clarity_stats(clarity, clear_above),
             "clarity_median_by_word": by_word,
-            "share_clear": float(np.mean(clarity >= clear_above)),
+            "clarity_median_drums_asked": {"median": float(np.median(clarity[drums])) if drums.any() else None,
+                                           "n": int(drums.sum())},
             "spearman_bpm": rho([True] * len(clips)),
             "spearman_bpm_clear": rho(clarity >= clear_above),
             "spearman_bpm_unclear": rho(clarity < clear_above),
@@ -152,35 +161,39 @@ def main() -> None:
     if a.prompt_seconds:
         sets["continued"] = continue_clips(model, tok, [r["caption"] for r in prompts], source, a.prompt_seconds,
                                            a.seconds, a.seed, a.guidance, a.top_k or None, a.temperature)
-    per = {k: measure(v, req, sr) for k, v in sets.items()}
-    window = {}
-    if a.prompt_seconds:
-        from musiclens.measure.tempo import pulse_clarity
-
-        cut = int(a.prompt_seconds * sr)
-        for k, v in sets.items():
-            for m, y in zip(per[k], v):
-                m["clarity_window"] = pulse_clarity(y[cut:], sr)["clarity"]
-            window[k] = float(np.median([m["clarity_window"] for m in per[k]]))
+    # continuations begin with the source clip itself: only the window after the prompt is theirs
+    per = {k: measure(v, req, sr) for k, v in sets.items() if k != "continued"}
     clear_above = float(np.median([m["clarity"] for m in per["through_codec"]]))
+    drums = [named_factors(r).get("drums", "none") != "none" for r in prompts]
     res = {"model": a.model or "shipped organism", "split": a.split, "seed": a.seed, "seconds": a.seconds,
            "guidance": a.guidance, "top_k": a.top_k or int(model.generation_config.top_k),
            "temperature": a.temperature, "n_prompts_drawn": a.n_prompts,
            "clear_above": clear_above,
            "clear_above_means": "median pulse clarity of the source clips through the codec",
-           **({"window": {"from_seconds": a.prompt_seconds, "clarity_median": window}} if window else {}),
-           **{k: summarise(v, words, clear_above) for k, v in per.items()},
-           "per_clip": [{"caption": r["caption"], "word": w, **{k: per[k][i] for k in per}}
-                        for i, (r, w) in enumerate(zip(prompts, words))]}
+           **{k: summarise(v, words, drums, clear_above) for k, v in per.items()}}
+    if a.prompt_seconds:
+        from musiclens.measure.tempo import pulse_clarity
+
+        cut = int(a.prompt_seconds * sr)
+        after = {k: np.array([pulse_clarity(y[cut:], sr)["clarity"] for y in v]) for k, v in sets.items()}
+        win_clear = float(np.median(after["through_codec"]))
+        res["window"] = {"from_seconds": a.prompt_seconds, "clear_above": win_clear,
+                         "sets": {k: clarity_stats(v, win_clear) for k, v in after.items()}}
+        for k, v in after.items():
+            for m, c in zip(per.setdefault(k, [{} for _ in prompts]), v):
+                m["clarity_window"] = float(c)
+    res["per_clip"] = [{"caption": r["caption"], "word": w, **{k: per[k][i] for k in per}}
+                       for i, (r, w) in enumerate(zip(prompts, words))]
     write_result(a.name, res)
-    for k in per:
+    for k in ("as_rendered", "through_codec", "generated"):
         s = res[k]
         print(f"{k:14s} n {s['n']}  clarity {s['clarity_median']:.3f}  share clear {s['share_clear']:.2f}  "
-              f"rho {s['spearman_bpm']['rho']:.2f} (clear {s['spearman_bpm_clear']['rho']}, "
-              f"unclear {s['spearman_bpm_unclear']['rho']})  within 4% {s['within_4pct']:.2f}  "
+              f"rho {s['spearman_bpm']['rho']:.2f}  within 4% {s['within_4pct']:.2f}  "
               f"salience at request {s['salience_at_request_share_median']:.2f}")
-    if window:
-        print(f"pulse clarity after {a.prompt_seconds:g} s: " + ", ".join(f"{k} {v:.3f}" for k, v in window.items()))
+    if "window" in res:
+        sets_after = res["window"]["sets"].items()
+        print(f"pulse clarity after {a.prompt_seconds:g} s: " + ", ".join(
+            f"{k} {v['clarity_median']:.3f} ({100 * v['share_clear']:.1f} % clear)" for k, v in sets_after))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Every figure in the card comes from a file: the training logs copied into
 `training/` by `musiclens organism export`, `bench/results/organism*.json`
 written by `bench/organism.py`, `bench/results/minimal_pairs.json` written by
 `bench/minimal_pairs.py` and `bench/results/tempo_pulse_test.json` written by
-`bench/tempo_pulse.py`. Nothing is typed in by hand, so the card can be regenerated whenever the model or the measurements change.
+`bench/tempo_pulse.py`. Nothing is typed in by hand, so the card can be
+regenerated whenever the model or the measurements change.
 """
 
 from __future__ import annotations
@@ -484,30 +485,33 @@ def _source_clip_lines(gres: dict) -> list[str]:
 
 def _pulse_lines(tp: dict) -> list[str]:
     """Pulse clarity of generations next to their source clips (bench/tempo_pulse.py): is there a beat to read?"""
-    sets = [k for k in ("generated", "continued", "as_rendered", "through_codec") if isinstance(tp.get(k), dict)]
+    win = tp.get("window", {})
+    after = win.get("sets", {})
     names = {"generated": "generations", "continued": f"continuations of the source clips' first "
-                                                       f"{tp.get('window', {}).get('from_seconds', 0):g} s",
+                                                       f"{win.get('from_seconds', 0):g} s",
              "as_rendered": "source clips, as rendered", "through_codec": "source clips, through the codec"}
-    win = tp.get("window", {}).get("clarity_median", {})
     L = ["## Is there a beat to read? (test split)", "",
          f"Pulse clarity (`musiclens.measure.pulse_clarity`: how strongly the onset envelope recurs at the best beat "
-         f"period in 60-180 BPM; random onsets score about 0.05) of the generations of the {tp['generated']['n']} "
-         f"captions above that name a tempo, and of their source clips (`bench/tempo_pulse.py`, {tp['seconds']:g} s). "
-         "'Clear' = at least the median source clip through the codec "
-         f"({tp['clear_above']:.2f}). The generations are a new sampling of the same captions, so their BPM "
+         f"period in 60-180 BPM; a click track scores above 0.5, bursts at random times below 0.15) of the "
+         f"generations of the {tp['generated']['n']} captions above that name a tempo, and of their source clips "
+         f"(`bench/tempo_pulse.py`, {tp['seconds']:g} s). 'Clear' = at least the median source clip through the "
+         f"codec ({tp['clear_above']:.2f}). The generations are a new sampling of the same captions, so their BPM "
          "Spearman differs from the table above by sampling alone."
-         + (" Continuations start with the source clip itself, so only the window after it is theirs."
-            if win else ""), "",
+         + (" Continuations start with the source clip itself, so they are measured only after it."
+            if after else ""), "",
          "| clips | pulse clarity, median | clear | BPM Spearman | within 4 % of the requested BPM |"
-         + (f" clarity after {tp['window']['from_seconds']:g} s |" if win else ""),
-         "|---|---:|---:|---:|---:|" + ("---:|" if win else "")]
-    for k in sets:
-        v = tp[k]
-        rho = v["spearman_bpm"]["rho"]
-        cells = ("| | | | |" if k == "continued" else
-                 f"| {v['clarity_median']:.2f} | {100 * v['share_clear']:.0f} % | {_f(rho, 2)} | "
+         + (f" clarity after {win['from_seconds']:g} s (clear) |" if after else ""),
+         "|---|---:|---:|---:|---:|" + ("---:|" if after else "")]
+    for k in ("generated", "continued", "as_rendered", "through_codec"):
+        v = tp.get(k)
+        if not isinstance(v, dict) and k not in after:
+            continue
+        cells = ("| | | | |" if not isinstance(v, dict) else
+                 f"| {v['clarity_median']:.2f} | {100 * v['share_clear']:.0f} % | {_f(v['spearman_bpm']['rho'], 2)} | "
                  f"{100 * v['within_4pct']:.0f} % |")
-        L.append(f"| {names[k]} {cells}" + (f" {win[k]:.2f} |" if win else ""))
+        w = after.get(k)
+        L.append(f"| {names[k]} {cells}" + (f" {w['clarity_median']:.2f} ({100 * w['share_clear']:.0f} %) |"
+                                            if after else ""))
     return L + [""]
 
 

@@ -302,7 +302,9 @@ def paired_tempo(per_clip_a: list[dict], per_clip_b: list[dict], tolerance: floa
         raise MusiclensError("the two runs did not generate from the same captions in the same order")
     n = moved = a_closer = b_closer = 0
     for ra, rb in zip(per_clip_a, per_clip_b):
-        if "tempo" not in ra["named"] or not (ra.get("bpm") and rb.get("bpm")):
+        # silence has no tempo: a NaN estimate would count as "moved" and be won by neither run
+        if "tempo" not in ra["named"] or not all(np.isfinite(r.get("bpm", np.nan)) and r["bpm"] > 0
+                                                 for r in (ra, rb)):
             continue
         n += 1
         if abs(np.log(rb["bpm"] / ra["bpm"])) <= np.log1p(tolerance):

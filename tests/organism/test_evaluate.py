@@ -129,5 +129,8 @@ def test_paired_tempo_counts_only_moved_estimates():
     assert r["p_sign_test"] == 1.0  # 2 of 3 is no evidence either way
     many = paired_tempo(run([80.0] * 4), run([160.0] * 4))
     assert many["b_closer"] == 4 and many["p_sign_test"] == 0.125  # every moved clip won by b: 2 x 0.5^4
+    # a silent generation (BPM NaN) has no tempo: it is neither counted nor "moved"
+    silent = paired_tempo(run([160.0, 80.0, 150.0, float("nan"), 90.0]), b)
+    assert (silent["n"], silent["moved"], silent["a_closer"], silent["b_closer"]) == (3, 2, 1, 1)
     with pytest.raises(MusiclensError, match="same captions"):
         paired_tempo(a, b[::-1])
