@@ -30,6 +30,7 @@ from ..errors import MusiclensError
 from ..io import atomic_path, write_json
 from ..models import organism as O
 from .codes import load_codes
+from .rhythm import beat_contrast_loss, beat_splice_gap
 from .resume import load_checkpoint, load_weights, restore_rng, rng_state
 from .schedule import Clock
 
@@ -66,6 +67,12 @@ class LMTrainConfig:
     contrast_concepts: str = option("tempo,drums,register,dynamics",
                                     "concepts whose words are flipped (see organism/sensitivity.py); instrument "
                                     "is left out (the base LM obeys it); the shipped continuation adds brightness")
+    beat_weight: float = option(0.0, "weight of the beat-contrast loss (0 = off): a hinge that makes a drum "
+                                     "clip's continuation after a cut less likely a sixteenth note off the beat "
+                                     "than on it (organism/rhythm.py)")
+    beat_margin: float = option(0.15, "nats per token the on-beat continuation must beat the off-grid ones by")
+    beat_window: int = option(50, "frames after the cut the beat hinge reads; the cut falls at a random frame "
+                                  "between this and 3x this")
     contrast_flips: str = option("opposite", "which values a concept's words are flipped to: its opposite (slow <-> "
                                              "fast, none <-> rock; the shipped tune stage), or every other value "
                                              "(middle values such as neutral or light drums included)",
@@ -87,11 +94,12 @@ def delay_pattern(codes: torch.Tensor, pad: int) -> torch.Tensor:
     return ids
 
 
-def lm_loss(model, ids: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher-forced cross-entropy over real code positions.
+def token_ce(model, ids: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced cross-entropy of every next code: (ce [B, K, T-1], real [B, K, T-1] bool).
 
-    ids [B, K, T] (delay pattern), states [B, L, 384], mask [B, L].
-    Returns (mean loss, per-example mean loss [B]).
+    ids [B, K, T] (delay pattern), states [B, L, 384], mask [B, L]. Position
+    t of codebook k predicts ids[:, k, t + 1]; `real` is False where that is
+    a pad (BOS, the delay pattern's corners, a crop's end), and ce is 0 there.
     """
     b, k, t = ids.shape
     pad = model.config.decoder.pad_token_id
@@ -100,12 +108,21 @@ def lm_loss(model, ids: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) 
     enc = model.enc_to_dec_proj(states)
     logits = model.decoder(input_ids=inp, encoder_hidden_states=enc, encoder_attention_mask=mask).logits
     logits = logits.reshape(b, k, t - 1, -1)
-    valid = tgt != pad
+    real = tgt != pad
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.clamp(max=logits.shape[-1] - 1).reshape(-1),
                          reduction="none").reshape(b, k, t - 1)
-    ce = ce * valid
-    per = ce.sum(dim=(1, 2)) / valid.sum(dim=(1, 2)).clamp(min=1)
-    return ce.sum() / valid.sum().clamp(min=1), per
+    return ce * real, real
+
+
+def lm_loss(model, ids: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced cross-entropy over real code positions.
+
+    ids [B, K, T] (delay pattern), states [B, L, 384], mask [B, L].
+    Returns (mean loss, per-example mean loss [B]).
+    """
+    ce, real = token_ce(model, ids, states, mask)
+    per = ce.sum(dim=(1, 2)) / real.sum(dim=(1, 2)).clamp(min=1)
+    return ce.sum() / real.sum().clamp(min=1), per
 
 
 class CodeData:
@@ -383,6 +400,10 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
         closs = contrast_loss(model, data, con, idx, rng, cfg) if con is not None else None
         if closs is not None:
             loss = loss + cfg.contrast_weight * closs  # (train_loss below is this total; train_lm_loss the LM part)
+        bloss = beat_contrast_loss(model, data, idx, rng, cfg.beat_margin, cfg.beat_window,
+                                   (cfg.beat_window, 3 * cfg.beat_window)) if cfg.beat_weight > 0 else None
+        if bloss is not None:
+            loss = loss + cfg.beat_weight * bloss
         if not torch.isfinite(loss):
             raise MusiclensError(f"LM loss became {float(loss)} at step {step}: lower --lr and --resume")
         opt.zero_grad(set_to_none=True)
@@ -398,6 +419,9 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
                    "lr": lr, "frames_per_s": round(frames / (time.time() - t0), 1)}
             if closs is not None:
                 rec["contrast_loss"] = float(closs.detach())
+            if bloss is not None:
+                rec["beat_loss"] = float(bloss.detach())
+            if closs is not None or bloss is not None:
                 rec["train_lm_loss"] = float(likelihood.detach())  # comparable with the lm stage's train_loss
             if len(valid_idx):
                 gap = conditioning_gap(model, data, valid_idx, cfg.crop_frames)
@@ -411,6 +435,11 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
                     sens = concept_sensitivity(model, data, valid_idx, frames=cfg.contrast_frames, encoder=encoder)
                     model.train()
                     rec["concept_gap"] = {c: v["gap"] for c, v in sens.items() if isinstance(v, dict)}
+                # does the LM keep the beat's phase across a cut? (organism/rhythm.py; > 0 = it models metre)
+                beat = beat_splice_gap(model, data, valid_idx)
+                if beat["n"]:
+                    rec["beat_gap"] = {"sixteenth_off": beat["sixteenth_off"]["gap"],
+                                       "eighth_off": beat["eighth_off"]["gap"], "n": beat["n"]}
             with open(log_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
         if time.time() - last > cfg.checkpoint_minutes * 60:

@@ -95,6 +95,10 @@ class OrganismTrainConfig:
     contrast_concepts: str = option("tempo,drums,register,dynamics", "concepts the hinge flips (comma-separated, "
                                                                      "see organism/sensitivity.py; the shipped "
                                                                      "continuation adds brightness)")
+    beat_weight: float = option(0.0, "weight of the beat-contrast hinge in the lm and tune stages (0 = off, as "
+                                     "shipped): a drum clip continued after a cut must be less likely a sixteenth "
+                                     "note off the beat than on it (organism/rhythm.py; docs/organism.md)")
+    beat_margin: float = option(0.15, "nats per token the on-beat continuation must beat the off-grid ones by")
     contrast_flips: str = option("opposite", "flip a concept's words to its opposite value (shipped) or to every "
                                              "other value, middle ones included", choices=["opposite", "all"])
     codes_seconds: float | None = option(6.4, "encode only each clip's first S seconds for the LM (encoding is slow on CPU)")
@@ -119,6 +123,8 @@ def train(cfg: OrganismTrainConfig) -> dict:
         raise MusiclensError("--schedule-minutes must be >= 0 and --codec-crop-seconds > 0")
     if cfg.decoder_crop_seconds <= 0 or cfg.decoder_w_onset < 0:
         raise MusiclensError("--decoder-crop-seconds must be > 0 and --decoder-w-onset >= 0")
+    if cfg.beat_weight < 0 or cfg.beat_margin < 0:
+        raise MusiclensError("--beat-weight and --beat-margin must be >= 0")
     if cfg.decoder_filters < 0:
         raise MusiclensError(f"--decoder-filters must be 0 (keep the width) or a width, not {cfg.decoder_filters}")
     out.mkdir(parents=True, exist_ok=True)
@@ -160,7 +166,7 @@ def train(cfg: OrganismTrainConfig) -> dict:
         lcfg = LMTrainConfig(steps=cfg.lm_steps, budget_minutes=cfg.schedule_minutes, batch_size=cfg.lm_batch_size,
                              layers=cfg.lm_layers, d_model=cfg.lm_d_model, heads=max(1, cfg.lm_d_model // 32),
                              ffn=4 * cfg.lm_d_model, dropout=cfg.lm_dropout, eval_every=cfg.lm_eval_every,
-                             seed=cfg.seed)
+                             beat_weight=cfg.beat_weight, beat_margin=cfg.beat_margin, seed=cfg.seed)
         summary["lm"] = train_lm(lcfg, out, cfg.minutes, cfg.resume, device)
         if not summary["lm"]["done"] and cfg.stage == "all":
             return summary
@@ -175,7 +181,7 @@ def train(cfg: OrganismTrainConfig) -> dict:
                              lr=cfg.tune_lr, init=str(init), contrast_weight=cfg.contrast_weight,
                              contrast_margin=cfg.contrast_margin,
                              contrast_concepts=cfg.contrast_concepts, contrast_flips=cfg.contrast_flips,
-                             seed=cfg.seed + 1)
+                             beat_weight=cfg.beat_weight, beat_margin=cfg.beat_margin, seed=cfg.seed + 1)
         summary["tune"] = train_lm(tcfg, out, cfg.minutes, cfg.resume, device, subdir="tune")
     return summary
 
@@ -221,11 +227,13 @@ def evaluate(cfg: OrganismEvalConfig) -> dict:
         res["codec"] = codec_fidelity(model.audio_encoder, test, cfg.n_codec, tagger)
     if cfg.run and (Path(cfg.run) / "codes" / "index.json").exists():
         from .lm import CodeData, conditioning_gap
+        from .rhythm import beat_splice_gap
         from .sensitivity import concept_sensitivity
 
         data = CodeData(Path(cfg.run))
         res["teacher_forced"] = conditioning_gap(model, data, data.indices("valid")[:128], 300)
         res["teacher_forced"]["per_concept"] = concept_sensitivity(model, data, data.indices("valid")[:200], 100)
+        res["teacher_forced"]["beat"] = beat_splice_gap(model, data, data.indices("valid")[:200])
     if cfg.what in ("generation", "all"):
         probe = None
         if cfg.run and (Path(cfg.run) / "codes" / "index.json").exists():

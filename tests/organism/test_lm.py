@@ -100,6 +100,19 @@ def test_precompute_train_resume_and_load(tiny_corpus, tmp_path):
     with pytest.raises(MusiclensError, match="not found"):
         train_lm(tcfg, tmp_path / "other", None, False, subdir="tune")
 
+    # the beat hinge (organism/rhythm.py): active on clips with drums whose codes reach past the longest jump
+    index = tmp_path / "codes" / "index.json"
+    meta = json.loads(index.read_text())
+    for r in meta["rows"]:
+        r["drums"] = "rock"
+    index.write_text(json.dumps(meta))
+    bcfg = LMTrainConfig(steps=2, batch_size=8, crop_frames=40, layers=2, d_model=32, heads=2, ffn=64, lr=1e-9,
+                         warmup=1, eval_every=2, checkpoint_minutes=100, init=str(tmp_path / "lm" / "ckpt.pt"),
+                         beat_weight=1.0, beat_margin=10.0, beat_window=10)
+    assert train_lm(bcfg, tmp_path, None, False, subdir="tune_beat")["step"] == 2
+    rec = json.loads((tmp_path / "tune_beat" / "log.jsonl").read_text().splitlines()[-1])
+    assert 9.0 < rec["beat_loss"] < 11.0 and "contrast_loss" not in rec  # about 10 - (a small gap)
+
     # null conditions (zero states + empty mask) give finite losses
     ids, st, m = data.batch(idx[:2], 40, 32, None, null_kind=np.array([1, 2]))
     loss, per = lm_loss(model, ids, st, m)
