@@ -4,7 +4,7 @@
                                 [--t0 100] [--window 50] [--name beat_splice]
 
 RUN is a run folder with precomputed codes (`musiclens organism train --stage
-codes`); each --model (default: the shipped organism) is measured on the same
+codes`); each --model (default: `shipped`, the shipped organism) is measured on the same
 clips; each --rev is the organism shipped at that commit, read from git
 history (its codec's encoder must make the same codes: true since the
 14,000-step codec of commit 4c176ba). Per model it reports the LM's mean token loss on the frames after a
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True, help="run folder with precomputed codes (RUN/codes)")
     ap.add_argument("--model", action="append", default=[],
-                    help="organism HF folder; repeat to compare (default: the shipped one)")
+                    help="organism HF folder, or 'shipped'; repeat to compare (default: shipped)")
     ap.add_argument("--rev", action="append", default=[],
                     help="a commit whose shipped organism to measure too (read from git history); repeatable")
     ap.add_argument("--split", default="valid", choices=["train", "valid", "test"],
@@ -75,7 +75,10 @@ def main(argv=None) -> int:
             raise MusiclensError(f"no {a.split} clips among the codes in {a.run}")
         res = {}
         tmp = tempfile.TemporaryDirectory()
-        models = [(m or "shipped organism", Path(m) if m else None) for m in a.model or ([] if a.rev else [""])]
+        models = [("shipped organism", None) if m == "shipped" else (m, Path(m)) for m in a.model or ["shipped"]]
+        missing = [m for _, m in models if m is not None and not (m / "config.json").exists()]
+        if missing:
+            raise MusiclensError(f"no organism folder (config.json) at {missing[0]}")
         models += [(f"shipped at {r}", shipped_at(r, Path(tmp.name) / r)) for r in a.rev]
         for name, folder in models:
             model, _ = O.load_organism_hf("cpu", folder)

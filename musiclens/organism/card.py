@@ -437,6 +437,9 @@ def card_text(folder: Path | None = None) -> str:
     tp = (_json(RESULTS / "tempo_pulse_test.json") or {}).get("figures") if shipped else None
     if isinstance(tp, dict) and tp.get("model") == "shipped organism" and isinstance(tp.get("generated"), dict):
         L += _pulse_lines(tp)
+    bs = (_json(RESULTS / "beat_splice_history.json") or {}).get("figures") if shipped else None
+    if isinstance(bs, dict) and isinstance(bs.get("models", {}).get("shipped organism"), dict):
+        L += _beat_lines(bs)
     L += ["## Limitations", "",
           ("Its codec and decoder stage trained on a shared 2-core CPU, its language model for the minutes its "
            "logs show on one GPU" if gpu else "Trained for minutes-to-hours on a shared 2-core CPU")
@@ -513,6 +516,26 @@ def _pulse_lines(tp: dict) -> list[str]:
         L.append(f"| {names[k]} {cells}" + (f" {w['clarity_median']:.2f} ({100 * w['share_clear']:.0f} %) |"
                                             if after else ""))
     return L + [""]
+
+
+def _beat_lines(bs: dict) -> list[str]:
+    """The beat-splice test (bench/beat_splice.py): does the LM, teacher-forced, keep a beat's phase across a cut?"""
+    v = bs["models"]["shipped organism"]
+    L = ["## Does the language model know the beat? (teacher-forced)", "",
+         f"Held-out corpus clips with drums ({v['n']}, among the first {bs['n_first']} of the {bs['split']} split, "
+         f"encoded by this codec) are cut at "
+         f"{v['t0'] / 50:g} s and continued two beats on (in phase) or a sixteenth / an eighth note off that; the "
+         f"loss is read on the next {v['window'] / 50:g} s (`bench/beat_splice.py`, organism/rhythm.py). A positive "
+         "gap means the LM finds off-grid drum hits less likely: it models metre. One-sided sign test over clips.",
+         "", "| continuation | mean token loss | gap to in phase (nats/token) | clips with gap > 0 | p |",
+         "|---|---:|---:|---:|---:|", f"| in phase | {v['loss']['in_phase']:.3f} | | | |"]
+    for k, name in (("sixteenth_off", "a sixteenth off"), ("eighth_off", "an eighth off")):
+        g = v[k]
+        L.append(f"| {name} | {v['loss'][k]:.3f} | {g['gap']:+.3f} | {100 * g['share_positive']:.0f} % | "
+                 f"{g['p_sign']:.1g} |")
+    sig = v["sixteenth_off"]["gap"] > 0 and v["sixteenth_off"]["p_sign"] < 0.01
+    return L + ["", ("It does (p < 0.01), but not enough to hold a beat while sampling: see the pulse clarity of its "
+                     "generations and continuations above." if sig else "No significant gap: it does not."), ""]
 
 
 def _minimal_pair_lines(concepts: dict) -> list[str]:
