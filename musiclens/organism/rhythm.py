@@ -9,8 +9,9 @@ A held-out clip with drums at B BPM has a beat period of P = 50·60/B frames.
 Its codes are cut at frame `t0` and continued from frame t0 + j, and the LM's
 teacher-forced loss is read on the `window` frames after the cut:
 
-* j = 2P keeps the beat's phase: two beats on, kick lands where a kick was
-  due and snare where a snare was due;
+* j = 2P keeps the beat's phase: two beats on, every hit stays on the grid
+  and the backbeat (snare or side-stick on beats 2 and 4) where it was due,
+  though not every kick (the corpus's patterns differ between bar halves);
 * j = 1.75P or 2.25P (a sixteenth note off the grid) and j = 1.5P or 2.5P
   (an eighth off) skip the same amount of music on average but put every
   later drum hit off the grid that the first t0 frames set up.
