@@ -74,20 +74,20 @@ def main(argv=None) -> int:
         if len(idx) == 0:
             raise MusiclensError(f"no {a.split} clips among the codes in {a.run}")
         res = {}
-        tmp = tempfile.TemporaryDirectory()
         models = [("shipped organism", None) if m == "shipped" else (m, Path(m)) for m in a.model or ["shipped"]]
         missing = [m for _, m in models if m is not None and not (m / "config.json").exists()]
         if missing:
             raise MusiclensError(f"no organism folder (config.json) at {missing[0]}")
-        models += [(f"shipped at {r}", shipped_at(r, Path(tmp.name) / r)) for r in a.rev]
-        for name, folder in models:
-            model, _ = O.load_organism_hf("cpu", folder)
-            t = time.time()
-            r = beat_splice_gap(model, data, idx, a.t0, a.window, drums_only=not a.all_clips)
-            r["seconds"] = round(time.time() - t, 1)
-            res[name] = r
-            print(name, {k: (round(v["gap"], 4), v["p_sign"]) for k, v in r.items() if isinstance(v, dict)
-                         and "gap" in v})
+        with tempfile.TemporaryDirectory() as tmp:  # past shipped models, read from git history
+            models += [(f"shipped at {r}", shipped_at(r, Path(tmp) / r)) for r in a.rev]
+            for name, folder in models:
+                model, _ = O.load_organism_hf("cpu", folder)
+                t = time.time()
+                r = beat_splice_gap(model, data, idx, a.t0, a.window, drums_only=not a.all_clips)
+                r["seconds"] = round(time.time() - t, 1)
+                res[name] = r
+                print(name, {k: (round(v["gap"], 4), v["p_sign"]) for k, v in r.items() if isinstance(v, dict)
+                             and "gap" in v})
     except MusiclensError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -56,12 +56,12 @@ def read_audio_prompt(cfg, sample_rate: int):
         return None
     from ..steer.generation import read_audio
 
+    if cfg.prompt_seconds is not None and not cfg.prompt_seconds > 0:
+        raise MusiclensError("--prompt-seconds must be a positive number")
     if not Path(cfg.audio_prompt).is_file():
         raise MusiclensError(f"audio prompt not found: {cfg.audio_prompt}")
     y, _ = read_audio(cfg.audio_prompt, sample_rate)
     if cfg.prompt_seconds is not None:
-        if not cfg.prompt_seconds > 0:
-            raise MusiclensError("--prompt-seconds must be a positive number")
         y = y[: int(round(cfg.prompt_seconds * sample_rate))]
     if len(y) < sample_rate // 50:
         raise MusiclensError(f"audio prompt {cfg.audio_prompt} is too short (under 20 ms)")

@@ -80,37 +80,23 @@ def test_cli_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and "no LM export" in r.stderr
 
 
-def test_generation_reads_the_sequence_the_lm_was_trained_on():
-    """HF generate's per-step logits = the training forward (lm.delay_pattern) on the codes it sampled.
 
-    The LM is trained teacher-forced on `delay_pattern` sequences and measured that way (the caption
-    gaps, the beat-splice test); this pins that sampling sees the same positions and layout.
+def test_generation_reads_the_sequence_the_lm_was_trained_on():
+    """The organism's greedy generation = the argmax of a teacher-forced pass over its codes laid out as lm.py trains.
+
+    The LM is trained teacher-forced on `lm.delay_pattern` sequences and measured that way (the caption gaps,
+    the beat-splice test); this pins that sampling sees the same layout and positions.
     """
+    from musiclens import load_model
     from musiclens.organism.lm import delay_pattern
 
-    torch.manual_seed(0)
-    model, tok = O.load_organism_hf("cpu", None)
-    inp = tok(["a fast organ tune with a rock beat"], return_tensors="pt", padding=True)
-    inp.pop("token_type_ids", None)
-    seen = {}  # decoder position -> the [K] ids read there (HF may run the first position twice)
-    pos = model.decoder.model.decoder.embed_positions
-    hook = pos.register_forward_pre_hook(lambda m, a, kw: seen.__setitem__(int(a[1]), a[0][0, :, -1].clone()),
-                                         with_kwargs=True)
-    try:
-        out = model.generate(**inp, do_sample=True, guidance_scale=1.0, max_new_tokens=40,
-                             return_dict_in_generate=True, output_logits=True)
-    finally:
-        hook.remove()
-    seq = torch.stack([seen[p] for p in sorted(seen)], 1)  # [K, T]
-    k, t = seq.shape
-    assert sorted(seen) == list(range(t)) and t == 40
-    codes = torch.stack([seq[q, q + 1: t - (k - 1) + q] for q in range(k)])  # the frames every codebook has
-    ids = delay_pattern(codes[None], model.config.decoder.pad_token_id)[0]
-    n = codes.shape[1] + 1
-    assert torch.equal(ids[:, :n], seq[:, :n])
-    with torch.no_grad():
-        enc = model.enc_to_dec_proj(model.text_encoder(**inp).last_hidden_state)
-        logits = model.decoder(input_ids=ids[:, :n], encoder_hidden_states=enc,
-                               encoder_attention_mask=inp["attention_mask"]).logits
-    gen = torch.stack(out.logits, 1)[:, :n]
-    assert torch.allclose(logits.log_softmax(-1), gen.log_softmax(-1), atol=1e-3)
+    cap = "a fast organ tune with a rock beat"
+    model = load_model("organism")
+    res = model.generate([cap], seconds=0.8, seed=0, guidance_scale=1.0, do_sample=False)
+    ids = delay_pattern(res.codes, model.pad_token_id)[0]  # [K, F + K], the training layout
+    assert torch.equal(ids, model.decoder_input_ids(res.codes))  # = what generate() builds
+    pred = model.forward_codes(ids, captions=[cap]).argmax(-1)[0]  # [K, F + K]
+    frames = res.codes.shape[-1]
+    assert frames == 40
+    for k in range(model.n_codebooks):  # codebook k's frame f is predicted at position f + k
+        assert torch.equal(pred[k, k: k + frames], res.codes[0, k])
