@@ -1,7 +1,8 @@
 """Is the organism's tempo miss an unreadable beat, or a readable beat at the wrong tempo?
 
     python bench/tempo_pulse.py --corpus data/corpus [--model DIR] [--split valid] [--n-prompts 200]
-                                [--seconds 6] [--seed 2] [--top-k K] [--temperature T] [--name tempo_pulse]
+                                [--seconds 6] [--seed 2] [--top-k K] [--temperature T]
+                                [--prompt-seconds P] [--keep 0 --keep 1,2,3 ...] [--name tempo_pulse]
 
 The tempo figure of issue 3 (Spearman of requested vs estimated BPM) is low
 for generations while the onset rate follows the tempo word. A beat tracker
@@ -83,6 +84,35 @@ def continue_clips(model, tok, captions: list[str], source: list[np.ndarray], pr
     return out
 
 
+def kept_generations(model, tok, captions: list[str], source: list[np.ndarray], keep: list[int], seconds: float,
+                     seed: int, guidance: float, top_k: int | None, temperature: float,
+                     batch: int = 16) -> list[np.ndarray]:
+    """Generations with codebooks `keep` copied from each source clip's codes, the others sampled.
+
+    Batches and seeds as `evaluate.generate`. A clip shorter than `seconds`
+    keeps its codebooks only as far as it goes (its codes are padded with the
+    pad id, which `models.keep` never forces).
+    """
+    import torch
+
+    from musiclens.models import MusicModel
+
+    mm = MusicModel(model, tok, "organism")
+    F, K = mm.frames_for(seconds), mm.n_codebooks
+    codes = [mm.encode_audio(torch.as_tensor(y, dtype=torch.float32)[None])[0] for y in source]
+    out = []
+    for s in range(0, len(captions), batch):
+        part = codes[s: s + batch]
+        kept = torch.full((len(part), K, F), mm.pad_token_id, dtype=torch.long)
+        for j, c in enumerate(part):
+            kept[j, :, : min(F, c.shape[-1])] = c[:, :F]
+        res = mm.generate(captions[s: s + batch], seconds=seconds, seed=seed + s, guidance_scale=guidance,
+                          temperature=temperature, top_k=top_k or int(model.generation_config.top_k),
+                          keep_codes=kept, keep_codebooks=keep)
+        out += [a.numpy() for a in res.audio]
+    return out
+
+
 def clarity_stats(clarity: np.ndarray, clear_above: float) -> dict:
     """Median, 10th-90th percentiles and the share at or above `clear_above`."""
     p10, p25, p75, p90 = (float(q) for q in np.percentile(clarity, [10, 25, 75, 90]))
@@ -130,10 +160,17 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--prompt-seconds", type=float, default=0.0,
                     help="also continue each source clip's first P seconds (0 = off); see the module docstring")
+    ap.add_argument("--keep", action="append", default=[], metavar="CODEBOOKS",
+                    help="also generate with these codebooks (comma-separated, e.g. 0 or 1,2,3) copied from each "
+                         "source clip; repeatable; see the module docstring")
     ap.add_argument("--name", default="tempo_pulse")
     a = ap.parse_args()
     if a.prompt_seconds and not 0 < a.prompt_seconds <= a.seconds - 2:
         sys.exit("error: --prompt-seconds must leave at least 2 s to continue within --seconds")
+    try:
+        keeps = [sorted({int(k) for k in spec.split(",")}) for spec in a.keep]
+    except ValueError:
+        sys.exit(f"error: --keep takes codebook numbers separated by commas, e.g. 0 or 1,2,3 (got {a.keep})")
 
     from musiclens.errors import MusiclensError
     from musiclens.models import organism as O
@@ -147,6 +184,10 @@ def main() -> None:
         if not prompts:
             raise MusiclensError(f"no {a.split}-split captions that name a tempo in this draw")
         model, tok = O.load_organism_hf("cpu", a.model or str(O.organism_path()))
+        n_books = int(model.decoder.config.num_codebooks)
+        bad = [k for ks in keeps for k in ks if not 0 <= k < n_books]
+        if bad:
+            raise MusiclensError(f"--keep: codebook {bad[0]} does not exist (the model has 0-{n_books - 1})")
     except MusiclensError as e:
         sys.exit(f"error: {e}")
     sr = O.SAMPLE_RATE
@@ -161,11 +202,16 @@ def main() -> None:
     if a.prompt_seconds:
         sets["continued"] = continue_clips(model, tok, [r["caption"] for r in prompts], source, a.prompt_seconds,
                                            a.seconds, a.seed, a.guidance, a.top_k or None, a.temperature)
+    for ks in keeps:
+        sets["kept_" + "+".join(map(str, ks))] = kept_generations(
+            model, tok, [r["caption"] for r in prompts], source, ks, a.seconds, a.seed, a.guidance,
+            a.top_k or None, a.temperature)
     # continuations begin with the source clip itself: only the window after the prompt is theirs
     per = {k: measure(v, req, sr) for k, v in sets.items() if k != "continued"}
     clear_above = float(np.median([m["clarity"] for m in per["through_codec"]]))
     drums = [named_factors(r).get("drums", "none") != "none" for r in prompts]
     res = {"model": a.model or "shipped organism", "split": a.split, "seed": a.seed, "seconds": a.seconds,
+           "kept_sets": {"kept_" + "+".join(map(str, ks)): ks for ks in keeps},
            "guidance": a.guidance, "top_k": a.top_k or int(model.generation_config.top_k),
            "temperature": a.temperature, "n_prompts_drawn": a.n_prompts,
            "clear_above": clear_above,
@@ -185,7 +231,7 @@ def main() -> None:
     res["per_clip"] = [{"caption": r["caption"], "word": w, **{k: per[k][i] for k in per}}
                        for i, (r, w) in enumerate(zip(prompts, words))]
     write_result(a.name, res)
-    for k in ("as_rendered", "through_codec", "generated"):
+    for k in ("as_rendered", "through_codec", "generated", *res["kept_sets"]):
         s = res[k]
         print(f"{k:14s} n {s['n']}  clarity {s['clarity_median']:.3f}  share clear {s['share_clear']:.2f}  "
               f"rho {s['spearman_bpm']['rho']:.2f}  within 4% {s['within_4pct']:.2f}  "

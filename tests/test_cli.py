@@ -62,8 +62,45 @@ def test_generate_continues_an_audio_prompt(tmp_path):
     assert not (tmp_path / "out2").exists()
 
 
+def test_generate_keeps_codebooks_of_a_file(tmp_path):
+    """--keep-from: the command's clips are the library's keep-codebooks generation (same seed), which holds the
+    file's codes in the kept codebooks and samples the others."""
+    import json
+
+    import soundfile as sf
+    import torch
+
+    from musiclens.audio import write_wav
+    from musiclens.cli import main
+    from musiclens.models import load_model
+
+    m = load_model("tiny-random")
+    write_wav(tmp_path / "ref.wav", m.generate(["a"], seconds=0.4, seed=0).audio[0], m.sample_rate)
+    (tmp_path / "p.txt").write_text("x\ny\n")
+    out = tmp_path / "out"
+    assert main(["generate", "--model", "tiny-random", "--prompts", str(tmp_path / "p.txt"), "--keep-from",
+                 str(tmp_path / "ref.wav"), "--keep-codebooks", "0,2", "--seconds", "0.6", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["keep_codebooks"] == "0,2"
+    y, _ = sf.read(tmp_path / "ref.wav", dtype="float32")
+    kept = m.encode_audio(torch.as_tensor(y)[None])  # the file's 20 frames of codes
+    res = m.generate(["x", "y"], seconds=0.6, seed=0, keep_codes=kept.expand(2, -1, -1), keep_codebooks=[0, 2])
+    for k in (0, 2):
+        assert torch.equal(res.codes[:, k, :20], kept[:, k].expand(2, -1))
+    assert not torch.equal(res.codes[:, 1, :20], kept[:, 1].expand(2, -1))
+    written = [sf.read(f, dtype="float32")[0] for f in sorted(out.glob("*.wav"))]
+    assert len(written) == 2
+    for w, a in zip(written, res.audio):  # 16-bit WAV of the clipped audio: equal within quantisation
+        assert abs(w - a.numpy().clip(-1, 1)).max() < 1e-3
+    r = _run("generate", "--model", "tiny-random", "--prompt", "x", "--keep-from", str(tmp_path / "ref.wav"),
+             "--keep-codebooks", "7", "--out", str(tmp_path / "out3"))
+    assert r.returncode == 2 and "codebook 7 does not exist" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out3").exists()
+
+
 @pytest.mark.parametrize("args", [
     ("generate", "--model", "no-such-model", "--prompt", "x"),
+    ("generate", "--model", "tiny-random", "--prompt", "x", "--keep-from", "/no/such.wav"),
+    ("generate", "--model", "tiny-random", "--prompt", "x", "--keep-from", "/no/such.wav", "--keep-codebooks", "a"),
     ("generate", "--model", "tiny-random", "--prompt", "x", "--audio-prompt", "/no/such.wav"),
     ("generate", "--model", "tiny-random", "--prompt", "x", "--prompt-seconds", "1"),
     ("models", "info", "/no/such/folder"),

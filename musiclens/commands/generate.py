@@ -3,6 +3,12 @@
 With --audio-prompt the model continues a recording instead of starting from
 silence (MusicGen's continuation mode): each clip begins with the prompt as
 the codec hears it, and the text steers what follows.
+
+With --keep-from FILE the model copies some codebooks of FILE's codes
+(--keep-codebooks, default the first, coarsest one) and samples only the
+others, under the text: on the organism the first codebook carries the beat,
+so a clip keeps FILE's rhythm while the caption re-voices the rest
+(docs/organism.md, "Where the beat is lost").
 """
 
 from __future__ import annotations
@@ -28,6 +34,10 @@ class GenerateConfig:
     audio_prompt: str | None = option(None, help="audio file to continue (mono-mixed, resampled); every clip "
                                                  "starts with it and --seconds counts it")
     prompt_seconds: float | None = option(None, help="use only the first S seconds of --audio-prompt")
+    keep_from: str | None = option(None, help="audio file whose codes every clip copies in --keep-codebooks "
+                                              "(from its start, for up to --seconds); the rest is sampled")
+    keep_codebooks: str = option("0", help="with --keep-from: codebooks to copy, comma-separated "
+                                           "(0 = the first, coarsest)")
     device: str = option("cpu", help="cpu or cuda")
     out: str = option("generated", help="output folder for the WAV files")
     overwrite: bool = option(False, help="allow writing into an existing output folder")
@@ -71,10 +81,37 @@ def read_audio_prompt(cfg, sample_rate: int):
     return y
 
 
-def generate_batched(model, prompts, cfg, audio_prompt=None) -> list:
+def read_keep_codes(cfg, model):
+    """(codes [1, K, F'] of --keep-from's first --seconds, codebooks to keep), or (None, ())."""
+    if cfg.keep_from is None:
+        return None, ()
+    import torch
+
+    from ..steer.generation import read_audio
+
+    try:
+        books = sorted({int(k) for k in str(cfg.keep_codebooks).split(",")})
+    except ValueError:
+        raise MusiclensError(f"--keep-codebooks takes codebook numbers separated by commas, e.g. 0 or 0,1 "
+                             f"(got {cfg.keep_codebooks!r})") from None
+    bad = [k for k in books if not 0 <= k < model.n_codebooks]
+    if bad:
+        raise MusiclensError(f"--keep-codebooks: codebook {bad[0]} does not exist "
+                             f"(this model has 0-{model.n_codebooks - 1})")
+    if not Path(cfg.keep_from).is_file():
+        raise MusiclensError(f"--keep-from file not found: {cfg.keep_from}")
+    y, _ = read_audio(cfg.keep_from, model.sample_rate)
+    y = y[: int(round(cfg.seconds * model.sample_rate))]
+    if len(y) < model.sample_rate // 50:
+        raise MusiclensError(f"--keep-from {cfg.keep_from} is too short (under 20 ms)")
+    return model.encode_audio(torch.as_tensor(y, dtype=torch.float32)[None]), books
+
+
+def generate_batched(model, prompts, cfg, audio_prompt=None, keep_codes=None, keep_codebooks=()) -> list:
     """Generate `prompts` in batches of cfg.batch_size; batch b uses seed cfg.seed + b.
 
-    `audio_prompt` (mono samples at the model's rate) is continued by every prompt.
+    `audio_prompt` (mono samples at the model's rate) is continued by every
+    prompt; `keep_codes` [1, K, F'] gives every prompt its `keep_codebooks`.
     """
     import torch
     from tqdm import tqdm
@@ -84,8 +121,10 @@ def generate_batched(model, prompts, cfg, audio_prompt=None) -> list:
     audios = []
     batches = [prompts[i:i + cfg.batch_size] for i in range(0, len(prompts), cfg.batch_size)]
     for b, batch in enumerate(tqdm(batches, desc="generate", unit="batch", disable=None)):
+        kept = None if keep_codes is None else keep_codes.expand(len(batch), -1, -1)
         res = model.generate(batch, seconds=cfg.seconds, seed=cfg.seed + b, guidance_scale=cfg.guidance_scale,
-                             temperature=cfg.temperature, top_k=cfg.top_k, audio_prompt=audio_prompt)
+                             temperature=cfg.temperature, top_k=cfg.top_k, audio_prompt=audio_prompt,
+                             keep_codes=kept, keep_codebooks=keep_codebooks)
         audios.extend(res.audio)
     return audios
 
@@ -102,7 +141,8 @@ def run(args) -> int:
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise MusiclensError(f"output folder exists and is not empty: {out} (use --overwrite)")
     model = load_model(cfg.model, device=cfg.device)
-    audios = generate_batched(model, prompts, cfg, read_audio_prompt(cfg, model.sample_rate))
+    audio_prompt = read_audio_prompt(cfg, model.sample_rate)
+    audios = generate_batched(model, prompts, cfg, audio_prompt, *read_keep_codes(cfg, model))
     out.mkdir(parents=True, exist_ok=True)
     for name, audio in zip(clip_names(prompts), audios):
         write_wav(out / name, audio, model.sample_rate)

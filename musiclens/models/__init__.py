@@ -298,7 +298,8 @@ class MusicModel:
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], seconds: float = 5.0, seed: int = 0, guidance_scale: float = 3.0,
                  temperature: float = 1.0, top_k: int = 250, do_sample: bool = True,
-                 n_frames: int | None = None, audio_prompt=None) -> GenerationResult:
+                 n_frames: int | None = None, audio_prompt=None, keep_codes: torch.Tensor | None = None,
+                 keep_codebooks: Sequence[int] = ()) -> GenerationResult:
         """Generate audio for `prompts` in one batch and keep the codes.
 
         Reproducible: same prompts, batch, seed and settings give the same
@@ -309,6 +310,11 @@ class MusicModel:
         [B, T] one per prompt) is encoded by the codec and the model
         continues it, as MusicGen's continuation mode does: the returned clip
         (`seconds` long) starts with the prompt's codes, kept exactly.
+
+        `keep_codes` [B, K, F'] with `keep_codebooks` (e.g. [0]): those
+        codebooks are copied from `keep_codes` for its first F' frames instead
+        of sampled, and the others are sampled given them (`models.keep`);
+        the returned codes hold them exactly.
         """
         prompts = list(prompts)
         if not prompts:
@@ -329,6 +335,19 @@ class MusicModel:
                                      f"shorter than the clip ({F / self.frame_rate:.2f} s)")
             extra["decoder_input_ids"] = prompt_codes.reshape(B * K, -1)
             F -= prompt_codes.shape[-1]
+        if keep_codes is not None:
+            from transformers import LogitsProcessorList
+
+            from .keep import KeepCodebooks
+
+            keep_codes = torch.as_tensor(keep_codes)
+            if keep_codes.dim() != 3 or keep_codes.shape[0] != B:
+                raise MusiclensError(f"keep_codes: expected [{B}, {K}, frames], got {tuple(keep_codes.shape)}")
+            keep = KeepCodebooks(self.decoder_input_ids(keep_codes.to(self.device)), keep_codebooks, K,
+                                 self.pad_token_id)
+            extra["logits_processor"] = LogitsProcessorList([keep])
+        elif keep_codebooks:
+            raise MusiclensError("keep_codebooks needs keep_codes to copy them from")
         inputs = self.text_inputs([p or "" for p in prompts])
         cfg = guidance_scale is not None and guidance_scale > 1
         torch.manual_seed(seed)

@@ -437,7 +437,12 @@ def card_text(folder: Path | None = None) -> str:
     tp = (_json(RESULTS / "tempo_pulse_test.json") or {}).get("figures") if shipped else None
     if isinstance(tp, dict) and tp.get("model") == "shipped organism" and isinstance(tp.get("generated"), dict):
         L += _pulse_lines(tp)
-    bs = (_json(RESULTS / "beat_splice_history.json") or {}).get("figures") if shipped else None
+    tc = (_json(RESULTS / "tempo_codebooks.json") or {}).get("figures") if shipped else None
+    if isinstance(tc, dict) and tc.get("model") == "shipped organism" and tc.get("kept_sets"):
+        L += _keep_lines(tc)
+    bs = next((f for f in ((_json(RESULTS / n) or {}).get("figures") for n in
+                           ("beat_splice_codebooks.json", "beat_splice_history.json")) if isinstance(f, dict)),
+              None) if shipped else None
     if isinstance(bs, dict) and isinstance(bs.get("models", {}).get("shipped organism"), dict):
         L += _beat_lines(bs)
     L += ["## Limitations", "",
@@ -518,6 +523,25 @@ def _pulse_lines(tp: dict) -> list[str]:
     return L + [""]
 
 
+def _keep_lines(tc: dict) -> list[str]:
+    """Which codebook holds the beat (bench/tempo_pulse.py --keep): copy it from the source clip, sample the rest."""
+    L = ["## Which codebook holds the beat? (test split)", "",
+         f"The same {tc['generated']['n']} captions generated again with some codebooks copied from each caption's "
+         "source clip (through this codec) and the others sampled, same seeds (`bench/tempo_pulse.py --keep`, "
+         "`musiclens generate --keep-from`). Where the beat survives, the kept codebooks carry it; where it "
+         "vanishes, the sampled ones lose it.", "",
+         "| clips | pulse clarity, median | clear | BPM Spearman | within 4 % of the requested BPM |",
+         "|---|---:|---:|---:|---:|"]
+    names = {"generated": "generations (every codebook sampled)", "through_codec": "source clips, through the codec"}
+    for k, books in tc["kept_sets"].items():
+        names[k] = f"codebook{'s' if len(books) > 1 else ''} {', '.join(map(str, books))} kept, the rest sampled"
+    for k in ("generated", *tc["kept_sets"], "through_codec"):
+        v = tc[k]
+        L.append(f"| {names[k]} | {v['clarity_median']:.2f} | {100 * v['share_clear']:.0f} % | "
+                 f"{_f(v['spearman_bpm']['rho'], 2)} | {100 * v['within_4pct']:.0f} % |")
+    return L + [""]
+
+
 def _beat_lines(bs: dict) -> list[str]:
     """The beat-splice test (bench/beat_splice.py): does the LM, teacher-forced, keep a beat's phase across a cut?"""
     v = bs["models"]["shipped organism"]
@@ -527,15 +551,22 @@ def _beat_lines(bs: dict) -> list[str]:
          f"{v['t0'] / 50:g} s and continued two beats on (in phase) or a sixteenth / an eighth note off that; the "
          f"loss is read on the next {v['window'] / 50:g} s (`bench/beat_splice.py`, organism/rhythm.py). A positive "
          "gap means the LM finds off-grid drum hits less likely: it models metre. One-sided sign test over clips.",
-         "", "| continuation | mean token loss | gap to in phase (nats/token) | clips with gap > 0 | p |",
-         "|---|---:|---:|---:|---:|", f"| in phase | {v['loss']['in_phase']:.3f} | | | |"]
+         "", "| continuation | mean token loss | gap to in phase (nats/token) | clips with gap > 0 | p "
+         "| gap by codebook (0, 1, ...) |",
+         "|---|---:|---:|---:|---:|---|", f"| in phase | {v['loss']['in_phase']:.3f} | | | | |"]
     for k, name in (("sixteenth_off", "a sixteenth off"), ("eighth_off", "an eighth off")):
         g = v[k]
+        books = ", ".join(f"{x:+.3f}" for x in g.get("gap_by_codebook", [])) or "-"
         L.append(f"| {name} | {v['loss'][k]:.3f} | {g['gap']:+.3f} | {100 * g['share_positive']:.0f} % | "
-                 f"{g['p_sign']:.1g} |")
+                 f"{g['p_sign']:.1g} | {books} |")
     sig = v["sixteenth_off"]["gap"] > 0 and v["sixteenth_off"]["p_sign"] < 0.01
-    return L + ["", ("It does (p < 0.01), but not enough to hold a beat while sampling: see the pulse clarity of its "
-                     "generations and continuations above." if sig else "No significant gap: it does not."), ""]
+    L += ["", ("It does (p < 0.01), but not enough to hold a beat while sampling: see the pulse clarity of its "
+               "generations and continuations above." if sig else "No significant gap: it does not.")]
+    if "gap_by_codebook" in v["sixteenth_off"]:
+        L += ["", "Under the delay pattern a frame's later codebooks are predicted after its first one, so only the "
+                  "first codebook has to know when a hit is due; its gap is the one to watch "
+                  "(`beat_gap.sixteenth_off_first_codebook` in the training log)."]
+    return L + [""]
 
 
 def _minimal_pair_lines(concepts: dict) -> list[str]:

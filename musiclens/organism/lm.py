@@ -439,7 +439,8 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
                 beat = beat_splice_gap(model, data, valid_idx)
                 if beat["n"]:
                     rec["beat_gap"] = {"sixteenth_off": beat["sixteenth_off"]["gap"],
-                                       "eighth_off": beat["eighth_off"]["gap"], "n": beat["n"]}
+                                       "eighth_off": beat["eighth_off"]["gap"], "n": beat["n"],
+                                       "sixteenth_off_first_codebook": beat["sixteenth_off"]["gap_by_codebook"][0]}
             with open(log_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
         if time.time() - last > cfg.checkpoint_minutes * 60:

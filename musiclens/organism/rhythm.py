@@ -82,35 +82,42 @@ def _variants(data, clips: np.ndarray, jumps: list[float], t0: int, window: int,
             data.mask[rows].long().to(data.device), delay_pattern(after, 0)[..., 1:].float())
 
 
-def _window_loss(model, ids, states, mask, weight) -> torch.Tensor:
-    """Each sequence's mean token loss over the weighted (after-the-cut) positions [B]."""
+def _window_loss(model, ids, states, mask, weight, by_codebook: bool = False) -> torch.Tensor:
+    """Each sequence's mean token loss over the weighted (after-the-cut) positions: [B], or [B, K] by codebook."""
     from .lm import token_ce
 
     ce, real = token_ce(model, ids, states, mask)
     w = weight * real
+    if by_codebook:
+        return (ce * w).sum(dim=2) / w.sum(dim=2).clamp(min=1)
     return (ce * w).sum(dim=(1, 2)) / w.sum(dim=(1, 2)).clamp(min=1)
 
 
 @torch.no_grad()
-def splice_losses(model, data, idx: np.ndarray, t0: int = 100, window: int = 50, batch: int = 16) -> dict:
+def splice_losses(model, data, idx: np.ndarray, t0: int = 100, window: int = 50, batch: int = 16,
+                  by_codebook: bool = False) -> dict:
     """Per variant of `JUMPS`: each clip's mean token loss on the `window` frames after the cut [n].
 
     `data` is an `lm.CodeData`, `idx` clips from `eligible`. Each clip keeps
-    its own caption. A variant with two jumps averages them per clip.
+    its own caption. A variant with two jumps averages them per clip. With
+    `by_codebook`, [n, K]: the loss of each codebook's tokens alone (every
+    codebook has `window` tokens after the cut, so their mean is the [n] figure).
     """
     was_training = model.training
     model.eval()
     pad = model.config.decoder.pad_token_id
     names = [(name, j) for name, jumps in JUMPS.items() for j in jumps]
-    out = {name: np.zeros(len(idx)) for name in JUMPS}
+    K = int(data.codes.shape[1])
+    out = {name: np.zeros((len(idx), K)) for name in JUMPS}
     for s in range(0, len(idx), batch):
         part = idx[s: s + batch]
-        per = _window_loss(model, *_variants(data, part, [j for _, j in names], t0, window, pad)).cpu().numpy()
-        per = per.reshape(len(part), len(names))
+        per = _window_loss(model, *_variants(data, part, [j for _, j in names], t0, window, pad),
+                           by_codebook=True).cpu().numpy()
+        per = per.reshape(len(part), len(names), K)
         for v, (name, _) in enumerate(names):
             out[name][s: s + len(part)] += per[:, v] / len(JUMPS[name])
     model.train(was_training)
-    return out
+    return out if by_codebook else {name: v.mean(axis=1) for name, v in out.items()}
 
 
 def beat_contrast_loss(model, data, idx, rng: np.random.Generator, margin: float, window: int = 50,
@@ -140,14 +147,22 @@ def beat_splice_gap(model, data, idx: np.ndarray, t0: int = 100, window: int = 5
 
     Returns {n, loss: {variant: mean}, and per off-grid variant: gap (mean
     loss minus in-phase, nats/token), share_positive, p_sign (one-sided sign
-    test that the gap is positive)}. Empty clips list -> {"n": 0}.
+    test that the gap is positive), gap_by_codebook (the gap of each
+    codebook's tokens alone)}. Empty clips list -> {"n": 0}.
+
+    Why by codebook: under the delay pattern, codebook k of a frame is
+    predicted after codebooks 0..k-1 of the same frame, so only the first
+    codebook has to know *when* a hit is due; the others hear it there.
+    The first codebook's gap is the one that must grow for generations to
+    keep a beat (docs/organism.md, "Where the beat is lost").
     """
     from scipy.stats import binomtest
 
     clips = eligible(data, np.asarray(idx), t0, window, drums_only)
     if len(clips) == 0:
         return {"n": 0}
-    per = splice_losses(model, data, clips, t0, window, batch)
+    per_k = splice_losses(model, data, clips, t0, window, batch, by_codebook=True)
+    per = {k: v.mean(axis=1) for k, v in per_k.items()}
     res: dict = {"n": int(len(clips)), "t0": t0, "window": window,
                  "loss": {k: float(v.mean()) for k, v in per.items()}}
     for name in JUMPS:
@@ -156,5 +171,6 @@ def beat_splice_gap(model, data, idx: np.ndarray, t0: int = 100, window: int = 5
         d = per[name] - per["in_phase"]
         pos = int((d > 0).sum())
         res[name] = {"gap": float(d.mean()), "share_positive": pos / len(d),
-                     "p_sign": float(binomtest(pos, len(d), 0.5, alternative="greater").pvalue)}
+                     "p_sign": float(binomtest(pos, len(d), 0.5, alternative="greater").pvalue),
+                     "gap_by_codebook": [float(g) for g in (per_k[name] - per_k["in_phase"]).mean(axis=0)]}
     return res

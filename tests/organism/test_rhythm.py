@@ -62,6 +62,10 @@ def test_splice_losses_read_only_the_frames_after_the_cut():
     data = beat_clips(3, 120, 150.0, np.random.default_rng(1))
     t0, window = 40, 30
     got = splice_losses(model, data, np.arange(3), t0, window)
+    by_book = splice_losses(model, data, np.arange(3), t0, window, by_codebook=True)
+    assert by_book["in_phase"].shape == (3, K)
+    for name in JUMPS:  # every codebook has `window` tokens after the cut: their mean is the clip's figure
+        np.testing.assert_allclose(by_book[name].mean(axis=1), got[name], atol=1e-5)
     pad = model.config.decoder.pad_token_id
     for i in range(3):
         codes = _spliced(data.codes[i], t0, int(round(JUMPS["in_phase"][0] * beat_frames(150.0))), window)
@@ -69,11 +73,12 @@ def test_splice_losses_read_only_the_frames_after_the_cut():
         with torch.no_grad():
             logits = model.decoder(input_ids=ids[0, :, :-1], encoder_hidden_states=model.enc_to_dec_proj(
                 data.states[i: i + 1]), encoder_attention_mask=data.mask[i: i + 1]).logits  # [K, T-1, V]
-        ce = []
+        ce = np.zeros((K, window))
         for k in range(K):
             for f in range(t0, t0 + window):  # codebook k's frame f is predicted at position f + k
-                ce.append(float(torch.nn.functional.cross_entropy(logits[k, f + k], codes[k, f])))
-        assert got["in_phase"][i] == pytest.approx(np.mean(ce), abs=1e-4)
+                ce[k, f - t0] = float(torch.nn.functional.cross_entropy(logits[k, f + k], codes[k, f]))
+        assert got["in_phase"][i] == pytest.approx(ce.mean(), abs=1e-4)
+        np.testing.assert_allclose(by_book["in_phase"][i], ce.mean(axis=1), atol=1e-4)
 
 
 def test_an_lm_trained_on_a_steady_beat_finds_off_grid_continuations_less_likely():
@@ -94,6 +99,11 @@ def test_an_lm_trained_on_a_steady_beat_finds_off_grid_continuations_less_likely
     assert abs(before["sixteenth_off"]["gap"]) < 0.03  # an untrained LM knows no beat
     for off in ("sixteenth_off", "eighth_off"):
         assert after[off]["gap"] > 0.05 and after[off]["p_sign"] < 1e-3, after
+        # Every codebook plays the hit, but under the delay pattern codebook k of a frame is predicted after
+        # codebooks 0..k-1 of that frame: only the first codebook must know *when* the hit is due.
+        books = after[off]["gap_by_codebook"]
+        assert len(books) == K and np.mean(books) == pytest.approx(after[off]["gap"], abs=1e-5)
+        assert books[0] > 0.2 and books[0] > 3 * max(books[1:]), books
 
 
 def test_beat_contrast_loss_teaches_the_beat_and_skips_clips_without_drums():
