@@ -6,9 +6,9 @@ the codec hears it, and the text steers what follows.
 
 With --keep-from FILE the model copies some codebooks of FILE's codes
 (--keep-codebooks, default the first, coarsest one) and samples only the
-others, under the text: on the organism the first codebook carries the beat,
-so a clip keeps FILE's rhythm while the caption re-voices the rest
-(docs/organism.md, "Where the beat is lost").
+others, under the text. On the organism the first codebook carries the beat,
+and with it much of the brightness, drums and loudness; the caption changes
+what the other codebooks hold (docs/organism.md, "Where the beat is lost").
 """
 
 from __future__ import annotations
