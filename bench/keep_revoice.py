@@ -93,10 +93,7 @@ def main() -> None:
     from musiclens.models import organism as O
     from musiclens.organism.codes import reconstruct_clips
     from musiclens.organism.data import load_clips, read_metadata
-    from musiclens.organism.evaluate import generate, load_tagger
-
-    sys.path.insert(0, str(ROOT / "bench"))
-    from tempo_pulse import kept_generations
+    from musiclens.organism.evaluate import generate, generate_keeping, load_tagger
 
     try:
         rows = read_metadata(a.corpus)
@@ -118,7 +115,7 @@ def main() -> None:
     idx = {r["path"]: i for i, r in enumerate(clips.rows)}
     source = [clips.wav(idx[s["path"]])[: int(a.seconds * sr)] for s, _ in pairs]
     captions = [b["caption"] for _, b in pairs]
-    sets = {"kept": kept_generations(model, tok, captions, source, keep, a.seconds, a.seed, a.guidance, None, 1.0),
+    sets = {"kept": generate_keeping(model, tok, captions, source, keep, a.seconds, a.seed, a.guidance, None, 1.0),
             "plain": generate(model, tok, captions, a.seconds, a.seed, a.guidance),
             "source_through_codec": reconstruct_clips(model.audio_encoder, source)}
     res: dict = {"model": a.model or "shipped organism", "split": a.split, "n_pairs": len(pairs), "keep": keep,

@@ -84,35 +84,6 @@ def continue_clips(model, tok, captions: list[str], source: list[np.ndarray], pr
     return out
 
 
-def kept_generations(model, tok, captions: list[str], source: list[np.ndarray], keep: list[int], seconds: float,
-                     seed: int, guidance: float, top_k: int | None, temperature: float,
-                     batch: int = 16) -> list[np.ndarray]:
-    """Generations with codebooks `keep` copied from each source clip's codes, the others sampled.
-
-    Batches and seeds as `evaluate.generate`. A clip shorter than `seconds`
-    keeps its codebooks only as far as it goes (its codes are padded with the
-    pad id, which `models.keep` never forces).
-    """
-    import torch
-
-    from musiclens.models import MusicModel
-
-    mm = MusicModel(model, tok, "organism")
-    F, K = mm.frames_for(seconds), mm.n_codebooks
-    codes = [mm.encode_audio(torch.as_tensor(y, dtype=torch.float32)[None])[0] for y in source]
-    out = []
-    for s in range(0, len(captions), batch):
-        part = codes[s: s + batch]
-        kept = torch.full((len(part), K, F), mm.pad_token_id, dtype=torch.long)
-        for j, c in enumerate(part):
-            kept[j, :, : min(F, c.shape[-1])] = c[:, :F]
-        res = mm.generate(captions[s: s + batch], seconds=seconds, seed=seed + s, guidance_scale=guidance,
-                          temperature=temperature, top_k=top_k or int(model.generation_config.top_k),
-                          keep_codes=kept, keep_codebooks=keep)
-        out += [a.numpy() for a in res.audio]
-    return out
-
-
 def clarity_stats(clarity: np.ndarray, clear_above: float) -> dict:
     """Median, 10th-90th percentiles and the share at or above `clear_above`."""
     p10, p25, p75, p90 = (float(q) for q in np.percentile(clarity, [10, 25, 75, 90]))
@@ -176,7 +147,7 @@ def main() -> None:
     from musiclens.models import organism as O
     from musiclens.organism.codes import reconstruct_clips
     from musiclens.organism.data import load_clips, read_metadata
-    from musiclens.organism.evaluate import generate, named_factors, pick_prompts
+    from musiclens.organism.evaluate import generate, generate_keeping, named_factors, pick_prompts
 
     try:
         rows = read_metadata(a.corpus)
@@ -203,7 +174,7 @@ def main() -> None:
         sets["continued"] = continue_clips(model, tok, [r["caption"] for r in prompts], source, a.prompt_seconds,
                                            a.seconds, a.seed, a.guidance, a.top_k or None, a.temperature)
     for ks in keeps:
-        sets["kept_" + "+".join(map(str, ks))] = kept_generations(
+        sets["kept_" + "+".join(map(str, ks))] = generate_keeping(
             model, tok, [r["caption"] for r in prompts], source, ks, a.seconds, a.seed, a.guidance,
             a.top_k or None, a.temperature)
     # continuations begin with the source clip itself: only the window after the prompt is theirs

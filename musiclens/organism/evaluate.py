@@ -214,6 +214,33 @@ def generate(model, tok, prompts: list[str], seconds: float, seed: int, guidance
     return out
 
 
+def generate_keeping(model, tok, captions: list[str], source: list[np.ndarray], keep: list[int], seconds: float,
+                     seed: int, guidance: float = 3.0, top_k: int | None = None, temperature: float = 1.0,
+                     batch: int = 16) -> list[np.ndarray]:
+    """Generations with codebooks `keep` copied from each source clip's codes, the others sampled.
+
+    Batches and seeds as `generate`. A clip shorter than `seconds`
+    keeps its codebooks only as far as it goes (its codes are padded with the
+    pad id, which `models.keep` never forces).
+    """
+    from ..models import MusicModel
+
+    mm = MusicModel(model, tok, "organism")
+    F, K = mm.frames_for(seconds), mm.n_codebooks
+    codes = [mm.encode_audio(torch.as_tensor(y, dtype=torch.float32)[None])[0] for y in source]
+    out = []
+    for s in range(0, len(captions), batch):
+        part = codes[s: s + batch]
+        kept = torch.full((len(part), K, F), mm.pad_token_id, dtype=torch.long)
+        for j, c in enumerate(part):
+            kept[j, :, : min(F, c.shape[-1])] = c[:, :F]
+        res = mm.generate(captions[s: s + batch], seconds=seconds, seed=seed + s, guidance_scale=guidance,
+                          temperature=temperature, top_k=top_k or int(model.generation_config.top_k),
+                          keep_codes=kept, keep_codebooks=keep)
+        out += [a.numpy() for a in res.audio]
+    return out
+
+
 def _ordered(levels: list[str], values: dict[str, list[float]]) -> dict:
     from scipy.stats import mannwhitneyu, spearmanr
 

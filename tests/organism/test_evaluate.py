@@ -67,6 +67,28 @@ def test_generate_passes_sampling_settings_through():
     assert not np.array_equal(c[0], d[0])
 
 
+def test_generate_keeping_copies_the_source_codes_as_far_as_they_go():
+    """All four codebooks kept: the clip is the source through the codec; a shorter source is kept only as far
+    as it goes, and sampling (different per seed) takes over after it."""
+    import torch
+
+    import musiclens.models.organism as O
+    from musiclens.models import MusicModel
+    from musiclens.organism.evaluate import generate_keeping
+
+    model, tok = O.load_organism_hf()
+    mm = MusicModel(model, tok, "organism")
+    t = np.arange(8000) / 16000
+    src = [0.3 * np.sin(2 * np.pi * 220 * t).astype(np.float32), 0.3 * np.sin(2 * np.pi * 440 * t[:4000])]
+    a, b = (generate_keeping(model, tok, ["a slow organ chorale", "a fast flute tune"], src, [0, 1, 2, 3], 0.5,
+                             seed=s) for s in (0, 1))
+    assert len(a[0]) == len(a[1]) == 8000
+    through = mm.decode_codes(mm.encode_audio(torch.as_tensor(src[0])[None]))[0].numpy()
+    np.testing.assert_allclose(a[0], through, atol=1e-4)
+    np.testing.assert_allclose(a[0], b[0], atol=1e-4)  # nothing left to sample
+    assert np.abs(a[1][:3000] - b[1][:3000]).max() < 1e-3 < np.abs(a[1][5000:] - b[1][5000:]).max()
+
+
 def test_paired_tags_counts_clips_and_refuses_other_captions():
     from musiclens.organism.evaluate import paired_tags
 
