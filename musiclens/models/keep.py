@@ -4,8 +4,8 @@ MusicGen samples all K codebooks of a frame, one per step under the delay
 pattern. Copying some of them from a real clip and sampling the rest, given
 those, answers questions sampling alone cannot: which codebook carries a
 clip's beat (keep it, and the beat survives if the LM fills in the rest), or
-how a clip sounds re-voiced under another caption with its coarse codebook
-kept. `MusicModel.generate(keep_codes=, keep_codebooks=)` uses this; it is
+what of a clip survives under another caption when its coarse codebook is
+kept (bench/keep_revoice.py). `MusicModel.generate(keep_codes=, keep_codebooks=)` uses this; it is
 the codebook-wise counterpart of an audio prompt, which keeps every codebook
 of the first frames.
 
