@@ -4,7 +4,7 @@
 #
 # It runs there, from the repository root, as the command of a device call that carries `.whl`
 # (librosa, soundfile and their dependencies) and a folder made here by `musiclens organism pack-lm`
-# (codes, codec in float16, trimmed MiniLM). The call:
+# (codes, codec in float16 with its decoder zeroed, trimmed MiniLM). The call:
 #   1. installs the carried wheels, once (the machine has torch and transformers);
 #   2. builds a run folder $RUN from the pack: codes, codec widened back to float32, and the
 #      MiniLM unpacked, named by MUSICLENS_MINILM for every stage;
@@ -34,6 +34,8 @@ if [ ! -f "$RUN/codec/hf/config.json" ]; then
   mkdir -p "$RUN/codes" "$RUN/codec" "$RUN/minilm"
   for f in "$PACK/codes/"*.gz; do gunzip -c "$f" > "$RUN/codes/$(basename "$f" .gz)"; done
   cp -r "$PACK/codec_hf" "$RUN/codec/hf"
+  # pack-lm gzips the codec with its decoder zeroed (never used here; the real codec goes back at home)
+  if [ -f "$RUN/codec/hf/model.safetensors.gz" ]; then gunzip "$RUN/codec/hf/model.safetensors.gz"; fi
   tar -xzf "$PACK/minilm.tar.gz" -C "$RUN/minilm"
   export_dtype "$RUN/codec/hf" float32
 fi

@@ -158,6 +158,31 @@ class PackLMConfig:
     out: str = option("", "output folder (must not exist)")
 
 
+def drop_codec_decoder(folder: Path) -> int:
+    """Zero the codec's `decoder.` tensors in FOLDER/model.safetensors and gzip it (model.safetensors.gz).
+
+    Why: the lm and tune stages only read codes (the encoder and codebooks fixed them), never
+    decode audio, and at home `polish.install_codec` puts the real codec back into their exports.
+    The shipped codec's widened decoder is 22 MB of float16, which pushed the 12,000-clip pack
+    past one device call's 64 MiB; zeros gzip to almost nothing. The shapes stay, so the codec
+    still loads. `tools/device_lm.sh` gunzips it. Returns the number of tensors zeroed.
+    """
+    import gzip
+
+    import torch
+    from safetensors.torch import load_file, save
+
+    path = Path(folder) / "model.safetensors"
+    state = load_file(str(path))
+    zeroed = [k for k in state if k.startswith("decoder.")]
+    for k in zeroed:
+        state[k] = torch.zeros_like(state[k])
+    with gzip.open(path.with_name(path.name + ".gz"), "wb", compresslevel=6) as f:
+        f.write(save(state, metadata={"format": "pt"}))
+    path.unlink()
+    return len(zeroed)
+
+
 def pack_lm(cfg: PackLMConfig) -> dict:
     """What a lent GPU needs to train the LM and tune stages: codes, codec, and a trimmed MiniLM.
 
@@ -171,8 +196,9 @@ def pack_lm(cfg: PackLMConfig) -> dict:
     MiniLM gives differ from the full one's by about 1e-3 relative: the LM trained on them is
     used with the full MiniLM here, as the LM in `generate()` always is.
 
-    Writes OUT/codes/{codes.safetensors,index.json}.gz, OUT/codec_hf (float16; widen it again with
-    `set_export_dtype`), OUT/minilm.tar.gz and OUT/pack.json.
+    Writes OUT/codes/{codes.safetensors,index.json}.gz, OUT/codec_hf (float16, its decoder zeroed
+    and the weights gzipped: `drop_codec_decoder`; widen it again with `set_export_dtype`),
+    OUT/minilm.tar.gz and OUT/pack.json.
     """
     import gzip
     import io
@@ -219,6 +245,7 @@ def pack_lm(cfg: PackLMConfig) -> dict:
                 shutil.copyfileobj(src_f, dst_f)
         shutil.copytree(run / "codec" / "hf", tmp / "codec_hf")
         set_export_dtype(tmp / "codec_hf", "float16")
+        drop_codec_decoder(tmp / "codec_hf")
         mini = tmp / "minilm"
         mini.mkdir()
         for f in ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):

@@ -194,6 +194,19 @@ def test_pack_lm_and_device_lm_script_train_lm_and_tune_from_codes_with_a_trimme
     assert "output exists" in capsys.readouterr().err
     info = json.loads((pack / "pack.json").read_text())
     assert info["clips"] == 12 and 10 < info["kept_tokens"] < 200 and info["minilm_mib"] < 25
+    # the codec travels without its decoder (zeros, gzipped): encoder and codebooks as the run's, in float16
+    import gzip
+
+    from safetensors.torch import load as load_bytes
+
+    packed = load_bytes(gzip.decompress((pack / "codec_hf" / "model.safetensors.gz").read_bytes()))
+    original = load_file(str(run / "codec" / "hf" / "model.safetensors"))
+    assert not (pack / "codec_hf" / "model.safetensors").exists() and packed.keys() == original.keys()
+    decoder = [k for k in packed if k.startswith("decoder.")]
+    assert decoder and all(not packed[k].any() for k in decoder)
+    for k in packed:
+        if not k.startswith("decoder."):
+            assert torch.allclose(packed[k].float(), original[k].float(), rtol=1e-3, atol=1e-4), k
     with tarfile.open(pack / "minilm.tar.gz") as t:
         t.extractall(tmp_path / "mini", filter="data")
     emb = load_file(str(tmp_path / "mini" / "model.safetensors"))["embeddings.word_embeddings.weight"]
