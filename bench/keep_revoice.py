@@ -54,13 +54,11 @@ def pair_captions(rows: list[dict], n: int, seed: int, split: str) -> list[tuple
     return pairs
 
 
-def agreement(tags: list[dict], pairs: list[tuple[dict, dict]], head: str) -> dict:
-    """Over pairs whose B caption names a value of `head` other than A's: share hearing B's, share hearing A's."""
-    from musiclens.organism.evaluate import named_factors
-
+def agreement(tags: list[dict], pairs: list[tuple[dict, dict]], named: list[dict], head: str) -> dict:
+    """Over pairs whose B caption names (`named`) a value of `head` other than A's: share hearing B's, A's."""
     hits_b = hits_a = n = 0
-    for tag, (a, b) in zip(tags, pairs):
-        want = named_factors(b).get(head)
+    for tag, (a, _), asked in zip(tags, pairs, named):
+        want = asked.get(head)
         if want is None or want == a[head]:
             continue
         n += 1
@@ -81,19 +79,16 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--name", default="keep_revoice")
     a = ap.parse_args()
-    try:
-        keep = sorted({int(k) for k in a.keep.split(",")})
-    except ValueError:
-        sys.exit(f"error: --keep takes codebook numbers separated by commas, e.g. 0 or 0,1 (got {a.keep!r})")
     if a.n < 1:
         sys.exit("error: --n must be at least 1")
 
     from musiclens.errors import MusiclensError
     from musiclens.measure.tempo import pulse_clarity, tempo
     from musiclens.models import organism as O
+    from musiclens.models.keep import parse_codebooks
     from musiclens.organism.codes import reconstruct_clips
     from musiclens.organism.data import load_clips, read_metadata
-    from musiclens.organism.evaluate import generate, generate_keeping, load_tagger
+    from musiclens.organism.evaluate import generate, generate_keeping, load_tagger, named_factors
 
     try:
         rows = read_metadata(a.corpus)
@@ -101,9 +96,7 @@ def main() -> None:
         if not pairs:
             raise MusiclensError(f"no {a.split}-split clips with drums in {a.corpus}")
         model, tok = O.load_organism_hf("cpu", a.model or str(O.organism_path()))
-        n_books = int(model.decoder.config.num_codebooks)
-        if any(not 0 <= k < n_books for k in keep):
-            raise MusiclensError(f"--keep: the model has codebooks 0-{n_books - 1}")
+        keep = parse_codebooks(a.keep, int(model.decoder.config.num_codebooks))
         tagger = load_tagger()
         if tagger is None:
             raise MusiclensError("the shipped tagger is not available")
@@ -121,12 +114,13 @@ def main() -> None:
     res: dict = {"model": a.model or "shipped organism", "split": a.split, "n_pairs": len(pairs), "keep": keep,
                  "seconds": a.seconds, "seed": a.seed, "guidance": a.guidance}
     per_clip = [{"source": s["path"], "source_bpm": float(s["bpm"]), "caption": b["caption"]} for s, b in pairs]
+    named = [named_factors(b) for _, b in pairs]
+    src_bpm = np.array([float(s["bpm"]) for s, _ in pairs])
     for name, audio in sets.items():
         tags = tagger.predict_batch(audio, sr)
         clarity = np.array([pulse_clarity(y, sr)["clarity"] for y in audio])
         bpm = np.array([tempo(y, sr)["bpm"] for y in audio])
-        src_bpm = np.array([float(s["bpm"]) for s, _ in pairs])
-        res[name] = {"heads": {h: agreement(tags, pairs, h) for h in HEADS},
+        res[name] = {"heads": {h: agreement(tags, pairs, named, h) for h in HEADS},
                      "heads_source": {h: float(np.mean([t[h] == s[h] for t, (s, _) in zip(tags, pairs)]))
                                       for h in HEADS},
                      "clarity_median": float(np.median(clarity)),

@@ -118,6 +118,10 @@ def summarise(clips: list[dict], words: list[str], drums: list[bool], clear_abov
             "salience_at_request_share_median": float(np.nanmedian(ratio))}
 
 
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.2f}"  # a Spearman needs at least 5 clips
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corpus", default=str(ROOT / "data" / "corpus"))
@@ -138,13 +142,10 @@ def main() -> None:
     a = ap.parse_args()
     if a.prompt_seconds and not 0 < a.prompt_seconds <= a.seconds - 2:
         sys.exit("error: --prompt-seconds must leave at least 2 s to continue within --seconds")
-    try:
-        keeps = [sorted({int(k) for k in spec.split(",")}) for spec in a.keep]
-    except ValueError:
-        sys.exit(f"error: --keep takes codebook numbers separated by commas, e.g. 0 or 1,2,3 (got {a.keep})")
 
     from musiclens.errors import MusiclensError
     from musiclens.models import organism as O
+    from musiclens.models.keep import parse_codebooks
     from musiclens.organism.codes import reconstruct_clips
     from musiclens.organism.data import load_clips, read_metadata
     from musiclens.organism.evaluate import generate, generate_keeping, named_factors, pick_prompts
@@ -155,28 +156,25 @@ def main() -> None:
         if not prompts:
             raise MusiclensError(f"no {a.split}-split captions that name a tempo in this draw")
         model, tok = O.load_organism_hf("cpu", a.model or str(O.organism_path()))
-        n_books = int(model.decoder.config.num_codebooks)
-        bad = [k for ks in keeps for k in ks if not 0 <= k < n_books]
-        if bad:
-            raise MusiclensError(f"--keep: codebook {bad[0]} does not exist (the model has 0-{n_books - 1})")
+        keeps = [parse_codebooks(spec, int(model.decoder.config.num_codebooks)) for spec in a.keep]
     except MusiclensError as e:
         sys.exit(f"error: {e}")
     sr = O.SAMPLE_RATE
     words = [named_factors(r)["tempo"] for r in prompts]
     req = [float(r["bpm"]) for r in prompts]
+    captions = [r["caption"] for r in prompts]
     clips = load_clips(a.corpus, (a.split,), sr, rows=[r for r in rows if r["path"] in {p["path"] for p in prompts}])
     idx = {r["path"]: i for i, r in enumerate(clips.rows)}
     source = [clips.wav(idx[r["path"]])[: int(a.seconds * sr)] for r in prompts]
     sets = {"as_rendered": source, "through_codec": reconstruct_clips(model.audio_encoder, source),
-            "generated": generate(model, tok, [r["caption"] for r in prompts], a.seconds, a.seed, a.guidance,
+            "generated": generate(model, tok, captions, a.seconds, a.seed, a.guidance,
                                   top_k=a.top_k or None, temperature=a.temperature)}
     if a.prompt_seconds:
-        sets["continued"] = continue_clips(model, tok, [r["caption"] for r in prompts], source, a.prompt_seconds,
+        sets["continued"] = continue_clips(model, tok, captions, source, a.prompt_seconds,
                                            a.seconds, a.seed, a.guidance, a.top_k or None, a.temperature)
     for ks in keeps:
         sets["kept_" + "+".join(map(str, ks))] = generate_keeping(
-            model, tok, [r["caption"] for r in prompts], source, ks, a.seconds, a.seed, a.guidance,
-            a.top_k or None, a.temperature)
+            model, tok, captions, source, ks, a.seconds, a.seed, a.guidance, a.top_k or None, a.temperature)
     # continuations begin with the source clip itself: only the window after the prompt is theirs
     per = {k: measure(v, req, sr) for k, v in sets.items() if k != "continued"}
     clear_above = float(np.median([m["clarity"] for m in per["through_codec"]]))
@@ -205,7 +203,7 @@ def main() -> None:
     for k in ("as_rendered", "through_codec", "generated", *res["kept_sets"]):
         s = res[k]
         print(f"{k:14s} n {s['n']}  clarity {s['clarity_median']:.3f}  share clear {s['share_clear']:.2f}  "
-              f"rho {s['spearman_bpm']['rho']:.2f}  within 4% {s['within_4pct']:.2f}  "
+              f"rho {_fmt(s['spearman_bpm']['rho'])}  within 4% {s['within_4pct']:.2f}  "
               f"salience at request {s['salience_at_request_share_median']:.2f}")
     if "window" in res:
         sets_after = res["window"]["sets"].items()

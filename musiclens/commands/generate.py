@@ -58,23 +58,29 @@ def load_prompt_args(prompt: str | None, prompts_file: str | None) -> list[str]:
     return [prompt] if prompt is not None else read_prompts(prompts_file)
 
 
+def _read_clip(path: str, sample_rate: int, what: str, max_seconds: float | None = None):
+    """Mono samples of `path` at `sample_rate`, cut to `max_seconds`; at least 20 ms or a one-line error."""
+    from ..steer.generation import read_audio
+
+    if not Path(path).is_file():
+        raise MusiclensError(f"{what} not found: {path}")
+    y, _ = read_audio(path, sample_rate)
+    if max_seconds is not None:
+        y = y[: int(round(max_seconds * sample_rate))]
+    if len(y) < sample_rate // 50:
+        raise MusiclensError(f"{what} {path} is too short (under 20 ms)")
+    return y
+
+
 def read_audio_prompt(cfg, sample_rate: int):
     """The --audio-prompt samples at the model's rate (cropped to --prompt-seconds), or None."""
     if cfg.prompt_seconds is not None and cfg.audio_prompt is None:
         raise MusiclensError("--prompt-seconds needs --audio-prompt")
     if cfg.audio_prompt is None:
         return None
-    from ..steer.generation import read_audio
-
     if cfg.prompt_seconds is not None and not cfg.prompt_seconds > 0:
         raise MusiclensError("--prompt-seconds must be a positive number")
-    if not Path(cfg.audio_prompt).is_file():
-        raise MusiclensError(f"audio prompt not found: {cfg.audio_prompt}")
-    y, _ = read_audio(cfg.audio_prompt, sample_rate)
-    if cfg.prompt_seconds is not None:
-        y = y[: int(round(cfg.prompt_seconds * sample_rate))]
-    if len(y) < sample_rate // 50:
-        raise MusiclensError(f"audio prompt {cfg.audio_prompt} is too short (under 20 ms)")
+    y = _read_clip(cfg.audio_prompt, sample_rate, "audio prompt", cfg.prompt_seconds)
     if len(y) >= cfg.seconds * sample_rate:
         raise MusiclensError(f"the audio prompt ({len(y) / sample_rate:.2f} s) must be shorter than the clip "
                              f"(--seconds {cfg.seconds:g}): crop it with --prompt-seconds")
@@ -87,23 +93,10 @@ def read_keep_codes(cfg, model):
         return None, ()
     import torch
 
-    from ..steer.generation import read_audio
+    from ..models.keep import parse_codebooks
 
-    try:
-        books = sorted({int(k) for k in str(cfg.keep_codebooks).split(",")})
-    except ValueError:
-        raise MusiclensError(f"--keep-codebooks takes codebook numbers separated by commas, e.g. 0 or 0,1 "
-                             f"(got {cfg.keep_codebooks!r})") from None
-    bad = [k for k in books if not 0 <= k < model.n_codebooks]
-    if bad:
-        raise MusiclensError(f"--keep-codebooks: codebook {bad[0]} does not exist "
-                             f"(this model has 0-{model.n_codebooks - 1})")
-    if not Path(cfg.keep_from).is_file():
-        raise MusiclensError(f"--keep-from file not found: {cfg.keep_from}")
-    y, _ = read_audio(cfg.keep_from, model.sample_rate)
-    y = y[: int(round(cfg.seconds * model.sample_rate))]
-    if len(y) < model.sample_rate // 50:
-        raise MusiclensError(f"--keep-from {cfg.keep_from} is too short (under 20 ms)")
+    books = parse_codebooks(str(cfg.keep_codebooks), model.n_codebooks)  # before the file is read
+    y = _read_clip(cfg.keep_from, model.sample_rate, "--keep-from file", cfg.seconds)
     return model.encode_audio(torch.as_tensor(y, dtype=torch.float32)[None]), books
 
 

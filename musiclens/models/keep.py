@@ -27,6 +27,24 @@ from transformers import LogitsProcessor
 from ..errors import MusiclensError
 
 
+def parse_codebooks(spec: str | Sequence[int], n_codebooks: int) -> list[int]:
+    """Codebooks from "0,2" (or a sequence of ints), sorted, each checked against the model's K.
+
+    One place for what --keep-codebooks, the benches' --keep and `KeepCodebooks` accept, so a
+    bad list fails before any audio is read or generated.
+    """
+    try:
+        books = sorted({int(k) for k in (spec.split(",") if isinstance(spec, str) else spec)})
+    except ValueError:
+        raise MusiclensError(f"codebooks are numbers separated by commas, e.g. 0 or 0,1 (got {spec!r})") from None
+    if not books:
+        raise MusiclensError("name at least one codebook to keep")
+    bad = [k for k in books if not 0 <= k < n_codebooks]
+    if bad:
+        raise MusiclensError(f"codebook {bad[0]} does not exist: the model has codebooks 0-{n_codebooks - 1}")
+    return books
+
+
 class KeepCodebooks(LogitsProcessor):
     """Force the tokens of `codebooks` to the delay-pattern ids `ids` wherever those are real codes.
 
@@ -36,15 +54,11 @@ class KeepCodebooks(LogitsProcessor):
     """
 
     def __init__(self, ids: torch.Tensor, codebooks: Sequence[int], n_codebooks: int, pad_token_id: int):
-        if not codebooks:
-            raise MusiclensError("keep_codebooks is empty: name at least one codebook to keep")
-        bad = [k for k in codebooks if not 0 <= int(k) < n_codebooks]
-        if bad:
-            raise MusiclensError(f"codebook {bad[0]} does not exist: the model has codebooks 0-{n_codebooks - 1}")
+        codebooks = parse_codebooks(codebooks, n_codebooks)
         self.ids = ids
         self.pad = int(pad_token_id)
         rows = torch.zeros(n_codebooks, dtype=torch.bool)
-        rows[list(map(int, codebooks))] = True
+        rows[codebooks] = True
         self.rows = rows.repeat(ids.shape[0] // n_codebooks).to(ids.device)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:

@@ -491,6 +491,12 @@ def _source_clip_lines(gres: dict) -> list[str]:
     return L + [""]
 
 
+def _pulse_cells(v: dict) -> str:
+    """The cells of one bench/tempo_pulse.py set: clarity median, share clear, BPM Spearman, within 4 %."""
+    return (f"| {v['clarity_median']:.2f} | {100 * v['share_clear']:.0f} % | {_f(v['spearman_bpm']['rho'], 2)} | "
+            f"{100 * v['within_4pct']:.0f} % |")
+
+
 def _pulse_lines(tp: dict) -> list[str]:
     """Pulse clarity of generations next to their source clips (bench/tempo_pulse.py): is there a beat to read?"""
     win = tp.get("window", {})
@@ -514,9 +520,7 @@ def _pulse_lines(tp: dict) -> list[str]:
         v = tp.get(k)
         if not isinstance(v, dict) and k not in after:
             continue
-        cells = ("| | | | |" if not isinstance(v, dict) else
-                 f"| {v['clarity_median']:.2f} | {100 * v['share_clear']:.0f} % | {_f(v['spearman_bpm']['rho'], 2)} | "
-                 f"{100 * v['within_4pct']:.0f} % |")
+        cells = "| | | | |" if not isinstance(v, dict) else _pulse_cells(v)
         w = after.get(k)
         L.append(f"| {names[k]} {cells}" + (f" {w['clarity_median']:.2f} ({100 * w['share_clear']:.0f} %) |"
                                             if after else ""))
@@ -536,9 +540,7 @@ def _keep_lines(tc: dict) -> list[str]:
     for k, books in tc["kept_sets"].items():
         names[k] = f"codebook{'s' if len(books) > 1 else ''} {', '.join(map(str, books))} kept, the rest sampled"
     for k in ("generated", *tc["kept_sets"], "through_codec"):
-        v = tc[k]
-        L.append(f"| {names[k]} | {v['clarity_median']:.2f} | {100 * v['share_clear']:.0f} % | "
-                 f"{_f(v['spearman_bpm']['rho'], 2)} | {100 * v['within_4pct']:.0f} % |")
+        L.append(f"| {names[k]} {_pulse_cells(tc[k])}")
     return L + [""]
 
 

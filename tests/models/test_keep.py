@@ -60,6 +60,11 @@ def test_keep_with_an_audio_prompt(tiny_model):
 
 
 def test_bad_keep_requests(tiny_model):
+    from musiclens.models.keep import parse_codebooks
+
+    assert parse_codebooks("2,0,2", 4) == [0, 2] and parse_codebooks([3], 4) == [3]
+    with pytest.raises(MusiclensError, match="numbers separated by commas"):
+        parse_codebooks("0,x", 4)
     ref = tiny_model.generate(["a"], seconds=0.1, seed=0).codes
     with pytest.raises(MusiclensError, match="codebook 4 does not exist"):
         tiny_model.generate(["a"], seconds=0.1, keep_codes=ref, keep_codebooks=[4])

@@ -80,7 +80,6 @@ def test_cli_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and "no LM export" in r.stderr
 
 
-
 def test_generation_reads_the_sequence_the_lm_was_trained_on():
     """The organism's greedy generation = the argmax of a teacher-forced pass over its codes laid out as lm.py trains.
 
