@@ -250,7 +250,10 @@ def card_text(folder: Path | None = None) -> str:
     # bench/results describe the shipped folder only: a copy exported elsewhere is not what they measured
     shipped = folder.resolve() == O.organism_path().resolve()
     cres = (_json(RESULTS / "organism_codec.json") or {}).get("figures") if shipped else None
-    gres = (_json(RESULTS / "organism.json") or {}).get("figures") if shipped else None
+    gjson = (_json(RESULTS / "organism.json") or {}) if shipped else {}
+    gres = gjson.get("figures")
+    # the command that measured the figures below (its --corpus and draw), or the default for a fresh checkout
+    bench_cmd = gjson.get("command") or "python bench/organism.py --corpus data/corpus"
     size = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 1e6
     stored = _stored_dtype(folder)  # read once: the headers of every weights file
     # an LM trained on a GPU (its progress.json records the device): the lent-GPU recipe (tools/device_lm.sh)
@@ -299,7 +302,7 @@ def card_text(folder: Path | None = None) -> str:
           *(_gpu_lm_recipe(lm_cfg, tune_cfg, _json(tr / "corpus.json") or {"clips": 12000, "seed": 0},
                            len(dec_stages), "float16" if stored == "float16" else "") if gpu
             else ["musiclens organism export --run runs/organism"]),
-          "python bench/organism.py --corpus data/corpus", "```", "",
+          bench_cmd, "```", "",
           "Stages: codec (data-dependent init of the encoder, k-means codebook init, EMA codebooks with "
           "dead-code restarts; waveform L1 + multi-scale mel with 4-128 ms windows + onset-envelope loss), decoder (the "
           "codec's decoder fine-tuned alone on frozen codes, + a linear-frequency log-STFT loss"
@@ -396,7 +399,8 @@ def card_text(folder: Path | None = None) -> str:
             L.append("")
     L += ["## Prompt adherence (generations from test-split captions)", ""]
     if gres:
-        L += [f"{gres['n_prompts']} captions, {gres['seconds_per_clip']} s each, CFG {gres['guidance_scale']}. "
+        L += [f"{gres['n_prompts']} captions, {gres['seconds_per_clip']} s each, CFG {gres['guidance_scale']} "
+              f"(`{bench_cmd}`). "
               "Each row uses the generations whose caption names that factor. Targets from issue 3 in brackets.", "",
               "| factor | result |", "|---|---|"]
         for k, target in (("instrument", ">= 60 %"), ("drums", ">= 80 %")):
