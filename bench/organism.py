@@ -91,7 +91,7 @@ def main() -> None:
     if "codec" in res:
         write_result(codec_name, {"model": res["model"], **res["codec"]})
     if "generation" in res:
-        write_result(name, {"model": res["model"], "tagger": res["tagger"],
+        write_result(name, {"model": res["model"], "tagger": res["tagger"], "eval_seconds": res["eval_seconds"],
                             "teacher_forced": res.get("teacher_forced"), **res["generation"]})
     if not a.no_card and default and name == "organism":
         write_card()

@@ -224,10 +224,12 @@ def generate_keeping(model, tok, captions: list[str], source: list[np.ndarray], 
     pad id, which `models.keep` never forces).
     """
     from ..models import MusicModel
+    from .codes import encode_clips
 
     mm = MusicModel(model, tok, "organism")
     F, K = mm.frames_for(seconds), mm.n_codebooks
-    codes = [mm.encode_audio(torch.as_tensor(y, dtype=torch.float32)[None])[0] for y in source]
+    # the very codes `codes.reconstruct_clips` decodes for the "through the codec" sets, encoded in batches
+    codes = encode_clips(model.audio_encoder, source, str(mm.device))
     out = []
     for s in range(0, len(captions), batch):
         part = codes[s: s + batch]
