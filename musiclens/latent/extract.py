@@ -189,7 +189,8 @@ def cached_frame_values(y: np.ndarray, sr: int, hop: int, n_frames: int, crepe_m
     from ..io import atomic_path
 
     h = hashlib.sha256(np.ascontiguousarray(y, dtype=np.float32).tobytes())
-    h.update(f"{sr}/{hop}/{n_frames}/{crepe_model}/v1".encode())
+    # v2: pitch read through exact CREPE bin centres (measure.pitch), not a per-process dithered table
+    h.update(f"{sr}/{hop}/{n_frames}/{crepe_model}/v2".encode())
     path = Path(cache) / f"{h.hexdigest()[:32]}.npz"
     if path.exists():
         try:

@@ -14,6 +14,16 @@ CREPE's convolutions are Conv2d with (k, 1) kernels over [frames, 1, 1024, 1];
 on CPU the equivalent Conv1d is ~1.7x faster (measured: 3.6 s -> 2.1 s for
 500 frames, same outputs to 1e-6), so the loaded model's convolutions are
 swapped for conv1d modules (same weights, same input/output shapes).
+
+Why exact bin centres: torchcrepe's `weighted_argmax` decoder averages the
+cents of the bins around the peak, from a table it builds once per process
+with `bins_to_cents`, which adds random triangular dither of up to one bin
+(20 cents) to every entry. Each process thus read pitch through its own
+randomly shifted table: the same clip's median pitch moved by up to a tenth
+of a semitone between two runs (measured on the 1,215 organism generations of
+bench/organism.py), and no pitch figure could be reproduced exactly.
+`crepe_model` replaces the table with the exact bin centres (dither off), as
+the original CREPE's local weighted average uses.
 """
 
 from __future__ import annotations
@@ -88,11 +98,28 @@ def _conv1d_like(conv2d):
     return Conv1dAs2d()
 
 
+def _use_exact_bin_cents(tc) -> None:
+    """Give torchcrepe's weighted-argmax decoder the undithered cents of each bin (see module docstring)."""
+    import torch
+
+    if getattr(tc.decode.weighted_argmax, "_musiclens_exact", False):
+        return
+    dither = tc.convert.dither
+    tc.convert.dither = lambda cents: cents  # the library's own bin -> cents formula, without the noise
+    try:
+        cents = tc.convert.bins_to_cents(torch.arange(tc.PITCH_BINS))
+    finally:
+        tc.convert.dither = dither
+    tc.decode.weighted_argmax.weights = cents[None, :, None]
+    tc.decode.weighted_argmax._musiclens_exact = True
+
+
 def crepe_model(model: str = "tiny", device: str = "cpu"):
     """torchcrepe's cached model for `model`, with its convolutions swapped to conv1d (once)."""
     tc = import_torchcrepe()
     if getattr(tc.infer, "capacity", None) != model or not hasattr(tc.infer, "model"):
         tc.load.model(device, model)
+    _use_exact_bin_cents(tc)
     net = tc.infer.model
     if not getattr(net, "_musiclens_conv1d", False):
         for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "conv6"):

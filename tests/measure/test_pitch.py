@@ -56,3 +56,25 @@ def test_conv1d_swap_matches_torchcrepe():
     x = torch.randn(8, 1024)
     with torch.inference_mode():
         assert torch.allclose(fast(x), ref(x), atol=1e-4)
+
+
+def test_pitch_is_read_through_exact_bin_centres_and_reproducible_across_processes():
+    """torchcrepe dithers its weighted-argmax table once per process; musiclens replaces it with the exact centres,
+    so a fresh interpreter reads the same pitch to the last digit."""
+    import subprocess
+
+    import torch
+
+    from musiclens.measure.pitch import crepe_model
+
+    tc = import_torchcrepe()
+    crepe_model()
+    w = tc.decode.weighted_argmax.weights[0, :, 0]
+    assert w.shape == (tc.PITCH_BINS,)
+    assert torch.allclose(w[1:] - w[:-1], torch.full((tc.PITCH_BINS - 1,), float(tc.CENTS_PER_BIN)), atol=1e-3)
+    code = ("import numpy as np; from musiclens.measure import pitch; t = np.arange(16000) / 16000; "
+            "print(repr(pitch((0.3 * np.sin(2 * np.pi * 261.0 * t)).astype(np.float32), 16000)['median_hz']))")
+    runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+            for _ in range(2)}
+    assert len(runs) == 1, runs
+    assert float(runs.pop()) == pytest.approx(261.0, rel=0.01)
