@@ -121,8 +121,6 @@ def main() -> None:
         clarity = np.array([pulse_clarity(y, sr)["clarity"] for y in audio])
         bpm = np.array([tempo(y, sr)["bpm"] for y in audio])
         res[name] = {"heads": {h: agreement(tags, pairs, named, h) for h in HEADS},
-                     "heads_source": {h: float(np.mean([t[h] == s[h] for t, (s, _) in zip(tags, pairs)]))
-                                      for h in HEADS},
                      "clarity_median": float(np.median(clarity)),
                      "within_4pct_of_source_bpm": float(np.mean(np.abs(bpm / src_bpm - 1) <= 0.04))}
         for m, t, c, b in zip(per_clip, tags, clarity, bpm):
