@@ -104,6 +104,10 @@ def test_generate_keeps_codebooks_of_a_file(tmp_path):
     ("generate", "--model", "tiny-random", "--prompt", "x", "--audio-prompt", "/no/such.wav"),
     ("generate", "--model", "tiny-random", "--prompt", "x", "--prompt-seconds", "1"),
     ("models", "info", "/no/such/folder"),
+    ("generate", "--model", "tiny-random", "--prompt", "x", "--temperature", "0"),  # transformers: a traceback
+    ("generate", "--model", "tiny-random", "--prompt", "x", "--top-k", "-1"),
+    ("generate", "--model", "tiny-random", "--prompt", "x", "--seconds", "nan"),
+    ("steer", "--model", "tiny-random", "--prompt", "x", "--temperature", "-1", "--out", "/tmp/ml_never"),
 ])
 def test_user_errors_are_one_line_exit_2(args):
     r = _run(*args)

@@ -109,8 +109,6 @@ def generate_batched(model, prompts, cfg, audio_prompt=None, keep_codes=None, ke
     import torch
     from tqdm import tqdm
 
-    if not cfg.seconds > 0:  # also rejects NaN
-        raise MusiclensError("--seconds must be a positive number")
     audios = []
     batches = [prompts[i:i + cfg.batch_size] for i in range(0, len(prompts), cfg.batch_size)]
     for b, batch in enumerate(tqdm(batches, desc="generate", unit="batch", disable=None)):
@@ -124,12 +122,13 @@ def generate_batched(model, prompts, cfg, audio_prompt=None, keep_codes=None, ke
 
 def run(args) -> int:
     from ..audio import clip_names, write_wav
-    from ..models import load_model
+    from ..models import check_sampling, load_model
 
     cfg = from_args(GenerateConfig, args)
     prompts = load_prompt_args(cfg.prompt, cfg.prompts)
     if cfg.batch_size < 1:
         raise MusiclensError("--batch-size must be >= 1")
+    check_sampling(cfg.seconds, cfg.temperature, cfg.top_k)
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise MusiclensError(f"output folder exists and is not empty: {out} (use --overwrite)")

@@ -11,7 +11,6 @@ same prompts, seed and batch size; λ < 0 steers toward the other prompt set.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +89,7 @@ def build_specs(model, cfg: SteerConfig) -> list:
 
 def run(cfg: SteerConfig) -> dict:
     from .. import load_model
+    from ..models import check_sampling
     from ..io import atomic_dir, write_json
     from ..steer.generation import generate_batched, write_clips
     from ..audio import read_prompts
@@ -100,8 +100,7 @@ def run(cfg: SteerConfig) -> dict:
     prompts = [cfg.prompt] if cfg.prompt is not None else read_prompts(cfg.prompts)
     if cfg.prompt is not None and not cfg.prompt.strip():
         raise MusiclensError("--prompt is empty")
-    if not (math.isfinite(cfg.seconds) and cfg.seconds > 0):
-        raise MusiclensError(f"--seconds must be a positive number, got {cfg.seconds}")
+    check_sampling(cfg.seconds, cfg.temperature, cfg.top_k)
     steps = None
     if cfg.steps:
         if len(cfg.steps) != 2 or cfg.steps[0] < 0 or cfg.steps[1] <= cfg.steps[0]:

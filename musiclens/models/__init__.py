@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,18 @@ class HookState:
 
 class _StopForward(Exception):
     """Raised by a hook to end a capture-only forward pass early."""
+
+
+def check_sampling(seconds: float, temperature: float, top_k: int) -> None:
+    """One-line errors for generation settings that transformers would reject with a traceback
+    (temperature <= 0) or silently turn into something else (seconds <= 0 -> one frame).
+    Commands call it before loading a model, so a typo costs no load time."""
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise MusiclensError(f"--seconds must be a positive number, got {seconds:g}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise MusiclensError(f"--temperature must be a positive number, got {temperature:g}")
+    if int(top_k) != top_k or top_k < 0:
+        raise MusiclensError(f"--top-k must be a whole number >= 0 (0 keeps every token), got {top_k}")
 
 
 class MusicModel:
@@ -319,6 +332,7 @@ class MusicModel:
         prompts = list(prompts)
         if not prompts:
             raise MusiclensError("no prompts given")
+        check_sampling(seconds if n_frames is None else 1.0, temperature if do_sample else 1.0, top_k)
         F = n_frames or self.frames_for(seconds)
         B = len(prompts)
         K = self.n_codebooks

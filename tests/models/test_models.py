@@ -100,6 +100,17 @@ def test_generate_reproducible(model):
     assert r1.codes.shape == (2, 4, 10) and r1.audio.shape[-1] == 10 * 320
 
 
+@pytest.mark.parametrize("kw, msg", [(dict(temperature=0.0), "--temperature must be a positive"),
+                                     (dict(top_k=-5), "--top-k must be a whole number"),
+                                     (dict(seconds=-1.0), "--seconds must be a positive")])
+def test_generate_rejects_bad_sampling_settings(tiny_model, kw, msg):
+    """transformers raises a ValueError for temperature 0 and turns seconds <= 0 into one frame."""
+    with pytest.raises(MusiclensError, match=msg):
+        tiny_model.generate(["a"], **{"seconds": 0.1, **kw})
+    greedy = tiny_model.generate(["a"], seconds=0.1, temperature=0.0, do_sample=False)  # unused when greedy
+    assert greedy.codes.shape[-1] == 5
+
+
 def test_generate_continues_an_audio_prompt(model):
     first = model.generate(["a", "b"], seconds=0.4, seed=1)
     wav = model.decode_codes(first.codes[:, :, :8])          # 8 frames of audio, one per prompt
