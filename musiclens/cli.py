@@ -59,10 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except FileNotFoundError as e:
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+        # a path the user gave that a library opened before musiclens checked it
         if os.environ.get("MUSICLENS_DEBUG"):
             raise
-        print(f"error: file not found: {e.filename or e}", file=sys.stderr)
+        what = {FileNotFoundError: "file not found", NotADirectoryError: "not a folder (a file is in the path)",
+                IsADirectoryError: "a folder where a file was expected"}[type(e)]
+        print(f"error: {what}: {e.filename or e}", file=sys.stderr)
         return 2
 
 

@@ -115,3 +115,20 @@ def test_user_errors_are_one_line_exit_2(args):
     err = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("warning:")]
     assert len(err) == 1 and err[0].startswith("error:"), r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_file_where_a_folder_is_expected(tmp_path):
+    (tmp_path / "f.txt").write_text("x")
+    for args in (("sae", "info", str(tmp_path / "f.txt")), ("store", "info", str(tmp_path / "f.txt"))):
+        r = _run(*args)
+        assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr, r.stderr
+
+
+def test_unreadable_audio_is_one_line(tmp_path):
+    """librosa warns twice before failing on a non-audio file; the user sees only the error."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "junk.wav").write_bytes(b"not audio")
+    r = _run("measure", "--audio", str(tmp_path / "in"), "--out", str(tmp_path / "m"))
+    err = r.stderr.strip().splitlines()  # the reason depends on the decoders installed (ffmpeg or none)
+    assert r.returncode == 2 and len(err) == 1 and err[0].startswith(f"error: cannot read audio {tmp_path / 'in'}")
+    assert not (tmp_path / "m").exists()

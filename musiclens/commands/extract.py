@@ -8,9 +8,11 @@ batch and writes its own shards; rank 0 merges the manifests.
 
 from __future__ import annotations
 
-import sys
+import json
+from pathlib import Path
 
 from ..config import add_arguments, from_args
+from ..errors import MusiclensError
 
 DESCRIPTION = """Store residual-stream activations of a MusicGen-family model in an activation store.
 Two modes: --audio PATH (teacher-forced over real audio, encoded with the model's codec and fed
@@ -37,9 +39,15 @@ def _run(args) -> int:
         note = f"; skipped {skipped} input(s), see {cfg.out}/skipped.json" if skipped else "; skipped 0 inputs"
         print(f"stored {summary['rows']} rows of layers {','.join(map(str, summary['layers']))} in {cfg.out}"
               f" ({summary['clips_stored_now']} clips this run{note})")
-        if summary["rows"] == 0:
-            print(f"warning: the store is empty: every input was skipped (see {cfg.out}/skipped.json)",
-                  file=sys.stderr)
+        if summary["rows"] == 0:  # a store that holds nothing must not pass for a result in a script
+            first = ""
+            try:
+                first = json.loads((Path(cfg.out) / "skipped.json").read_text())[0]
+                first = f" (first: {first['path']}: {first['reason']})"
+            except (OSError, ValueError, IndexError, KeyError):
+                pass
+            raise MusiclensError(f"every input was skipped, so the store is empty{first}; "
+                                 f"see {cfg.out}/skipped.json")
     return 0
 
 

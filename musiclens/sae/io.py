@@ -203,7 +203,7 @@ def read_cfg(directory: str | Path) -> SAEConfig:
     directory = Path(directory)
     try:
         raw = json.loads((directory / CFG_FILE).read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise MusiclensError(f"not an SAE directory (no {CFG_FILE}): {directory}")
     except json.JSONDecodeError as e:
         raise MusiclensError(f"{directory / CFG_FILE}: invalid JSON: {e}")
@@ -215,7 +215,7 @@ def load_sae(directory: str | Path, device: str | torch.device = "cpu", dtype: t
     directory = Path(directory)
     try:
         raw = json.loads((directory / CFG_FILE).read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise MusiclensError(f"not an SAE directory (no {CFG_FILE}): {directory}")
     except json.JSONDecodeError as e:
         raise MusiclensError(f"{directory / CFG_FILE}: invalid JSON: {e}")

@@ -78,10 +78,15 @@ def list_audio(folder: str | Path) -> list[Path]:
 
 def read_audio(path: str | Path, sr: int | None = None) -> tuple[np.ndarray, int]:
     """Mono float32 audio (resampled to `sr` when given)."""
+    import warnings
+
     import librosa
 
     try:
-        y, file_sr = librosa.load(str(path), sr=sr, mono=True)
+        with warnings.catch_warnings():  # librosa warns twice (soundfile failed, audioread deprecated) on the way
+            warnings.simplefilter("ignore")
+            y, file_sr = librosa.load(str(path), sr=sr, mono=True)
     except Exception as e:  # decoder errors come in many types
-        raise MusiclensError(f"cannot read audio {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        why = str(e).splitlines()[0] if str(e) else f"not a readable audio file ({type(e).__name__})"
+        raise MusiclensError(f"cannot read audio {path}: {why}")
     return y.astype(np.float32), int(file_sr)

@@ -199,3 +199,14 @@ def test_torchrun_two_processes_merge_to_the_single_process_rows(wav_dir, tmp_pa
         torch.testing.assert_close(ca[k], cb[k], atol=1e-6, rtol=1e-5)
     assert len(json.loads((out / "skipped.json").read_text())) == 4
     assert sum(x.shape[0] for x in a.iter_batches(2, 64, seed=1)) == a.rows  # the merged store streams
+
+
+def test_every_input_skipped_is_an_error(tmp_path, capsys):
+    """A store that holds nothing is exit 2 with the first skip reason, not a success a script would build on."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "junk.wav").write_bytes(b"not audio at all")
+    out = tmp_path / "store"
+    assert _extract("--model", "tiny-random", "--audio", tmp_path / "in", "--out", out) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: every input was skipped") and "junk.wav" in err[0]
+    assert json.loads((out / "skipped.json").read_text())[0]["path"].endswith("junk.wav")
