@@ -22,7 +22,7 @@ def test_every_command_has_help():
     seen = []
     for path, p in _walk(parser):
         text = p.format_help()                      # raises on bad help strings (e.g. a bare %)
-        assert "usage:" in text
+        assert "usage:" in text and "%%" not in text, " ".join(path)  # escaped twice shows "25%%"
         seen.append(" ".join(path))
     for required in ("extract", "store", "models", "generate", "train-sae", "features", "steer",
                      "diffmean", "measure", "corpus", "organism", "latent", "demo"):

@@ -59,8 +59,5 @@ def register(sub) -> None:
     p = sub.add_parser("extract", help="store residual activations (teacher-forced from audio, or during generation)",
                        description=DESCRIPTION,
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p, ExtractConfig)
-    for action in p._actions:  # '%' in help text (25%) must be escaped for argparse
-        if action.help:
-            action.help = action.help.replace("%", "%%")
+    add_arguments(p, ExtractConfig)  # escapes the '%' of "25%" for argparse
     p.set_defaults(func=_run)

@@ -56,7 +56,7 @@ class TrainSAEConfig:
     steps: int = option(0, help="optimizer steps (0 = --epochs passes over the store)")
     epochs: float = option(1.0, help="passes over the store when --steps is 0")
     lr: float = option(0.0, help="Adam learning rate (0 = 2e-4/sqrt(d_sae/16384), scaled with width)")
-    warmup_steps: int = option(1000, help="linear warm-up steps (at most 10%% of all steps)")
+    warmup_steps: int = option(1000, help="linear warm-up steps (at most 10% of all steps)")
     decay_fraction: float = option(0.2, help="final fraction of steps with linear decay to 0")
     auxk_alpha: float = option(1 / 32, help="weight of the AuxK loss on dead latents (topk, batchtopk)")
     dead_tokens: int = option(10_000_000, help="a latent is dead after this many rows without firing "
