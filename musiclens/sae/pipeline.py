@@ -141,6 +141,12 @@ def _validate(cfg: TrainSAEConfig, out: Path):
         raise MusiclensError("--decay-fraction must be in [0, 1)")
     if not 0 <= cfg.max_bad_fraction < 1:
         raise MusiclensError("--max-bad-fraction must be in [0, 1)")
+    for name in ("lr", "warmup_steps", "auxk_alpha", "splice_clips"):
+        if not getattr(cfg, name) >= 0:  # a negative learning rate trains away from the data; NaN fails too
+            raise MusiclensError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    for name in ("dead_tokens", "init_rows", "eval_rows", "checkpoint_minutes"):
+        if not getattr(cfg, name) > 0:
+            raise MusiclensError(f"--{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")
     if cfg.eval_store:
         ev = sdata.open_store(cfg.eval_store, cfg.layer)
         if ev.d_model != store.d_model:

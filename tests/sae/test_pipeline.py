@@ -114,6 +114,8 @@ def test_bad_inputs_exit_2_without_output(tiny_model, store, tmp_path, capsys):
         (["--layer", "1", "--expansion", "1", "--k", "32", "--out", str(tmp_path / "b")], "smaller than"),
         (["--layer", "1", "--out", str(tmp_path / "c"), "--store", str(tmp_path / "nope")], "not found"),
         (["--layer", "1", "--out", str(tmp_path / "c2"), "--eval-store", str(tmp_path / "nope")], "not found"),
+        (["--layer", "1", "--out", str(tmp_path / "e"), "--lr", "-1"], "--lr must be >= 0"),
+        (["--layer", "1", "--out", str(tmp_path / "f"), "--eval-rows", "0"], "--eval-rows must be > 0"),
     ]
     for extra, msg in cases:
         assert main(base + extra) == 2
