@@ -107,6 +107,8 @@ def test_generate_keeps_codebooks_of_a_file(tmp_path):
     ("generate", "--model", "tiny-random", "--prompt", "x", "--temperature", "0"),  # transformers: a traceback
     ("generate", "--model", "tiny-random", "--prompt", "x", "--top-k", "-1"),
     ("generate", "--model", "tiny-random", "--prompt", "x", "--seconds", "nan"),
+    ("generate", "--model", "tiny-random", "--prompt", "x", "--guidance-scale", "nan"),
+    ("organism", "eval", "--model", "/no/such/folder", "--corpus", "/no/such/corpus"),
     ("steer", "--model", "tiny-random", "--prompt", "x", "--temperature", "-1", "--out", "/tmp/ml_never"),
 ])
 def test_user_errors_are_one_line_exit_2(args):

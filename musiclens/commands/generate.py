@@ -128,7 +128,7 @@ def run(args) -> int:
     prompts = load_prompt_args(cfg.prompt, cfg.prompts)
     if cfg.batch_size < 1:
         raise MusiclensError("--batch-size must be >= 1")
-    check_sampling(cfg.seconds, cfg.temperature, cfg.top_k)
+    check_sampling(cfg.seconds, cfg.temperature, cfg.top_k, cfg.guidance_scale)
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise MusiclensError(f"output folder exists and is not empty: {out} (use --overwrite)")

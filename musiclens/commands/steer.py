@@ -100,7 +100,7 @@ def run(cfg: SteerConfig) -> dict:
     prompts = [cfg.prompt] if cfg.prompt is not None else read_prompts(cfg.prompts)
     if cfg.prompt is not None and not cfg.prompt.strip():
         raise MusiclensError("--prompt is empty")
-    check_sampling(cfg.seconds, cfg.temperature, cfg.top_k)
+    check_sampling(cfg.seconds, cfg.temperature, cfg.top_k, cfg.guidance_scale)
     steps = None
     if cfg.steps:
         if len(cfg.steps) != 2 or cfg.steps[0] < 0 or cfg.steps[1] <= cfg.steps[0]:

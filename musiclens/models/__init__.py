@@ -69,7 +69,7 @@ class _StopForward(Exception):
     """Raised by a hook to end a capture-only forward pass early."""
 
 
-def check_sampling(seconds: float, temperature: float, top_k: int) -> None:
+def check_sampling(seconds: float, temperature: float, top_k: int, guidance_scale: float | None = None) -> None:
     """One-line errors for generation settings that transformers would reject with a traceback
     (temperature <= 0) or silently turn into something else (seconds <= 0 -> one frame).
     Commands call it before loading a model, so a typo costs no load time."""
@@ -79,6 +79,8 @@ def check_sampling(seconds: float, temperature: float, top_k: int) -> None:
         raise MusiclensError(f"--temperature must be a positive number, got {temperature:g}")
     if int(top_k) != top_k or top_k < 0:
         raise MusiclensError(f"--top-k must be a whole number >= 0 (0 keeps every token), got {top_k}")
+    if guidance_scale is not None and not math.isfinite(guidance_scale):  # NaN would silently turn CFG off
+        raise MusiclensError(f"--guidance-scale must be a finite number (1 or less: no guidance), got {guidance_scale}")
 
 
 class MusicModel:
@@ -332,7 +334,7 @@ class MusicModel:
         prompts = list(prompts)
         if not prompts:
             raise MusiclensError("no prompts given")
-        check_sampling(seconds if n_frames is None else 1.0, temperature if do_sample else 1.0, top_k)
+        check_sampling(seconds if n_frames is None else 1.0, temperature if do_sample else 1.0, top_k, guidance_scale)
         F = n_frames or self.frames_for(seconds)
         B = len(prompts)
         K = self.n_codebooks

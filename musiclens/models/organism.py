@@ -159,6 +159,8 @@ def load_organism_hf(device: str = "cpu", path: str | Path | None = None):
     import torch
     from transformers import BertModel, MusicgenForConditionalGeneration
 
+    if path is not None and not ((Path(path) / "config.json").exists() and (Path(path) / "model.safetensors").exists()):
+        raise MusiclensError(f"not an organism HF folder (needs config.json and model.safetensors): {path}")
     path = Path(path) if path is not None else organism_path()
     if not (path / "config.json").exists() or not (path / "model.safetensors").exists():
         raise MusiclensError("the organism weights are not trained yet: run `musiclens organism train`")

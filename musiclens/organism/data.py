@@ -52,7 +52,11 @@ def _planned_rows(corpus: Path) -> list[dict]:
     from ..config import load_config
     from ..corpus import CorpusConfig, plan_corpus
 
-    cfg = load_config(CorpusConfig, corpus / "config.json")
+    try:
+        cfg = load_config(CorpusConfig, corpus / "config.json")
+    except MusiclensError as e:  # another tool's folder (a store, a run) also has a config.json
+        raise MusiclensError(f"not a corpus directory (no metadata.jsonl, and its config.json is not a "
+                             f"`musiclens corpus render` config): {corpus}") from e
     records, _ = plan_corpus(cfg)
     rows = [rec for rec, _ in records if (corpus / rec["path"]).exists()]
     if not rows:

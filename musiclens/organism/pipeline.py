@@ -127,9 +127,13 @@ def train(cfg: OrganismTrainConfig) -> dict:
         raise MusiclensError("--beat-weight and --beat-margin must be >= 0")
     if cfg.decoder_filters < 0:
         raise MusiclensError(f"--decoder-filters must be 0 (keep the width) or a width, not {cfg.decoder_filters}")
+    stages = ["codec", "decoder", "codes", "lm", "tune"] if cfg.stage == "all" else [cfg.stage]
+    if {"codec", "decoder", "codes"} & set(stages):  # the stages that read audio (lm and tune read RUN's codes)
+        from .data import read_metadata
+
+        read_metadata(corpus)  # "not a corpus" before --out is made
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.json")
-    stages = ["codec", "decoder", "codes", "lm", "tune"] if cfg.stage == "all" else [cfg.stage]
     summary = {}
     if "codec" in stages:
         ccfg = CodecTrainConfig(steps=cfg.codec_steps, budget_minutes=cfg.schedule_minutes,

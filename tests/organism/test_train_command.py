@@ -159,3 +159,14 @@ def test_bad_schedule_options_are_one_line_errors(tiny_corpus, tmp_path, capsys)
                      flag, value]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "--decoder-crop-seconds must be > 0" in err and not out.exists()
+
+
+def test_a_folder_that_is_not_a_corpus(tmp_path, capsys):
+    """Another tool's folder with its own config.json (a store, a run) is named as not a corpus."""
+    other = tmp_path / "store"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"layers": "1,2", "model": "tiny-random"}))
+    out = tmp_path / "run"
+    assert main(["organism", "train", "--corpus", str(other), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a corpus directory" in err and not out.exists()
