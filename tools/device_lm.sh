@@ -7,7 +7,9 @@
 # (codes, codec in float16 with its decoder zeroed, trimmed MiniLM). The call:
 #   1. installs the carried wheels, once (the machine has torch and transformers);
 #   2. builds a run folder $RUN from the pack: codes, codec widened back to float32, and the
-#      MiniLM unpacked, named by MUSICLENS_MINILM for every stage;
+#      MiniLM unpacked, named by MUSICLENS_MINILM for every stage; a pack made with
+#      `pack-lm --init FOLDER` also holds that LM (init_hf), and the lm stage then continues it
+#      (--lm-init) instead of starting from random weights;
 #   3. preflight: the MiniLM, the codes and the GPU, within seconds;
 #   4. `organism train --stage text` (the caption states, made there: too large to carry),
 #      then `--stage lm` for LM_MINUTES and `--stage tune` for TUNE_MINUTES, each on a schedule
@@ -38,7 +40,14 @@ if [ ! -f "$RUN/codec/hf/config.json" ]; then
   if [ -f "$RUN/codec/hf/model.safetensors.gz" ]; then gunzip "$RUN/codec/hf/model.safetensors.gz"; fi
   tar -xzf "$PACK/minilm.tar.gz" -C "$RUN/minilm"
   export_dtype "$RUN/codec/hf" float32
+  if [ -d "$PACK/init_hf" ]; then
+    cp -r "$PACK/init_hf" "$RUN/init_hf"
+    gunzip "$RUN/init_hf/model.safetensors.gz"
+    export_dtype "$RUN/init_hf" float32
+  fi
 fi
+LM_INIT=()
+[ -d "$RUN/init_hf" ] && LM_INIT=(--lm-init "$RUN/init_hf")
 export MUSICLENS_MINILM="$PWD/$RUN/minilm"
 
 "$PY" - "$DEVICE" "$RUN" <<'PYEOF' || { echo "preflight failed" >&2; exit 3; }
@@ -59,7 +68,7 @@ PYEOF
 train() { "$PY" -m musiclens organism train --corpus "$PACK" --out "$RUN" --device "$DEVICE" "$@"; }
 [ -f "$RUN/codes/text.safetensors" ] || train --stage text
 rc=0
-train --stage lm --schedule-minutes "$LM_MINUTES" "$@" || rc=$?
+train --stage lm --schedule-minutes "$LM_MINUTES" "${LM_INIT[@]}" "$@" || rc=$?
 # shellcheck disable=SC2086  # TUNE_ARGS are words on purpose
 [ $rc = 0 ] && { train --stage tune --schedule-minutes "$TUNE_MINUTES" "$@" $TUNE_ARGS || rc=$?; }
 

@@ -95,7 +95,8 @@ def _pack_lm(args) -> int:
     cfg = from_args(PackLMConfig, args)
     s = pack_lm(cfg)
     print(f"wrote {cfg.out}: codes of {s['clips']} clips, codec, MiniLM ({s['kept_tokens']} token rows kept, "
-          f"{s['minilm_mib']} MiB); {s['mib']} MiB in all")
+          f"{s['minilm_mib']} MiB)" + (f", the LM of {s['init']} ({s['init_mib']} MiB)" if "init" in s else "")
+          + f"; {s['mib']} MiB in all")
     return 0
 
 

@@ -108,9 +108,13 @@ def _gpu_lm_recipe(lm_cfg: dict, tune_cfg: dict, corpus: dict, n_decoders: int =
     big, codes = _larger_corpus_codes(corpus, n_decoders)
     shape = (f"--lm-batch-size {lm_cfg.get('batch_size')} --lm-layers {lm_cfg.get('layers')} --lm-d-model "
              f"{lm_cfg.get('d_model')} --lm-dropout {lm_cfg.get('dropout')} --lm-eval-every {lm_cfg.get('eval_every')}")
+    if lm_cfg.get("lr", 1.5e-3) != 1.5e-3:
+        shape += f" --lm-lr {lm_cfg.get('lr')}"
     tune = (f"--tune-lr {tune_cfg.get('lr')}" + _contrast_flags(tune_cfg)) if tune_cfg else ""
-    return [*codes,
-            "musiclens organism pack-lm --run RUN2 --out gpu/lm",
+    cont = (["# the lm stage continued an earlier LM (pack-lm --init; the card of that LM gives its recipe)"]
+            if lm_cfg.get("init") else [])
+    return [*codes, *cont,
+            "musiclens organism pack-lm --run RUN2 --out gpu/lm" + (" --init EARLIER_LM_HF_FOLDER" if cont else ""),
             "# one device call carrying .whl and gpu/lm",
             "# (docs/organism.md, \"Training the language model on a lent GPU\"):",
             f"LM_MINUTES={lm_cfg.get('budget_minutes')} TUNE_MINUTES={tune_cfg.get('budget_minutes')} "

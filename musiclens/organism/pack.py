@@ -156,16 +156,20 @@ class PackLMConfig:
 
     run: str = option("runs/organism", "run directory whose codes (RUN/codes) and codec (RUN/codec/hf) travel")
     out: str = option("", "output folder (must not exist)")
+    init: str = option("", "organism HF folder whose LM (decoder + projection) also travels, so that the lm "
+                           "stage there continues it (tools/device_lm.sh passes --lm-init); e.g. the shipped "
+                           "musiclens/assets/organism/musicgen")
 
 
-def drop_codec_decoder(folder: Path) -> int:
-    """Zero the codec's `decoder.` tensors in FOLDER/model.safetensors and gzip it (model.safetensors.gz).
+def zero_and_gzip(folder: Path, prefixes: tuple[str, ...]) -> int:
+    """Zero the tensors of FOLDER/model.safetensors whose names start with `prefixes`, and gzip it.
 
-    Why: the lm and tune stages only read codes (the encoder and codebooks fixed them), never
-    decode audio, and at home `polish.install_codec` puts the real codec back into their exports.
-    The shipped codec's widened decoder is 22 MB of float16, which pushed the 12,000-clip pack
-    past one device call's 64 MiB; zeros gzip to almost nothing. The shapes stay, so the codec
-    still loads. `tools/device_lm.sh` gunzips it. Returns the number of tensors zeroed.
+    Why: the lm and tune stages only read codes and never run the codec, and at home
+    `polish.install_codec` puts the real codec back into their exports. So the codec travels
+    as shapes (its encoder and decoder zeroed: 20 MB of float16 for the shipped one, which with
+    the 12,000-clip codes pushed a pack past one device call's 64 MiB), and so does the codec
+    inside an `--init` folder. Zeros gzip to almost nothing and the shapes stay, so both still
+    load. `tools/device_lm.sh` gunzips them. Returns the number of tensors zeroed.
     """
     import gzip
 
@@ -174,7 +178,7 @@ def drop_codec_decoder(folder: Path) -> int:
 
     path = Path(folder) / "model.safetensors"
     state = load_file(str(path))
-    zeroed = [k for k in state if k.startswith("decoder.")]
+    zeroed = [k for k in state if k.startswith(prefixes)]
     for k in zeroed:
         state[k] = torch.zeros_like(state[k])
     with gzip.open(path.with_name(path.name + ".gz"), "wb", compresslevel=6) as f:
@@ -196,9 +200,10 @@ def pack_lm(cfg: PackLMConfig) -> dict:
     MiniLM gives differ from the full one's by about 1e-3 relative: the LM trained on them is
     used with the full MiniLM here, as the LM in `generate()` always is.
 
-    Writes OUT/codes/{codes.safetensors,index.json}.gz, OUT/codec_hf (float16, its decoder zeroed
-    and the weights gzipped: `drop_codec_decoder`; widen it again with `set_export_dtype`),
-    OUT/minilm.tar.gz and OUT/pack.json.
+    Writes OUT/codes/{codes.safetensors,index.json}.gz, OUT/codec_hf (float16, its encoder and
+    decoder zeroed and the weights gzipped: `zero_and_gzip`; widen it again with
+    `set_export_dtype`), OUT/minilm.tar.gz, OUT/pack.json, and with `init` OUT/init_hf (that
+    folder in float16, its codec zeroed, gzipped).
     """
     import gzip
     import io
@@ -220,6 +225,9 @@ def pack_lm(cfg: PackLMConfig) -> dict:
             raise MusiclensError(f"{need} not found: run the codec and codes stages of {run} first")
     if out.exists():
         raise MusiclensError(f"output exists: {out}")
+    init = Path(cfg.init) if cfg.init else None
+    if init is not None and not ((init / "config.json").exists() and (init / "model.safetensors").exists()):
+        raise MusiclensError(f"--init is not an organism HF folder (needs config.json and model.safetensors): {init}")
     rows = json.loads((cdir / "index.json").read_text())["rows"]
     idx = range(len(rows))
     captions = [r["caption"] for r in rows] + [""]
@@ -245,7 +253,14 @@ def pack_lm(cfg: PackLMConfig) -> dict:
                 shutil.copyfileobj(src_f, dst_f)
         shutil.copytree(run / "codec" / "hf", tmp / "codec_hf")
         set_export_dtype(tmp / "codec_hf", "float16")
-        drop_codec_decoder(tmp / "codec_hf")
+        zero_and_gzip(tmp / "codec_hf", ("encoder.", "decoder."))
+        if init is not None:
+            (tmp / "init_hf").mkdir()
+            for f in ("config.json", "generation_config.json", "model.safetensors"):
+                if (init / f).exists():
+                    shutil.copy(init / f, tmp / "init_hf" / f)
+            set_export_dtype(tmp / "init_hf", "float16")
+            zero_and_gzip(tmp / "init_hf", ("audio_encoder.",))
         mini = tmp / "minilm"
         mini.mkdir()
         for f in ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
@@ -263,5 +278,8 @@ def pack_lm(cfg: PackLMConfig) -> dict:
         summary = {"run": str(run), "clips": len(rows), "captions_covered": len(captions),
                    "kept_tokens": len(kept), "mib": round(size / 2**20, 2),
                    "minilm_mib": round(len(buf.getvalue()) / 2**20, 2)}
+        if init is not None:
+            summary["init"] = str(init)
+            summary["init_mib"] = round((tmp / "init_hf" / "model.safetensors.gz").stat().st_size / 2**20, 2)
         write_json(tmp / "pack.json", summary)
     return summary

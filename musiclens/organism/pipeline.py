@@ -86,6 +86,10 @@ class OrganismTrainConfig:
                                    "stage; shipped run: 3,500 steps, extended to 5,500 with --resume, ~78 min "
                                    "on 2 CPU cores)")
     tune_lr: float = option(5e-4, "peak learning rate of the fine-tuning")
+    lm_lr: float = option(1.5e-3, "peak learning rate of the lm stage (linear warm-up, cosine decay to 10%)")
+    lm_init: str = option("", "LM checkpoint or organism HF folder the lm stage starts from, with a fresh "
+                              "optimiser and schedule: train an LM longer where its checkpoint stayed behind "
+                              "(tools/device_lm.sh with a pack-lm --init pack)")
     tune_init: str = option("", "LM checkpoint or organism HF folder the tune stage starts from (default: "
                                 "RUN/lm/ckpt.pt); e.g. another run's tune/ckpt.pt, to continue fine-tuning on a "
                                 "larger corpus, or a GPU run's returned tune/hf")
@@ -117,6 +121,10 @@ def train(cfg: OrganismTrainConfig) -> dict:
     # option errors before anything is written to --out
     if cfg.tune_init and not Path(cfg.tune_init).exists():
         raise MusiclensError(f"no LM checkpoint to fine-tune in {cfg.tune_init}: check --tune-init")
+    if not cfg.lm_lr >= 0 or not cfg.tune_lr >= 0:  # (0 keeps the weights: tests use it)
+        raise MusiclensError("--lm-lr and --tune-lr must be >= 0")
+    if cfg.lm_init and not Path(cfg.lm_init).exists():
+        raise MusiclensError(f"no LM checkpoint to continue in {cfg.lm_init}: check --lm-init")
     if cfg.stage == "decoder" and cfg.decoder_steps <= 0:
         raise MusiclensError("--stage decoder needs --decoder-steps N (N > 0)")
     if cfg.schedule_minutes < 0 or cfg.codec_crop_seconds <= 0:
@@ -170,7 +178,8 @@ def train(cfg: OrganismTrainConfig) -> dict:
         lcfg = LMTrainConfig(steps=cfg.lm_steps, budget_minutes=cfg.schedule_minutes, batch_size=cfg.lm_batch_size,
                              layers=cfg.lm_layers, d_model=cfg.lm_d_model, heads=max(1, cfg.lm_d_model // 32),
                              ffn=4 * cfg.lm_d_model, dropout=cfg.lm_dropout, eval_every=cfg.lm_eval_every,
-                             beat_weight=cfg.beat_weight, beat_margin=cfg.beat_margin, seed=cfg.seed)
+                             beat_weight=cfg.beat_weight, beat_margin=cfg.beat_margin, seed=cfg.seed,
+                             lr=cfg.lm_lr, init=str(Path(cfg.lm_init).resolve()) if cfg.lm_init else "")
         summary["lm"] = train_lm(lcfg, out, cfg.minutes, cfg.resume, device)
         if not summary["lm"]["done"] and cfg.stage == "all":
             return summary

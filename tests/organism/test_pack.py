@@ -194,7 +194,7 @@ def test_pack_lm_and_device_lm_script_train_lm_and_tune_from_codes_with_a_trimme
     assert "output exists" in capsys.readouterr().err
     info = json.loads((pack / "pack.json").read_text())
     assert info["clips"] == 12 and 10 < info["kept_tokens"] < 200 and info["minilm_mib"] < 25
-    # the codec travels without its decoder (zeros, gzipped): encoder and codebooks as the run's, in float16
+    # the codec travels as shapes (encoder and decoder zeroed, gzipped): only its codebooks as the run's, in float16
     import gzip
 
     from safetensors.torch import load as load_bytes
@@ -202,10 +202,10 @@ def test_pack_lm_and_device_lm_script_train_lm_and_tune_from_codes_with_a_trimme
     packed = load_bytes(gzip.decompress((pack / "codec_hf" / "model.safetensors.gz").read_bytes()))
     original = load_file(str(run / "codec" / "hf" / "model.safetensors"))
     assert not (pack / "codec_hf" / "model.safetensors").exists() and packed.keys() == original.keys()
-    decoder = [k for k in packed if k.startswith("decoder.")]
-    assert decoder and all(not packed[k].any() for k in decoder)
+    zeroed = [k for k in packed if k.startswith(("encoder.", "decoder."))]
+    assert zeroed and all(not packed[k].any() for k in zeroed)
     for k in packed:
-        if not k.startswith("decoder."):
+        if k not in zeroed:
             assert torch.allclose(packed[k].float(), original[k].float(), rtol=1e-3, atol=1e-4), k
     with tarfile.open(pack / "minilm.tar.gz") as t:
         t.extractall(tmp_path / "mini", filter="data")
@@ -247,6 +247,36 @@ def test_pack_lm_and_device_lm_script_train_lm_and_tune_from_codes_with_a_trimme
         assert model.config.decoder.hidden_size == 32
     assert json.loads((tmp_path / "back" / "tune" / "config.json").read_text())["contrast_concepts"] == "tempo"
     assert json.loads((tmp_path / "back" / "lm" / "config.json").read_text())["eval_every"] == 1
+
+    # pack-lm --init: the returned LM travels too (its codec zeroed) and the lm stage there continues it
+    assert main(["organism", "pack-lm", "--run", str(run), "--out", str(work / "gpu" / "lm2"),
+                 "--init", str(tmp_path / "back" / "lm" / "hf")]) == 0
+    assert "the LM of" in capsys.readouterr().out
+    init_packed = load_bytes(gzip.decompress((work / "gpu" / "lm2" / "init_hf" / "model.safetensors.gz").read_bytes()))
+    returned = load_file(str(tmp_path / "back" / "lm" / "hf" / "model.safetensors"))
+    assert init_packed.keys() == returned.keys()
+    for k, v in init_packed.items():
+        if k.startswith("audio_encoder."):
+            assert not v.any(), k
+        elif v.is_floating_point():
+            assert v.dtype == torch.float16 and torch.allclose(v.float(), returned[k].float(), atol=1e-3), k
+    out2 = tmp_path / "out2"
+    out2.mkdir()
+    r = subprocess.run(["bash", str(ROOT / "tools" / "device_lm.sh"), "--lm-batch-size", "2", "--lm-layers", "1",
+                        "--lm-d-model", "32", "--lm-eval-every", "1", "--lm-lr", "0.001"], cwd=work,
+                       env={**env, "OUT": str(out2), "PACK": "gpu/lm2", "RUN": "gpu/lmrun2"},
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-2000:]
+    (tmp_path / "whole2.tar").write_bytes(b"".join(p.read_bytes() for p in sorted(out2.glob("lm.tar.part-*"))))
+    with tarfile.open(tmp_path / "whole2.tar") as t:
+        t.extractall(tmp_path / "back2", filter="data")
+    lm2 = json.loads((tmp_path / "back2" / "lm" / "config.json").read_text())
+    assert lm2["init"].endswith("init_hf") and lm2["lr"] == 0.001
+    first = [json.loads((d / "lm" / "log.jsonl").read_text().splitlines()[0])["heldout_loss"]
+             for d in (tmp_path / "back", tmp_path / "back2")]
+    assert first[1] < first[0]  # after one step, the continued LM is ahead of the one from random weights
+    assert main(["organism", "pack-lm", "--run", str(run), "--out", str(work / "gpu" / "lm3"),
+                 "--init", str(run)]) == 2 and "not an organism HF folder" in capsys.readouterr().err
 
     missing = subprocess.run(["bash", str(ROOT / "tools" / "device_lm.sh")], cwd=work,
                              env={**env, "PACK": "gpu/nope"}, capture_output=True, text=True)
