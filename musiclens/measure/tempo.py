@@ -39,6 +39,9 @@ ESSENTIA_SR = 44100
 
 def _has_essentia() -> bool:
     try:
+        import essentia
+
+        essentia.log.infoActive = False  # its import prints an INFO line about classifier models we never use
         import essentia.standard  # noqa: F401
 
         return True
