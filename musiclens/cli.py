@@ -59,12 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError) as e:
         # a path the user gave that a library opened before musiclens checked it
         if os.environ.get("MUSICLENS_DEBUG"):
             raise
         what = {FileNotFoundError: "file not found", NotADirectoryError: "not a folder (a file is in the path)",
-                IsADirectoryError: "a folder where a file was expected"}[type(e)]
+                IsADirectoryError: "a folder where a file was expected",
+                FileExistsError: "a file is in the way of a folder", PermissionError: "permission denied"}[type(e)]
         print(f"error: {what}: {e.filename or e}", file=sys.stderr)
         return 2
 

@@ -30,9 +30,15 @@ T = TypeVar("T")
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, default_factory: Any = dataclasses.MISSING,
-           cli: bool = True, short: str | None = None, choices: list | None = None) -> Any:
-    """A dataclass field with help text (and optional short flag / choices)."""
-    meta = {"help": help, "cli": cli, "short": short, "choices": choices}
+           cli: bool = True, short: str | None = None, choices: list | None = None,
+           ge: float | None = None, gt: float | None = None, le: float | None = None) -> Any:
+    """A dataclass field with help text (and optional short flag / choices).
+
+    `ge` / `gt` / `le` bound a number (each element of a list): `from_args` turns a value
+    outside them into a one-line error before the command does anything. Every float option
+    must also be finite; NaN would otherwise slip through every `x < 0` check.
+    """
+    meta = {"help": help, "cli": cli, "short": short, "choices": choices, "ge": ge, "gt": gt, "le": le}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -51,8 +57,11 @@ def _list_parser(elem: type, flag: str):
     def parse(text: str) -> list:
         if text.strip() == "":
             return []
+        items = [x.strip() for x in text.split(",")]
+        if "" in items:  # "1,,2" or "1,2,": a typo, not a shorter list
+            raise argparse.ArgumentTypeError(f"{flag}: empty item in {text!r}")
         try:
-            return [elem(x.strip()) for x in text.split(",") if x.strip() != ""]
+            return [elem(x) for x in items]
         except ValueError:
             raise argparse.ArgumentTypeError(f"{flag}: expected a comma-separated list of {elem.__name__}, got {text!r}")
     return parse
@@ -98,15 +107,51 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str
             parser.add_argument(*names, default=default, **kw)
 
 
+def _check_device(spec: str) -> None:
+    """--device: a torch device string whose kind this machine has (else a traceback deep in torch)."""
+    import torch
+
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise MusiclensError(f"--device {spec!r} is not a device (cpu, cuda, cuda:1, ...)")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MusiclensError(f"--device {spec}: this machine has no CUDA device")
+
+
+def check_values(cfg: Any) -> None:
+    """One-line errors for option values outside their declared bounds, and for non-finite floats."""
+    import math
+
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "device" and isinstance(v, str) and v != "auto":
+            _check_device(v)
+        for x in (v if isinstance(v, list) else [v]):
+            if isinstance(x, bool) or not isinstance(x, (int, float)):
+                continue
+            if isinstance(x, float) and not math.isfinite(x):
+                raise MusiclensError(f"{flag} must be a finite number, got {x}")
+            ge, gt, le = f.metadata.get("ge"), f.metadata.get("gt"), f.metadata.get("le")
+            if (ge is not None and x < ge) or (gt is not None and x <= gt) or (le is not None and x > le):
+                want = " and ".join(w for w in (f">= {ge:g}" if ge is not None else "",
+                                                f"> {gt:g}" if gt is not None else "",
+                                                f"<= {le:g}" if le is not None else "") if w)
+                raise MusiclensError(f"{flag} must be {want}, got {x:g}")
+
+
 def from_args(cls: type[T], ns: argparse.Namespace, **overrides: Any) -> T:
-    """Build a `cls` instance from parsed args (fields missing from `ns` keep defaults)."""
+    """Build a `cls` instance from parsed args (fields missing from `ns` keep defaults), values checked."""
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name in overrides:
             kwargs[f.name] = overrides[f.name]
         elif hasattr(ns, f.name):
             kwargs[f.name] = getattr(ns, f.name)
-    return cls(**kwargs)
+    cfg = cls(**kwargs)
+    check_values(cfg)
+    return cfg
 
 
 def to_dict(cfg: Any) -> dict:
@@ -133,7 +178,7 @@ def load_config(cls: type[T], path: str | Path) -> T:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise MusiclensError(f"config not found: {path}")
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise MusiclensError(f"config is not valid JSON: {path}: {e}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names

@@ -3,6 +3,7 @@
 import argparse
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -109,6 +110,17 @@ def test_generate_keeps_codebooks_of_a_file(tmp_path):
     ("generate", "--model", "tiny-random", "--prompt", "x", "--seconds", "nan"),
     ("generate", "--model", "tiny-random", "--prompt", "x", "--guidance-scale", "nan"),
     ("organism", "eval", "--model", "/no/such/folder", "--corpus", "/no/such/corpus"),
+    ("measure", "--audio", "/tmp", "--out", "/tmp/ml_never.json", "--metrics", "", "--no-tags"),
+    ("measure", "--audio", "/tmp", "--out", "/tmp/ml_never.json", "--tagger", "/no/such/tagger"),
+    ("measure", "--audio", "/tmp", "--out", "/tmp/ml_never.json", "--clap", "/no/such/clap", "--clap-text", "x"),
+    ("demo", "--model", "/no/such/model", "--out", "/tmp/ml_never"),
+    ("corpus", "render", "--out", "/tmp/ml_never", "--clips", "2", "--soundfont", __file__),
+    ("corpus", "info", "/no/such/corpus"),
+    ("tagger", "eval", "--corpus", "/no/such/corpus", "--limit", "-1"),
+    ("features", "--sae", "x", "--store", "y", "--out", "/tmp/ml_never", "--device", "foo"),
+    ("features", "--sae", "x", "--store", "y", "--out", "/tmp/ml_never", "--min-seconds", "5", "--max-seconds", "1"),
+    ("latent", "train", "--store", "x", "--out", "/tmp/ml_never", "--lr", "-1"),
+    ("latent-edit", "--audio", "x.wav", "--cell", "c", "--to", "C5", "--alpha", "nan", "--out", "/tmp/ml_never.wav"),
     ("steer", "--model", "tiny-random", "--prompt", "x", "--temperature", "-1", "--out", "/tmp/ml_never"),
 ])
 def test_user_errors_are_one_line_exit_2(args):
@@ -117,6 +129,7 @@ def test_user_errors_are_one_line_exit_2(args):
     err = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("warning:")]
     assert len(err) == 1 and err[0].startswith("error:"), r.stderr
     assert "Traceback" not in r.stderr
+    assert not any(Path(a).exists() for a in args if a.startswith("/tmp/ml_never"))
 
 
 def test_a_file_where_a_folder_is_expected(tmp_path):

@@ -43,3 +43,40 @@ def test_unknown_keys_rejected(tmp_path):
     (tmp_path / "c.json").write_text('{"store": "s", "bogus": 1}')
     with pytest.raises(MusiclensError):
         load_config(Cfg, tmp_path / "c.json")
+
+
+@dataclass
+class Bounded:
+    lr: float = option(0.0, help="0 = auto", ge=0)
+    rate: float = option(0.5, help="a share", ge=0, le=1)
+    steps: int = option(10, help="steps", gt=0)
+    sizes: list[int] = option(default_factory=lambda: [2, 4], help="sizes", ge=2)
+    device: str = option("cpu", help="device")
+
+
+def _bounded(argv):
+    p = argparse.ArgumentParser()
+    add_arguments(p, Bounded)
+    return from_args(Bounded, p.parse_args(argv))
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--lr", "-1"], "--lr must be >= 0, got -1"),
+    (["--lr", "nan"], "--lr must be a finite number"),   # NaN passes every `x < 0` check
+    (["--rate", "1.5"], "--rate must be >= 0 and <= 1"),
+    (["--steps", "0"], "--steps must be > 0"),
+    (["--sizes", "2,1"], "--sizes must be >= 2, got 1"),
+    (["--device", "foo"], "is not a device"),
+])
+def test_bounds_nan_and_devices_are_one_line_errors(argv, msg):
+    with pytest.raises(MusiclensError, match=msg.replace("(", r"\(")):
+        _bounded(argv)
+    assert _bounded(["--lr", "0", "--rate", "1", "--steps", "1", "--sizes", "2"]).rate == 1.0
+
+
+def test_empty_list_items_are_rejected():
+    with pytest.raises(SystemExit):
+        _bounded(["--sizes", "2,,4"])
+    with pytest.raises(SystemExit):
+        _bounded(["--sizes", "2,4,"])
+    assert _bounded(["--sizes", ""]).sizes == []

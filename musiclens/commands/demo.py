@@ -27,12 +27,12 @@ INSTRUMENTS = ["piano", "organ", "flute", "trumpet", "violin", "marimba", "nylon
 class DemoConfig:
     model: str = option("organism", help="model (falls back to tiny-random while the organism is not trained)")
     out: str = option("demo_out", help="output folder")
-    clips: int = option(48, help="corpus clips to render")
-    seconds: float = option(5.0, help="clip length for the corpus and for generations")
+    clips: int = option(48, help="corpus clips to render", ge=6)
+    seconds: float = option(5.0, help="clip length for the corpus and for generations", gt=0)
     layers: str = option("25%,50%,75%", help="layers to extract")
-    sae_steps: int = option(400, help="SAE training steps")
-    expansion: int = option(4, help="SAE expansion factor")
-    k: int = option(32, help="SAE active latents")
+    sae_steps: int = option(400, help="SAE training steps", ge=1)
+    expansion: int = option(4, help="SAE expansion factor", ge=1)
+    k: int = option(32, help="SAE active latents", ge=1)
     lam: float = option(0.25, help="steering strength λ for the fast/slow DiffMean vector (its norms are 3-10 per "
                                    "layer on the shipped organism; in bench/steering.py λ = ±0.25 moved the onset "
                                    "rate by +44 % / -48 %, and λ = -1 gives near-silent clips)")
@@ -73,20 +73,22 @@ def _pick_model(name: str) -> str:
 def run(args) -> int:
     import shutil
 
-    cfg = from_args(DemoConfig, args)
+    cfg = from_args(DemoConfig, args)  # (bounds: --clips, --seconds, --expansion, --k, ... and a finite --lam)
     out = Path(cfg.out)
-    if out.exists():
-        if not cfg.overwrite:
-            raise MusiclensError(f"output folder exists: {out} (use --overwrite)")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    save_config(cfg, out / "config.json")
+    if out.exists() and not cfg.overwrite:
+        raise MusiclensError(f"output folder exists: {out} (use --overwrite)")
     model = _pick_model(cfg.model)
     from ..models import load_model
 
-    m = load_model(model)
+    m = load_model(model)  # model and layers are checked before anything is written
     layer = m.parse_layers(cfg.steer_layer)[0]
     sae_layer = m.parse_layers(cfg.layers)[len(m.parse_layers(cfg.layers)) // 2]
+    if cfg.k >= cfg.expansion * m.d_model:
+        raise MusiclensError(f"--k {cfg.k} must be below the SAE's {cfg.expansion} x {m.d_model} latents")
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    save_config(cfg, out / "config.json")
 
     _step("render a corpus with known factors",
           ["corpus", "render", "--out", str(out / "corpus"), "--clips", str(cfg.clips), "--seed", "7",

@@ -25,15 +25,15 @@ class DiffMeanConfig:
                                              "vocabulary: tempo (fast/slow), brightness (bright/dark), dynamics "
                                              "(loud/soft), register (high/low)",
                                  choices=["tempo", "brightness", "dynamics", "register"])
-    n_concept_prompts: int = option(40, help="prompts per side with --concept")
+    n_concept_prompts: int = option(40, help="prompts per side with --concept", ge=1)
     model: str = option("organism", help="model name (organism, tiny-random, a folder, a hub id)")
     layers: str = option("all", help="layers to capture: all, 2,6 or early,25%,50%,75%,late")
     capture: str = option("auto", help="prompt-side capture rule: auto (eos for melody, generate otherwise), "
                                        "eos, generate, teacher", choices=["auto", "eos", "generate", "teacher"])
-    capture_seconds: float = option(1.0, help="seconds generated / teacher-forced per prompt (generate, teacher)")
+    capture_seconds: float = option(1.0, help="seconds generated / teacher-forced per prompt (generate, teacher)", gt=0)
     seed: int = option(0, help="sampling seed for the capture generation (shared by both sets)")
     guidance_scale: float = option(3.0, help="CFG scale of the capture generation")
-    batch_size: int = option(8, help="prompts per forward/generation batch")
+    batch_size: int = option(8, help="prompts per forward/generation batch", ge=1)
     plot_layer: int | None = option(None, help="layer of the PCA plot (default: the layer with the largest |Δ|)")
     device: str = option("cpu", help="torch device")
     overwrite: bool = option(False, help="replace an existing output directory")

@@ -28,10 +28,10 @@ class CommonConfig:
     out: str = option(help="output directory")
     model: str = option("organism", help="model name (organism, tiny-random, a folder, a hub id)")
     prompts: str | None = option(None, help="held-out prompt file (default: --n-prompts built-in neutral prompts)")
-    n_prompts: int = option(50, help="number of built-in neutral prompts when --prompts is not given")
-    seconds: float = option(5.0, help="seconds generated per prompt")
+    n_prompts: int = option(50, help="number of built-in neutral prompts when --prompts is not given", ge=2)
+    seconds: float = option(5.0, help="seconds generated per prompt", gt=0)
     seed: int = option(0, help="generation seed (batch b uses seed + b)")
-    batch_size: int = option(8, help="prompts per generation batch")
+    batch_size: int = option(8, help="prompts per generation batch", ge=1)
     guidance_scale: float = option(3.0, help="classifier-free guidance scale")
     branch: str = option("both", help="CFG branch to steer", choices=["both", "cond", "uncond"])
     metric: list[str] = option(default_factory=lambda: ["onset_rate"],
@@ -39,7 +39,7 @@ class CommonConfig:
     embedder: str = option("auto", help="FAD embedder: auto, tagger, clap, mel", choices=["auto", "tagger", "clap", "mel"])
     reference: str | None = option(None, help="folder of real clips as the FAD reference "
                                               "(default: an independent unsteered generation)")
-    no_fad: bool = option(False, help="skip FAD")
+    fad: bool = option(True, help="compute FAD against the reference (--no-fad skips it, and the embedder load)")
     clap: str | None = option(None, help="CLAP model folder for clap:<text> metrics (default: shipped mini-CLAP)")
     cache: str | None = option(None, help="audio cache folder (default: OUT/cache); experiments that share one "
                                           "on the same prompts and seeds generate the baseline only once")
@@ -82,8 +82,8 @@ class SweepConfig(CommonConfig):
 @dataclass(kw_only=True)
 class AblateConfig(VectorConfig):
     lam: float = option(2.0, help="λ")
-    sizes: list[int] = option(default_factory=lambda: [10, 20, 50, 100], help="prompts per set used for Δ")
-    repeats: int = option(1, help="random subsets per size (mean ± std)")
+    sizes: list[int] = option(default_factory=lambda: [10, 20, 50, 100], help="prompts per set used for Δ", ge=1)
+    repeats: int = option(1, help="random subsets per size (mean ± std)", ge=1)
 
 
 @dataclass(kw_only=True)
@@ -104,9 +104,9 @@ class FeatureSteeringConfig(CommonConfig):
     label_strategy: str = option("any", help="annotation strategy whose labels to use (any = clap, llm, tagger)",
                                  choices=["any", "clap", "llm", "tagger"])
     beta: list[float] = option(default_factory=list, help="β per feature (default: max_act from --features-dir)")
-    limit: int = option(32, help="test at most this many features (0 = all)")
+    limit: int = option(32, help="test at most this many features (0 = all)", ge=0)
     prompt: str = option("Simple melody", help="neutral prompt")
-    n_samples: int = option(8, help="generations per condition (same prompt, different samples)")
+    n_samples: int = option(8, help="generations per condition (same prompt, different samples)", ge=2)
     alpha: float = option(1.0, help="α of the steered condition (baseline α = 0)")
 
 
@@ -138,6 +138,7 @@ def _check_common(cfg) -> None:
 
 
 def _runner(cfg, model, metrics: list[str] | None = None, prompts: list[str] | None = None):
+    """(--out, ready; the Runner that generates, caches and measures) after every input is checked."""
     from ..audio import read_prompts
     from ..measure.fad import load_embedder
     from ..steer.experiments import Runner
@@ -153,13 +154,16 @@ def _runner(cfg, model, metrics: list[str] | None = None, prompts: list[str] | N
                 raise MusiclensError("--n-prompts must be >= 2")
             prompts = neutral_prompts(cfg.n_prompts)
     ref, given = None, False
-    if cfg.reference and not cfg.no_fad:
+    if cfg.reference and cfg.fad:
         ref = [read_audio(f, model.sample_rate)[0] for f in list_audio(cfg.reference)]
         if len(ref) < 2:
             raise MusiclensError("--reference needs at least 2 clips")
         given = True
-    emb = None if cfg.no_fad else load_embedder(cfg.embedder)
-    return Runner(model, prompts, cfg.seconds, metrics=list(metrics if metrics is not None else cfg.metric),
+    emb = None if not cfg.fad else load_embedder(cfg.embedder)
+    if cfg.cache and Path(cfg.cache).exists() and not Path(cfg.cache).is_dir():
+        raise MusiclensError(f"--cache is a file, not a folder: {cfg.cache}")
+    out = _prepare_out(cfg)  # only now: every input above is checked, so a bad one leaves no --out behind
+    return out, Runner(model, prompts, cfg.seconds, metrics=list(metrics if metrics is not None else cfg.metric),
                   seed=cfg.seed, batch_size=cfg.batch_size, guidance_scale=cfg.guidance_scale, branch=cfg.branch,
                   cache_dir=Path(cfg.cache) if cfg.cache else Path(cfg.out) / "cache", embedder=emb, reference_audio=ref, reference_given=given,
                   ctx=MeasureContext(clap_path=cfg.clap))
@@ -201,8 +205,7 @@ def run_scan(cfg: ScanConfig) -> dict:
     bad = [l for l in cfg.layers if l not in vecs.layers]
     if bad:
         raise MusiclensError(f"--layers {bad} not in the vector set (layers {vecs.layers})")
-    out = _prepare_out(cfg)
-    runner = _runner(cfg, model)
+    out, runner = _runner(cfg, model)
     res = scan_layers(runner, vecs, lam, cfg.layers or None, cfg.strategy, cfg.expect)
     return _finish(cfg, res, runner, out, "scan_layers")
 
@@ -239,14 +242,13 @@ def run_sweep(cfg: SweepConfig) -> dict:
         raise MusiclensError("--grid is empty")
     model = _model(cfg)
     name, make = _sweep_specs(cfg, model)
-    out = _prepare_out(cfg)
-    runner = _runner(cfg, model)
+    out, runner = _runner(cfg, model)
     res = sweep(runner, grid, make, name)
     return _finish(cfg, res, runner, out, "sweep")
 
 
 def run_ablate(cfg: AblateConfig) -> dict:
-    from ..steer.experiments import ablate_prompts
+    from ..steer.experiments import ablate_prompts, check_sizes
     from ..steer.inject import DiffMeanSteer, check_strength
 
     _check_common(cfg)
@@ -256,8 +258,8 @@ def run_ablate(cfg: AblateConfig) -> dict:
     model = _model(cfg)
     vecs = _load_vectors(cfg.vector, model)
     DiffMeanSteer(vecs, lam, cfg.strategy, layer=cfg.layer).sites(model)
-    out = _prepare_out(cfg)
-    runner = _runner(cfg, model)
+    check_sizes(vecs, cfg.sizes)
+    out, runner = _runner(cfg, model)
     res = ablate_prompts(runner, vecs, cfg.sizes, lam, cfg.strategy, cfg.layer, repeats=cfg.repeats, seed=cfg.seed)
     return _finish(cfg, res, runner, out, "ablate_prompts")
 
@@ -307,8 +309,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         DiffMeanSteer(v, lam, cfg.strategy, layer=l).sites(model)
     dirs = directions_for(vecs, [concept_names(v, p) for v, p in zip(vecs, cfg.vector)], metrics, lams, layers,
                           cfg.strategy)
-    out = _prepare_out(cfg)
-    runner = _runner(cfg, model, metrics=list(dict.fromkeys(metrics)))
+    out, runner = _runner(cfg, model, metrics=list(dict.fromkeys(metrics)))
     res = evaluate(runner, dirs)
     return _finish(cfg, res, runner, out, "evaluate")
 
@@ -325,7 +326,10 @@ def load_labels(cfg: FeatureSteeringConfig, sae_names: set[str]) -> dict[int, st
             raw = json.loads(p.read_text())
         except json.JSONDecodeError as e:
             raise MusiclensError(f"{p} is not valid JSON: {e}")
-        return {int(k): str(v) for k, v in raw.items() if v}
+        try:
+            return {int(k): str(v) for k, v in raw.items() if v}
+        except (AttributeError, ValueError):
+            raise MusiclensError(f"{p} must be a JSON object {{feature number: label}}, e.g. {{\"17\": \"piano\"}}")
     if not cfg.features_dir:
         raise MusiclensError("feature-steering needs labels: --labels FILE.json or --features-dir with annotations.json")
     p = Path(cfg.features_dir) / "annotations.json"
@@ -384,8 +388,11 @@ def run_feature_steering(cfg: FeatureSteeringConfig) -> dict:
         if not cfg.features_dir:
             raise MusiclensError("β needed: --beta or --features-dir")
         betas = dict(zip(feats, betas_from_catalogue(cfg.features_dir, cfg.sae, layer, feats)))
-    out = _prepare_out(cfg)
+    bad = [j for j in feats if not 0 <= j < sae.cfg.d_sae]
+    if bad:
+        raise MusiclensError(f"feature(s) {bad[:5]} out of range: the SAE has features 0..{sae.cfg.d_sae - 1}")
     base = feature_steer(model, cfg.sae, [feats[0]], alpha=1.0, beta=betas[feats[0]])
+    out = _prepare_out(cfg)
 
     def spec(j: int, a: float):
         from dataclasses import replace

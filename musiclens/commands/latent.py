@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 
 from .. import config as C
+from ..errors import MusiclensError
 
 
 def _extract(args) -> int:
@@ -25,6 +26,8 @@ def _extract(args) -> int:
     r = extract(cfg)
     print(f"{r['clips']} clips, {r['rows']} frames ({r['frame_rate']:g}/s) of {', '.join(r['sites'])} from "
           f"{r['autoencoder']} -> {r['out']} ({r['skipped']} skipped)")
+    if r["rows"] == 0:  # as `extract`: an empty store must not pass for a result in a script
+        raise MusiclensError(f"every input was skipped, so the store is empty; see {r['out']}/skipped.json")
     return 0
 
 

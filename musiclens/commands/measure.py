@@ -31,7 +31,7 @@ class MeasureConfig:
     embedder: str = option("auto", help="FAD embedding: auto (tagger if available, else mel), tagger, clap, mel",
                            choices=["auto", "tagger", "clap", "mel"])
     beat_this: str | None = option(None, help="local Beat This! checkpoint (adds beat_this_bpm; needs `pip install beat_this`)")
-    sample_rate: int | None = option(None, help="resample clips to this rate before measuring (default: file rate)")
+    sample_rate: int | None = option(None, help="resample clips to this rate before measuring (default: file rate)", ge=4000)
     overwrite: bool = option(False, help="replace an existing output file")
 
 
@@ -76,8 +76,12 @@ def run(cfg: MeasureConfig) -> dict:
         raise MusiclensError(f"output exists: {out} (use --overwrite)")
     metrics = list(dict.fromkeys(list(cfg.metrics) + [f"clap:{t}" for t in cfg.clap_text]
                                  + (["beat_this_bpm"] if cfg.beat_this else [])))
+    if not metrics and not cfg.tags:
+        raise MusiclensError("nothing to measure: give --metrics, --clap-text, --beat-this or --tags")
     for m in metrics:
         check_metric(m)
+    if cfg.tagger and not Path(cfg.tagger).exists():  # a named tagger that is missing must not be skipped quietly
+        raise MusiclensError(f"tagger folder not found: {cfg.tagger}")
     explicit = {m for m in metrics if m not in BASIC}
     ctx = MeasureContext(clap_path=cfg.clap, tagger_path=cfg.tagger, beat_this=cfg.beat_this)
     res, ys, sr = measure_folder(cfg.audio, cfg, ctx, metrics, explicit)

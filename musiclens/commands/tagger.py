@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from collections import Counter
 
 
@@ -22,6 +23,8 @@ def register(sub) -> None:
     e.add_argument("--split", default="test", choices=["train", "valid", "test"], help="split (default: test)")
     e.add_argument("--limit", type=int, default=0, help="evaluate at most this many clips (0 = all)")
     e.add_argument("--out", default=None, help="also write the accuracies to this JSON file")
+    e.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
+                   help="replace an existing --out file (default: False)")
     e.set_defaults(func=_eval)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
@@ -54,6 +57,10 @@ def _eval(args) -> int:
 
     from pathlib import Path
 
+    if args.limit < 0:
+        raise MusiclensError(f"--limit must be >= 0 (0 = all), got {args.limit}")
+    if args.out and Path(args.out).exists() and not args.overwrite:
+        raise MusiclensError(f"output exists: {args.out} (use --overwrite)")
     tagger = Tagger.load(args.tagger)
     recs = [r for r in load_metadata(args.corpus) if r["split"] == args.split]
     if args.limit > 0:

@@ -29,13 +29,13 @@ class CorpusConfig:
     """Options of `musiclens corpus render` (saved as DIR/config.json)."""
 
     out: str = option(help="output corpus directory")
-    clips: int = option(1000, help="number of clips to render")
+    clips: int = option(1000, help="number of clips to render", ge=1)
     seed: int = option(0, help="random seed (clip i is the same for any --clips)")
     seconds: float = option(10.0, help="clip length in seconds")
     sample_rate: int = option(16000, help="sample rate in Hz (16 kHz: the concepts live below 8 kHz)")
-    pieces: int = option(600, help="number of source melodies (music21 chorales + Essen folksongs)")
+    pieces: int = option(600, help="number of source melodies (music21 chorales + Essen folksongs)", ge=1)
     soundfont: str = option(DEFAULT_SOUNDFONT, help="General MIDI soundfont (.sf2)")
-    workers: int = option(2, help="rendering processes")
+    workers: int = option(2, help="rendering processes", ge=1)
     cache_dir: str = option("", help="parsed-score cache (default: $MUSICLENS_CACHE/scores or ~/.cache/musiclens/scores)")
     resume: bool = option(False, help="continue an interrupted render in --out")
     overwrite: bool = option(False, help="replace an existing corpus in --out")
@@ -62,6 +62,10 @@ def _check_config(cfg: CorpusConfig) -> None:
         raise MusiclensError("--workers must be at least 1")
     if not Path(cfg.soundfont).is_file():
         raise MusiclensError(f"soundfont not found: {cfg.soundfont} (Debian: apt-get install fluid-soundfont-gm)")
+    with open(cfg.soundfont, "rb") as f:  # RIFF....sfbk: FluidSynth would fail only inside a worker
+        head = f.read(12)
+    if head[:4] != b"RIFF" or head[8:12] != b"sfbk":
+        raise MusiclensError(f"not a SoundFont 2 file: {cfg.soundfont}")
     try:
         import fluidsynth  # noqa: F401
     except ImportError as e:
@@ -187,6 +191,9 @@ def render_corpus(cfg: CorpusConfig, progress: bool = True) -> dict:
     }
 
 
+REQUIRED_KEYS = ("id", "path", "split", "seconds", "caption")
+
+
 def load_metadata(corpus_dir: str | Path) -> list[dict]:
     """The clip records of a rendered corpus (`DIR/metadata.jsonl`), in id order."""
     d = Path(corpus_dir)
@@ -198,11 +205,19 @@ def load_metadata(corpus_dir: str | Path) -> list[dict]:
             raise MusiclensError(f"corpus {d} is incomplete (no metadata.jsonl): run `musiclens corpus render --resume`")
         raise MusiclensError(f"not a musiclens corpus (no metadata.jsonl): {d}")
     out = []
-    for i, line in enumerate(meta.read_text().splitlines()):
+    try:
+        text = meta.read_text()
+    except UnicodeDecodeError:
+        raise MusiclensError(f"{meta} is not a text file")
+    for i, line in enumerate(text.splitlines()):
         if not line.strip():
             continue
         try:
-            out.append(json.loads(line))
+            rec = json.loads(line)
         except json.JSONDecodeError as e:
             raise MusiclensError(f"{meta}:{i + 1}: invalid JSON: {e}")
+        missing = [k for k in REQUIRED_KEYS if not isinstance(rec, dict) or k not in rec]
+        if missing:  # every reader indexes these; say so here rather than with a KeyError there
+            raise MusiclensError(f"{meta}:{i + 1}: a clip record without {', '.join(missing)}")
+        out.append(rec)
     return out

@@ -49,21 +49,21 @@ class ExtractConfig:
     prompts: Optional[str] = option(None, help="generation mode: text file with one prompt per line")
     layers: str = option("early,25%,50%,75%,late",
                          help="layers to store: indices (2,6), depth names early,25%,50%,75%,late, or all")
-    seconds: float = option(10.0, help="clip length: audio is cut/zero-padded to it; generation length")
-    min_seconds: float = option(1.0, help="skip audio files shorter than this")
-    batch_size: int = option(8, help="clips (or prompts) per forward pass")
+    seconds: float = option(10.0, help="clip length: audio is cut/zero-padded to it; generation length", gt=0)
+    min_seconds: float = option(1.0, help="skip audio files shorter than this", ge=0)
+    batch_size: int = option(8, help="clips (or prompts) per forward pass", ge=1)
     device: str = option("cpu", help="cpu, cuda, cuda:1, ... (under torchrun cuda means cuda:LOCAL_RANK)")
     dtype: str = option("float32", help="model compute dtype", choices=DTYPE_CHOICES)
     store_dtype: str = option("float16", help="dtype of stored activations", choices=DTYPE_CHOICES)
     frames_per_clip: int = option(0, help="store a random subset of this many frames per clip (0 = all); "
-                                          "seeded by --seed and the clip index")
+                                          "seeded by --seed and the clip index", ge=0)
     captions: Optional[str] = option(None, help="metadata .jsonl/.csv with a caption per clip (path/file_name/id "
                                                 "+ caption/text); default: empty text conditioning")
     seed: int = option(0, help="seed for generation and frame subsets")
     branch: str = option("cond", help="generation mode: CFG branch to record", choices=["cond", "uncond"])
     guidance_scale: float = option(3.0, help="generation mode: classifier-free guidance scale")
-    shard_rows: int = option(16384, help="rows per store shard (shards hold whole clips)")
-    workers: int = option(2, help="audio decoding threads")
+    shard_rows: int = option(16384, help="rows per store shard (shards hold whole clips)", ge=1)
+    workers: int = option(2, help="audio decoding threads", ge=1)
     resume: bool = option(False, help="continue an interrupted extraction into the existing store")
 
 

@@ -54,21 +54,21 @@ class AnnotateConfig:
                                    help="strategies to run: tagger, clap, llm (llm is skipped when no endpoint is "
                                         "configured)")
     tagger: str = option("organism", help="'organism' or a local HF audio-classification folder")
-    agreement: float = option(0.7, help="tagger: share of top clips that must share a label")
+    agreement: float = option(0.7, help="tagger: share of top clips that must share a label", ge=0, le=1)
     tagger_p: float = option(0.01, help="tagger: ... and the one-sided binomial p-value of that share, given the "
-                                        "label's rate among all tagged clips, must be at most this")
+                                        "label's rate among all tagged clips, must be at most this", gt=0, le=1)
     clap: Optional[str] = option(None, help="local HF ClapModel folder (default: the shipped mini-CLAP)")
     clap_agreement: float = option(0.5, help="clap: share of top clips whose own best text must be the label "
-                                             "(else the feature stays unlabelled)")
+                                             "(else the feature stays unlabelled)", ge=0, le=1)
     labels: Optional[str] = option(None, help="text file of candidate label texts for CLAP, one per line "
                                               "(default: the corpus concepts)")
     llm_provider: Optional[str] = option(None, help="openai or gemini (env MUSICLENS_LLM_PROVIDER)")
     llm_url: Optional[str] = option(None, help="endpoint base URL (env MUSICLENS_LLM_URL / OPENAI_BASE_URL)")
     llm_key: Optional[str] = option(None, help="API key (env MUSICLENS_LLM_KEY / OPENAI_API_KEY / GEMINI_API_KEY)")
     llm_model: Optional[str] = option(None, help="model name (env MUSICLENS_LLM_MODEL)")
-    llm_timeout: float = option(60.0, help="seconds per LLM request")
-    llm_retries: int = option(1, help="retries after a timeout / server error")
-    save_every: int = option(50, help="features between saves of annotations.json")
+    llm_timeout: float = option(60.0, help="seconds per LLM request", gt=0)
+    llm_retries: int = option(1, help="retries after a timeout / server error", ge=0)
+    save_every: int = option(50, help="features between saves of annotations.json", ge=1)
     resume: bool = option(False, help="keep existing annotations and do only the missing ones")
     overwrite: bool = option(False, help="replace existing annotations")
     report: bool = option(True, help="rebuild report.html")
@@ -245,6 +245,10 @@ def run_annotate(cfg: AnnotateConfig, log=print) -> dict:
     bad = [s for s in cfg.strategies if s not in STRATEGIES]
     if bad:
         raise MusiclensError(f"unknown strategies {bad}; choose from {', '.join(STRATEGIES)}")
+    if not cfg.strategies:
+        raise MusiclensError(f"--strategies is empty; choose from {', '.join(STRATEGIES)}")
+    if cfg.llm_url and not cfg.llm_url.startswith(("http://", "https://")):
+        raise MusiclensError(f"--llm-url must start with http:// or https://, got {cfg.llm_url!r}")
     ann_path = d / "annotations.json"
     if ann_path.exists() and not (cfg.resume or cfg.overwrite):
         raise MusiclensError(f"{ann_path} exists (pass --resume to continue or --overwrite to redo)")

@@ -51,13 +51,13 @@ class BenchmarkConfig:
     features: Optional[str] = option(None, help="a `musiclens features` directory: its SAEs are used and the "
                                                 "label precision of its annotations is measured")
     pool: str = option("max", help="clip-level score of a feature", choices=["max", "mean"])
-    k_sparse: int = option(5, help="features in the k-sparse probe")
-    recovered_auroc: float = option(0.9, help="a concept is recovered when the best feature's AUROC reaches this")
+    k_sparse: int = option(5, help="features in the k-sparse probe", ge=1)
+    recovered_auroc: float = option(0.9, help="a concept is recovered when the best feature's AUROC reaches this", ge=0, le=1)
     label_auroc: float = option(0.75, help="an annotation is correct when the feature's AUROC for the named concept "
-                                           "value reaches this")
-    min_positives: int = option(4, help="concept values with fewer positive clips (per half) are skipped")
+                                           "value reaches this", ge=0, le=1)
+    min_positives: int = option(4, help="concept values with fewer positive clips (per half) are skipped", ge=1)
     seed: int = option(0, help="seed of the A/B split")
-    batch_size: int = option(4096, help="rows per SAE encode call")
+    batch_size: int = option(4096, help="rows per SAE encode call", ge=1)
     device: str = option("cpu", help="torch device for encoding")
     overwrite: bool = option(False, help="replace an existing output directory")
 

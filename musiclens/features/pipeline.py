@@ -44,27 +44,27 @@ class FeaturesConfig:
     audio: Optional[str] = option(None, help="instead of a store: audio folder / list, activations extracted on "
                                             "the fly (nothing stored)")
     model: Optional[str] = option(None, help="with --audio: the model (default: the SAEs' model_name, else organism)")
-    seconds: float = option(10.0, help="with --audio: clip length (audio is cut to it)")
-    extract_batch: int = option(8, help="with --audio: clips per model forward pass")
-    top_n: int = option(10, help="top tracks kept per feature")
-    threshold: float = option(0.0, help="a frame fires when the activation exceeds this")
-    min_frames: int = option(1, help="a track fires when at least this many frames fire ...")
-    min_fraction: float = option(0.0, help="... and at least this fraction of its frames fire")
-    span_gap: int = option(5, help="non-firing frames that do not break a firing span")
-    min_rate: float = option(0.01, help="filtering: features firing in fewer tracks are too rare")
-    max_rate: float = option(0.25, help="filtering: features firing in more tracks are too common")
+    seconds: float = option(10.0, help="with --audio: clip length (audio is cut to it)", gt=0)
+    extract_batch: int = option(8, help="with --audio: clips per model forward pass", ge=1)
+    top_n: int = option(10, help="top tracks kept per feature", ge=1)
+    threshold: float = option(0.0, help="a frame fires when the activation exceeds this", ge=0)
+    min_frames: int = option(1, help="a track fires when at least this many frames fire ...", ge=1)
+    min_fraction: float = option(0.0, help="... and at least this fraction of its frames fire", ge=0, le=1)
+    span_gap: int = option(5, help="non-firing frames that do not break a firing span", ge=0)
+    min_rate: float = option(0.01, help="filtering: features firing in fewer tracks are too rare", ge=0, le=1)
+    max_rate: float = option(0.25, help="filtering: features firing in more tracks are too common", ge=0, le=1)
     clips: bool = option(True, help="write top clips (audio) for valid features")
     max_clip_features: int = option(64, help="features per SAE that get top clips (a seeded random sample of the "
-                                              "valid ones; 0 = all valid)")
-    min_seconds: float = option(1.0, help="top clips are padded to at least this length around the peak")
-    max_seconds: float = option(4.0, help="top clips are cut to at most this length around the peak")
+                                              "valid ones; 0 = all valid)", ge=0)
+    min_seconds: float = option(1.0, help="top clips are padded to at least this length around the peak", ge=0)
+    max_seconds: float = option(4.0, help="top clips are cut to at most this length around the peak", gt=0)
     audio_root: Optional[str] = option(None, help="folder that the clip table's relative audio paths are under "
                                                   "(default: from the store's metadata)")
-    frame_rate: Optional[float] = option(None, help="activation frames per second (default: the store's model)")
-    batch_size: int = option(4096, help="rows per SAE encode call")
+    frame_rate: Optional[float] = option(None, help="activation frames per second (default: the store's model)", gt=0)
+    batch_size: int = option(4096, help="rows per SAE encode call", ge=1)
     rows_per_chunk: int = option(4096, help="rows read from the store at once (whole clips); the dense latents "
-                                            "of a chunk take rows x d_sae x 4 bytes")
-    checkpoint_every: int = option(2000, help="clips between resume checkpoints")
+                                            "of a chunk take rows x d_sae x 4 bytes", ge=1)
+    checkpoint_every: int = option(2000, help="clips between resume checkpoints", ge=1)
     device: str = option("cpu", help="torch device for encoding")
     seed: int = option(0, help="seed for choosing which features get clips")
     layer_prediction: bool = option(True, help="train an MLP to predict each feature's layer from its decoder "
@@ -185,6 +185,12 @@ def run_features(cfg: FeaturesConfig) -> dict:
         raise MusiclensError("pass at least one --sae")
     if (cfg.store is None) == (cfg.audio is None):
         raise MusiclensError("pass exactly one of --store and --audio")
+    if cfg.min_seconds > cfg.max_seconds:
+        raise MusiclensError(f"--min-seconds {cfg.min_seconds:g} is above --max-seconds {cfg.max_seconds:g}")
+    if cfg.min_rate > cfg.max_rate:
+        raise MusiclensError(f"--min-rate {cfg.min_rate:g} is above --max-rate {cfg.max_rate:g}")
+    if cfg.audio_root and not Path(cfg.audio_root).is_dir():
+        raise MusiclensError(f"--audio-root folder not found: {cfg.audio_root}")
     rule = FiringRule(cfg.threshold, cfg.min_frames, cfg.min_fraction, cfg.span_gap)
     frule = FilterRule(cfg.min_rate, cfg.max_rate)
     saes = load_saes(cfg.sae)

@@ -154,7 +154,7 @@ def target_class(bins: LabelBins, attribute: str, target: str) -> int:
     if t in names:
         return names.index(t)
     raise MusiclensError(f"cannot read {attribute} target {target!r}: give a class index 0..{n - 1} "
-                         f"or a value like {'-20dB' if attribute == 'loudness' else '1500Hz'}")
+                         f"or a value like {'--to=-20dB' if attribute == 'loudness' else '1500Hz'}")
 
 
 def direction(cm: ControlModel, attribute: str, k: int) -> torch.Tensor:
@@ -234,13 +234,13 @@ class LatentEditConfig:
 
     audio: str = option(help="input audio file")
     cell: str = option(help="grid cell directory of `musiclens latent train` (SAE + probes)")
-    to: str = option(help="target class: a note for pitch (C5, F#3), for loudness/timbre a class index or a value (-20dB, 1500Hz)")
+    to: str = option(help="target class: a note for pitch (C5, F#3), for loudness/timbre a class index or a value (1500Hz; a negative one needs '=': --to=-20dB)")
     out: str = option(help="output WAV file")
     attribute: str = option("pitch", help="attribute to push", choices=list(ATTRIBUTES))
     alpha: float = option(20.0, help="edit strength (feature units along the unit probe direction)")
     autoencoder: str | None = option(None, help="autoencoder (default: the one the SAE was trained on)")
     keep_error: bool = option(True, help="keep the SAE reconstruction error (edit = delta of SAE decodes)")
-    seconds: float = option(30.0, help="edit at most this many seconds of the input")
+    seconds: float = option(30.0, help="edit at most this many seconds of the input", gt=0)
     measure: bool = option(True, help="measure the three attributes before/after and print them")
     overwrite: bool = option(False, help="replace an existing --out")
 
@@ -314,8 +314,8 @@ class EditSweepConfig:
     out: str = option(help="output directory (edit.json, edit.png, example WAVs)")
     attribute: str = option("pitch", help="attribute to push", choices=list(ATTRIBUTES))
     alphas: list[float] = option(default_factory=lambda: [1.0, 10.0, 20.0, 30.0], help="edit strengths")
-    clips: int = option(4, help="number of held-out clips to edit")
-    seconds: float = option(5.0, help="seconds per clip")
+    clips: int = option(4, help="number of held-out clips to edit", ge=1)
+    seconds: float = option(5.0, help="seconds per clip", gt=0)
     keep_error: bool = option(True, help="keep the SAE reconstruction error")
     autoencoder: str | None = option(None, help="autoencoder (default: the one the SAE was trained on)")
     examples: bool = option(True, help="write the first clip's original and edited audio as WAVs")

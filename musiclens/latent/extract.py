@@ -49,13 +49,13 @@ class LatentExtractConfig:
     autoencoder: str = option("organism", help="organism, tiny-encodec, tiny-dac, tiny-oobleck, a folder or a hub id")
     sites: list[str] = option(default_factory=lambda: [ENCODER_SITE],
                               help="sites to store: latent.encoder and/or latent.q<k> (per codebook), or 'all'")
-    seconds: float = option(10.0, help="seconds of audio per clip (longer clips are cut, shorter are padded)")
+    seconds: float = option(10.0, help="seconds of audio per clip (longer clips are cut, shorter are padded)", gt=0)
     metadata: str | None = option(None, help="corpus metadata.jsonl giving split and caption per clip "
                                              "(default: the one inside --audio when it is a folder)")
-    max_clips: int | None = option(None, help="use at most this many clips (spread evenly over the input)")
+    max_clips: int | None = option(None, help="use at most this many clips (spread evenly over the input)", ge=1)
     labels: bool = option(True, help="measure pitch/loudness/timbre per frame (CREPE is the slow part)")
     crepe_model: str = option("tiny", help="CREPE capacity for pitch labels", choices=["tiny", "full"])
-    batch_size: int = option(8, help="clips encoded together")
+    batch_size: int = option(8, help="clips encoded together", ge=1)
     dtype: str = option("float32", help="store dtype", choices=["float32", "float16", "bfloat16"])
     label_cache: str | None = option(None, help="folder caching frame measurements by audio content (CREPE is "
                                                 "slow; labels do not depend on the autoencoder, only on audio and hop)")

@@ -240,10 +240,10 @@ class TrajectoryConfig:
     prompts: list[str] = option(default_factory=lambda: [
         "a bright piano melody, fast tempo", "a dark cello line, slow tempo", "a soft flute melody in a high register",
         "a loud trumpet tune with drums"], help="comma-separated prompts (one sample each)")
-    seconds: float = option(5.0, help="seconds per sample")
-    steps: int = option(32, help="sampling steps (the paper: 32)")
+    seconds: float = option(5.0, help="seconds per sample", gt=0)
+    steps: int = option(32, help="sampling steps (the paper: 32)", ge=1)
     guidance: float = option(3.0, help="classifier-free guidance scale")
-    threshold: float = option(0.1, help="s_t level that counts as converged")
+    threshold: float = option(0.1, help="s_t level that counts as converged", ge=0)
     seed: int = option(0, help="random seed")
     overwrite: bool = option(False, help="replace an existing --out")
 

@@ -560,7 +560,8 @@ def _load_pretrained(name: str):
         except json.JSONDecodeError as e:
             raise MusiclensError(f"{name}/config.json is not valid JSON: {e}")
         if model_type not in ("musicgen", "musicgen_melody"):
-            raise MusiclensError(f"{name} is a {model_type!r} model, not a MusicGen checkpoint")
+            what = f"a {model_type!r} model" if model_type else "not a model folder (its config.json has no model_type)"
+            raise MusiclensError(f"{name} is {what}, not a MusicGen checkpoint")
     cls = MusicgenMelodyForConditionalGeneration if model_type == "musicgen_melody" or "melody" in name.lower() \
         else MusicgenForConditionalGeneration
     if not local:

@@ -35,7 +35,7 @@ def read_metadata(corpus: str | Path) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line still being written
-        if (corpus / row["path"]).exists():
+        if isinstance(row, dict) and "path" in row and (corpus / row["path"]).exists():
             rows.append(row)
     if not rows:
         raise MusiclensError(f"the corpus has no clips yet: {corpus}")

@@ -249,12 +249,22 @@ def pick_strength(sweep_res: dict, sign: int = 1, fad_factor: float = 2.0) -> di
     return max(ok, key=lambda r: abs(r[name]))
 
 
+def check_sizes(vecs, sizes: Sequence[int]) -> int:
+    """Prompts per set in `vecs`; a one-line error for a size it cannot draw (instead of dropping it)."""
+    n_avail = min(vecs.pos[vecs.layers[0]].shape[0], vecs.neg[vecs.layers[0]].shape[0])
+    bad = [int(n) for n in sizes if not 2 <= int(n) <= n_avail]
+    if bad:
+        raise MusiclensError(f"--sizes {bad}: each must be between 2 and {n_avail}, the prompts per set "
+                             "the vectors were made from")
+    return n_avail
+
+
 def ablate_prompts(runner: Runner, vecs, sizes: Sequence[int], lam: float, strategy: str, layer: int | None,
                    repeats: int = 1, seed: int = 0) -> dict:
     """Steering effect vs the number of prompts per set used to estimate Δ."""
     metric = runner.metrics[0]
-    n_avail = min(vecs.pos[vecs.layers[0]].shape[0], vecs.neg[vecs.layers[0]].shape[0])
-    sizes = sorted({int(n) for n in sizes if 2 <= int(n) <= n_avail} | {n_avail})
+    n_avail = check_sizes(vecs, sizes)
+    sizes = sorted({int(n) for n in sizes} | {n_avail})
     base = runner.baseline()
     ref_layer = layer if layer is not None else vecs.layers[len(vecs.layers) // 2]
     full = vecs.delta(ref_layer)

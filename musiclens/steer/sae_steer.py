@@ -108,6 +108,13 @@ def feature_steer(model, sae_path: str | Path, features: Sequence[int], alpha: f
     sae = load_sae_checked(sae_path, model)
     layer = sae_layer(sae)
     feats = [int(j) for j in features]
+    n = sae.cfg.d_sae
+    bad = [j for j in feats if not 0 <= j < n]
+    if bad:  # checked here, before a sweep or evaluation generates anything
+        raise MusiclensError(f"feature(s) {bad[:5]} out of range: the SAE has features 0..{n - 1}")
+    for name, v in (("--alpha", alpha), ("--beta", beta)):
+        if isinstance(v, (list, tuple)) and len(v) not in (0, 1, len(feats)):
+            raise MusiclensError(f"{name}: give 1 or {len(feats)} values (one per --feature), got {len(v)}")
     if beta is None or (isinstance(beta, (list, tuple)) and len(beta) == 0):
         if catalogue is None:
             raise MusiclensError("SAE steering needs β: pass --beta or --catalogue (a `musiclens features` output)")

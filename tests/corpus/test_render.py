@@ -150,3 +150,21 @@ def test_bad_input_is_one_line_error(tmp_path, capsys):
     (bad / "metadata.jsonl").write_text("{not json\n")
     with pytest.raises(MusiclensError, match="invalid JSON"):
         load_metadata(bad)
+
+
+def test_corrupt_metadata_is_a_one_line_error(tmp_path):
+    """A record missing a key every reader indexes, or a binary file, is named here, not met as a KeyError later."""
+    import json
+
+    import pytest
+
+    from musiclens.corpus import load_metadata
+    from musiclens.errors import MusiclensError
+
+    meta = tmp_path / "metadata.jsonl"
+    meta.write_text(json.dumps({"id": 0, "path": "audio/0.wav", "caption": "x"}) + "\n")
+    with pytest.raises(MusiclensError, match=r"metadata.jsonl:1: a clip record without split, seconds"):
+        load_metadata(tmp_path)
+    meta.write_bytes(b"\xff\xfe\x00\x81 not text")
+    with pytest.raises(MusiclensError, match="is not a text file"):
+        load_metadata(tmp_path)
