@@ -42,7 +42,7 @@ def summarize(records: list[dict]) -> dict:
     """Counts per split and per factor, total audio, BPM range."""
     from ..corpus import HEADS
 
-    out = {"clips": len(records), "hours": round(sum(r["seconds"] for r in records) / 3600, 3),
+    out = {"clips": len(records), "hours": round(sum(r.get("seconds", 0) for r in records) / 3600, 3),
            "sources": len({r["source"] for r in records}),
            "split": dict(collections.Counter(r["split"] for r in records))}
     for head in HEADS:

@@ -191,7 +191,7 @@ def render_corpus(cfg: CorpusConfig, progress: bool = True) -> dict:
     }
 
 
-REQUIRED_KEYS = ("id", "path", "split", "seconds", "caption")
+REQUIRED_KEYS = ("id", "path", "split", "caption")
 
 
 def load_metadata(corpus_dir: str | Path) -> list[dict]:
