@@ -4,7 +4,7 @@
 #
 # It runs there, from the repository root, as the command of a device call that carries `.whl`
 # (librosa, soundfile and their dependencies) and a folder made here by `musiclens organism pack-lm`
-# (codes, codec in float16 with its decoder zeroed, trimmed MiniLM). The call:
+# (codes, codec in float16 with its encoder and decoder zeroed, trimmed MiniLM). The call:
 #   1. installs the carried wheels, once (the machine has torch and transformers);
 #   2. builds a run folder $RUN from the pack: codes, codec widened back to float32, and the
 #      MiniLM unpacked, named by MUSICLENS_MINILM for every stage; a pack made with
