@@ -147,3 +147,17 @@ def test_unreadable_audio_is_one_line(tmp_path):
     err = r.stderr.strip().splitlines()  # the reason depends on the decoders installed (ffmpeg or none)
     assert r.returncode == 2 and len(err) == 1 and err[0].startswith(f"error: cannot read audio {tmp_path / 'in'}")
     assert not (tmp_path / "m").exists()
+
+
+def test_loading_the_organism_prints_no_weight_bars():
+    """transformers' per-load 'Loading weights' bars are off for local loads (and back on afterwards)."""
+    r = _run("models", "info", "organism")
+    assert r.returncode == 0, r.stderr
+    assert "Loading weights" not in r.stderr
+    from transformers.utils import logging as hf_logging
+
+    from musiclens.models.organism import quiet_loading
+
+    with quiet_loading():
+        assert not hf_logging.is_progress_bar_enabled()
+    assert hf_logging.is_progress_bar_enabled()

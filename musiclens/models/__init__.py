@@ -569,12 +569,16 @@ def _load_pretrained(name: str):
             raise MusiclensError(f"unknown model {name!r}: expected organism, tiny-random, tiny-random-melody, "
                                  f"a local folder, or a hub id like facebook/musicgen-small")
     try:
+        from .organism import quiet_loading
+
         if local:
-            hf = cls.from_pretrained(str(path), dtype=torch.float32)  # (not "auto": a half-precision
+            with quiet_loading():
+                hf = cls.from_pretrained(str(path), dtype=torch.float32)  # (not "auto": a half-precision
             # checkpoint would otherwise bring its codec in half precision too; --dtype casts afterwards)
         else:
             try:  # the local HF cache first: no network round trips
-                hf = cls.from_pretrained(name, local_files_only=True, dtype=torch.float32)
+                with quiet_loading():
+                    hf = cls.from_pretrained(name, local_files_only=True, dtype=torch.float32)
             except OSError:
                 if not _hub_reachable():
                     raise MusiclensError(f"model {name!r} is not in the local Hugging Face cache and the hub is "

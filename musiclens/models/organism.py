@@ -18,6 +18,7 @@ them) and loads the shipped folder `musiclens/assets/organism/musicgen/`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -128,12 +129,32 @@ def set_sdpa(model) -> None:
         pass
 
 
+@contextlib.contextmanager
+def quiet_loading():
+    """transformers' "Loading weights" bars off while a local model loads (then as they were).
+
+    Why: a command loads its model in about a second, and the two bars of each load buried the
+    command's own output and its one-line errors. Downloads from the hub keep theirs: only local
+    loads use this.
+    """
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def load_text_encoder(device: str = "cpu"):
     """The frozen MiniLM BertModel and its tokenizer, from the package (offline)."""
     from transformers import AutoTokenizer, BertModel
 
     path = minilm_path()
-    enc = BertModel.from_pretrained(path).float().to(device).eval()  # (a trimmed copy is stored in float16)
+    with quiet_loading():
+        enc = BertModel.from_pretrained(path).float().to(device).eval()  # (a trimmed copy is stored in float16)
     for p in enc.parameters():
         p.requires_grad_(False)
     kept = path / "kept_token_ids.json"
@@ -170,8 +191,9 @@ def load_organism_hf(device: str = "cpu", path: str | Path | None = None):
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the MiniLM keys are "missing" by design; don't alarm users
     try:
-        model = MusicgenForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
-        minilm = BertModel.from_pretrained(minilm_path())
+        with quiet_loading():
+            model = MusicgenForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
+            minilm = BertModel.from_pretrained(minilm_path())
     finally:
         hf_logging.set_verbosity(verbosity)
     model.text_encoder.load_state_dict(minilm.state_dict())
