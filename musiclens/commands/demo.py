@@ -83,8 +83,9 @@ def run(args) -> int:
     m = load_model(model)  # model and layers are checked before anything is written
     layer = m.parse_layers(cfg.steer_layer)[0]
     sae_layer = m.parse_layers(cfg.layers)[len(m.parse_layers(cfg.layers)) // 2]
-    if cfg.k >= cfg.expansion * m.d_model:
-        raise MusiclensError(f"--k {cfg.k} must be below the SAE's {cfg.expansion} x {m.d_model} latents")
+    from ..sae.train import make_combos
+
+    make_combos("topk", [cfg.expansion], [cfg.k], [], m.d_model)  # train-sae's own check of k vs the SAE's width
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)

@@ -15,11 +15,10 @@ prompts that name no steered concept.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import add_arguments, from_args, option, save_config
+from ..config import add_arguments, check_values, from_args, option, save_config
 from ..errors import MusiclensError
 
 
@@ -127,10 +126,7 @@ def _prepare_out(cfg) -> Path:
 def _check_common(cfg) -> None:
     from ..steer.metrics import check_metric
 
-    if not (math.isfinite(cfg.seconds) and cfg.seconds > 0):
-        raise MusiclensError(f"--seconds must be a positive number, got {cfg.seconds}")
-    if cfg.batch_size < 1:
-        raise MusiclensError("--batch-size must be >= 1")
+    check_values(cfg)  # the options' bounds (--seconds, --batch-size, ...), also for a config built in Python
     if not cfg.metric:
         raise MusiclensError("--metric needs at least one metric")
     for m in cfg.metric:
@@ -357,11 +353,8 @@ def run_feature_steering(cfg: FeatureSteeringConfig) -> dict:
                                    load_sae_checked)
     from ..steer.inject import sae_layer
 
-    if not (math.isfinite(cfg.seconds) and cfg.seconds > 0):
-        raise MusiclensError(f"--seconds must be a positive number, got {cfg.seconds}")
+    check_values(cfg)  # bounds: --seconds, --n-samples, ... (bench/steering.py builds this config in Python)
     alpha = check_strength(cfg.alpha, "--alpha")
-    if cfg.n_samples < 2:
-        raise MusiclensError("--n-samples must be >= 2")
     model = _model(cfg)
     sae = load_sae_checked(cfg.sae, model)
     layer = sae_layer(sae)
@@ -388,10 +381,7 @@ def run_feature_steering(cfg: FeatureSteeringConfig) -> dict:
         if not cfg.features_dir:
             raise MusiclensError("β needed: --beta or --features-dir")
         betas = dict(zip(feats, betas_from_catalogue(cfg.features_dir, cfg.sae, layer, feats)))
-    bad = [j for j in feats if not 0 <= j < sae.cfg.d_sae]
-    if bad:
-        raise MusiclensError(f"feature(s) {bad[:5]} out of range: the SAE has features 0..{sae.cfg.d_sae - 1}")
-    base = feature_steer(model, cfg.sae, [feats[0]], alpha=1.0, beta=betas[feats[0]])
+    base = feature_steer(model, cfg.sae, feats, alpha=1.0, beta=[betas[j] for j in feats])  # checks every feature
     out = _prepare_out(cfg)
 
     def spec(j: int, a: float):

@@ -25,12 +25,12 @@ class GenerateConfig:
     model: str = option("organism", help="model: organism, tiny-random, a local HF folder or hub id")
     prompt: str | None = option(None, help="one text prompt (or use --prompts)")
     prompts: str | None = option(None, help="file with one prompt per line")
-    seconds: float = option(5.0, help="length of each clip in seconds")
+    seconds: float = option(5.0, help="length of each clip in seconds", gt=0)
     seed: int = option(0, help="random seed (same seed, prompts and batch size -> same audio)")
     guidance_scale: float = option(3.0, help="classifier-free guidance scale (1 disables CFG)")
-    temperature: float = option(1.0, help="sampling temperature")
-    top_k: int = option(250, help="top-k sampling")
-    batch_size: int = option(8, help="prompts per generation batch")
+    temperature: float = option(1.0, help="sampling temperature", gt=0)
+    top_k: int = option(250, help="top-k sampling (0 keeps every token)", ge=0)
+    batch_size: int = option(8, help="prompts per generation batch", ge=1)
     audio_prompt: str | None = option(None, help="audio file to continue (mono-mixed, resampled); every clip "
                                                  "starts with it and --seconds counts it")
     prompt_seconds: float | None = option(None, help="use only the first S seconds of --audio-prompt")
@@ -122,13 +122,10 @@ def generate_batched(model, prompts, cfg, audio_prompt=None, keep_codes=None, ke
 
 def run(args) -> int:
     from ..audio import clip_names, write_wav
-    from ..models import check_sampling, load_model
+    from ..models import load_model
 
     cfg = from_args(GenerateConfig, args)
     prompts = load_prompt_args(cfg.prompt, cfg.prompts)
-    if cfg.batch_size < 1:
-        raise MusiclensError("--batch-size must be >= 1")
-    check_sampling(cfg.seconds, cfg.temperature, cfg.top_k, cfg.guidance_scale)
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise MusiclensError(f"output folder exists and is not empty: {out} (use --overwrite)")

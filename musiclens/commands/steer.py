@@ -24,12 +24,12 @@ class SteerConfig:
     model: str = option("organism", help="model name (organism, tiny-random, a folder, a hub id)")
     prompt: str | None = option(None, help="a single prompt")
     prompts: str | None = option(None, help="prompt file, one prompt per line")
-    seconds: float = option(5.0, help="seconds of audio per prompt")
+    seconds: float = option(5.0, help="seconds of audio per prompt", gt=0)
     seed: int = option(0, help="seed (batch b uses seed + b, as `musiclens generate`)")
-    batch_size: int = option(8, help="prompts generated per batch")
+    batch_size: int = option(8, help="prompts generated per batch", ge=1)
     guidance_scale: float = option(3.0, help="classifier-free guidance scale")
-    temperature: float = option(1.0, help="sampling temperature")
-    top_k: int = option(250, help="top-k sampling")
+    temperature: float = option(1.0, help="sampling temperature", gt=0)
+    top_k: int = option(250, help="top-k sampling (0 keeps every token)", ge=0)
     audio_prompt: str | None = option(None, help="audio file to continue, as `musiclens generate --audio-prompt`")
     prompt_seconds: float | None = option(None, help="use only the first S seconds of --audio-prompt")
     vector: list[str] = option(default_factory=list, help="DiffMean vector director(y/ies), comma-separated to compose")
@@ -89,7 +89,6 @@ def build_specs(model, cfg: SteerConfig) -> list:
 
 def run(cfg: SteerConfig) -> dict:
     from .. import load_model
-    from ..models import check_sampling
     from ..io import atomic_dir, write_json
     from ..steer.generation import generate_batched, write_clips
     from ..audio import read_prompts
@@ -100,7 +99,6 @@ def run(cfg: SteerConfig) -> dict:
     prompts = [cfg.prompt] if cfg.prompt is not None else read_prompts(cfg.prompts)
     if cfg.prompt is not None and not cfg.prompt.strip():
         raise MusiclensError("--prompt is empty")
-    check_sampling(cfg.seconds, cfg.temperature, cfg.top_k, cfg.guidance_scale)
     steps = None
     if cfg.steps:
         if len(cfg.steps) != 2 or cfg.steps[0] < 0 or cfg.steps[1] <= cfg.steps[0]:

@@ -81,8 +81,8 @@ def load_tagger(spec: str):
         return OrganismTagger(str(p))
     if p.exists():
         raise MusiclensError(f"{spec}: no config.json; not a tagger folder")
-    import re
+    from ..models import looks_like_hub_id
 
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", str(spec)) or str(spec).startswith("."):
+    if not looks_like_hub_id(str(spec)):
         raise MusiclensError(f"tagger folder not found: {spec}")  # not "org/name": no hub retries
     return HFAudioTagger(spec)

@@ -185,10 +185,9 @@ def load_clap(path: str | Path | None = None):
             if (p / "model.safetensors").exists() and "n_mels" in json.loads(cfg.read_text()):
                 return MiniClap(p)
         if not p.exists():
-            import re
+            from ..models import looks_like_hub_id
 
-            if not re.fullmatch(r"[\w.-]+/[\w.-]+", str(path)) or str(path).startswith("."):
-                # not "org/name": a local folder that is missing, not worth 40 s of hub retries
+            if not looks_like_hub_id(str(path)):  # a local folder that is missing: not worth 40 s of hub retries
                 raise MusiclensError(f"CLAP folder not found: {path}")
             return HFClap(path)   # a hub id (works only with a cache / network)
         raise MusiclensError(f"{path} is neither an HF CLAP folder nor a musiclens mini-CLAP")

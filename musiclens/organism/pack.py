@@ -226,7 +226,7 @@ def pack_lm(cfg: PackLMConfig) -> dict:
     if out.exists():
         raise MusiclensError(f"output exists: {out}")
     init = Path(cfg.init) if cfg.init else None
-    if init is not None and not ((init / "config.json").exists() and (init / "model.safetensors").exists()):
+    if init is not None and not O.is_hf_folder(init):
         raise MusiclensError(f"--init is not an organism HF folder (needs config.json and model.safetensors): {init}")
     rows = json.loads((cdir / "index.json").read_text())["rows"]
     idx = range(len(rows))

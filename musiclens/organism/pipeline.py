@@ -85,8 +85,8 @@ class OrganismTrainConfig:
     tune_steps: int = option(5500, "caption-contrast fine-tuning steps from the LM's weights (0 = skip the "
                                    "stage; shipped run: 3,500 steps, extended to 5,500 with --resume, ~78 min "
                                    "on 2 CPU cores)")
-    tune_lr: float = option(5e-4, "peak learning rate of the fine-tuning")
-    lm_lr: float = option(1.5e-3, "peak learning rate of the lm stage (linear warm-up, cosine decay to 10%)")
+    tune_lr: float = option(5e-4, "peak learning rate of the fine-tuning (0 keeps the weights)", ge=0)
+    lm_lr: float = option(1.5e-3, "peak learning rate of the lm stage (linear warm-up, cosine decay to 10%)", ge=0)
     lm_init: str = option("", "LM checkpoint or organism HF folder the lm stage starts from, with a fresh "
                               "optimiser and schedule: train an LM longer where its checkpoint stayed behind "
                               "(tools/device_lm.sh with a pack-lm --init pack)")
@@ -121,8 +121,6 @@ def train(cfg: OrganismTrainConfig) -> dict:
     # option errors before anything is written to --out
     if cfg.tune_init and not Path(cfg.tune_init).exists():
         raise MusiclensError(f"no LM checkpoint to fine-tune in {cfg.tune_init}: check --tune-init")
-    if not cfg.lm_lr >= 0 or not cfg.tune_lr >= 0:  # (0 keeps the weights: tests use it)
-        raise MusiclensError("--lm-lr and --tune-lr must be >= 0")
     if cfg.lm_init and not Path(cfg.lm_init).exists():
         raise MusiclensError(f"no LM checkpoint to continue in {cfg.lm_init}: check --lm-init")
     if cfg.stage == "decoder" and cfg.decoder_steps <= 0:

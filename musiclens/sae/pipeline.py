@@ -28,7 +28,7 @@ from typing import Optional
 
 import torch
 
-from ..config import option, save_config, to_dict
+from ..config import check_values, option, save_config, to_dict
 from ..errors import MusiclensError
 from ..io import atomic_dir, atomic_path, write_json
 from . import data as sdata
@@ -52,27 +52,27 @@ class TrainSAEConfig:
     k: list[int] = option(default_factory=lambda: [100], help="active latents per row (topk, batchtopk); a list sweeps")
     l1: list[float] = option(default_factory=lambda: [0.05],
                              help="L1 coefficient λ (rmsnorm_l1; the paper uses 0.005-0.15); a list sweeps")
-    batch_size: int = option(4096, help="rows per optimizer step (global, split over torchrun processes)")
-    steps: int = option(0, help="optimizer steps (0 = --epochs passes over the store)")
-    epochs: float = option(1.0, help="passes over the store when --steps is 0")
-    lr: float = option(0.0, help="Adam learning rate (0 = 2e-4/sqrt(d_sae/16384), scaled with width)")
-    warmup_steps: int = option(1000, help="linear warm-up steps (at most 10% of all steps)")
-    decay_fraction: float = option(0.2, help="final fraction of steps with linear decay to 0")
-    auxk_alpha: float = option(1 / 32, help="weight of the AuxK loss on dead latents (topk, batchtopk)")
+    batch_size: int = option(4096, help="rows per optimizer step (global, split over torchrun processes)", ge=1)
+    steps: int = option(0, help="optimizer steps (0 = --epochs passes over the store)", ge=0)
+    epochs: float = option(1.0, help="passes over the store when --steps is 0", gt=0)
+    lr: float = option(0.0, help="Adam learning rate (0 = 2e-4/sqrt(d_sae/16384), scaled with width)", ge=0)
+    warmup_steps: int = option(1000, help="linear warm-up steps (at most 10% of all steps)", ge=0)
+    decay_fraction: float = option(0.2, help="final fraction of steps with linear decay to 0", ge=0)
+    auxk_alpha: float = option(1 / 32, help="weight of the AuxK loss on dead latents (topk, batchtopk)", ge=0)
     dead_tokens: int = option(10_000_000, help="a latent is dead after this many rows without firing "
-                                               "(capped at a quarter of the training rows)")
-    init_rows: int = option(16384, help="rows sampled for input scaling and the geometric-median b_dec")
-    eval_rows: int = option(16384, help="rows sampled (seeded) for metrics.json")
+                                               "(capped at a quarter of the training rows)", gt=0)
+    init_rows: int = option(16384, help="rows sampled for input scaling and the geometric-median b_dec", gt=0)
+    eval_rows: int = option(16384, help="rows sampled (seeded) for metrics.json", gt=0)
     eval_store: Optional[str] = option(None, help="held-out store for metrics.json and the spliced evaluation "
                                                   "(default: the training store)")
-    splice_clips: int = option(8, help="clips replayed through the model for the spliced evaluation (0 = skip)")
+    splice_clips: int = option(8, help="clips replayed through the model for the spliced evaluation (0 = skip)", ge=0)
     model: Optional[str] = option(None, help="model for the spliced evaluation (default: the store's model)")
     device: str = option("auto", help="auto (cuda if available), cpu, cuda, cuda:1 (torchrun: cuda:LOCAL_RANK)")
     autocast: str = option("auto", help="bf16 autocast of the encoder matmul: auto (on CUDA), bf16, none",
                            choices=["auto", "bf16", "none"])
     save_dtype: str = option("float32", help="dtype of the saved weights", choices=["float32", "bfloat16", "float16"])
-    max_bad_fraction: float = option(0.001, help="fail if more than this fraction of rows have NaN/Inf")
-    checkpoint_minutes: float = option(10.0, help="minutes between checkpoints in OUT.partial/")
+    max_bad_fraction: float = option(0.001, help="fail if more than this fraction of rows have NaN/Inf", ge=0)
+    checkpoint_minutes: float = option(10.0, help="minutes between checkpoints in OUT.partial/", gt=0)
     seed: int = option(0, help="seed for initialisation and batch order")
     resume: bool = option(False, help="continue an interrupted run from OUT.partial/")
     overwrite: bool = option(False, help="replace an existing OUT")
@@ -132,21 +132,10 @@ def _barrier() -> None:
 def _validate(cfg: TrainSAEConfig, out: Path):
     """Everything a user can get wrong, checked before anything is written."""
     store = sdata.open_store(cfg.store, cfg.layer)
+    check_values(cfg)  # the options' bounds, also for a config built in Python
     combos = make_combos(cfg.arch, cfg.expansion, cfg.k, cfg.l1, store.d_model)
-    if cfg.batch_size < 1:
-        raise MusiclensError("--batch-size must be >= 1")
-    if cfg.steps < 0 or not cfg.epochs > 0:
-        raise MusiclensError("--steps must be >= 0 and --epochs > 0")
-    if not 0 <= cfg.decay_fraction < 1:
-        raise MusiclensError("--decay-fraction must be in [0, 1)")
-    if not 0 <= cfg.max_bad_fraction < 1:
-        raise MusiclensError("--max-bad-fraction must be in [0, 1)")
-    for name in ("lr", "warmup_steps", "auxk_alpha", "splice_clips"):
-        if not getattr(cfg, name) >= 0:  # a negative learning rate trains away from the data; NaN fails too
-            raise MusiclensError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
-    for name in ("dead_tokens", "init_rows", "eval_rows", "checkpoint_minutes"):
-        if not getattr(cfg, name) > 0:
-            raise MusiclensError(f"--{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")
+    if cfg.decay_fraction >= 1 or cfg.max_bad_fraction >= 1:  # (bounds hold >= 0; 1 itself is out too)
+        raise MusiclensError("--decay-fraction and --max-bad-fraction must be below 1")
     if cfg.eval_store:
         ev = sdata.open_store(cfg.eval_store, cfg.layer)
         if ev.d_model != store.d_model:
