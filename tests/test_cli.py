@@ -161,3 +161,13 @@ def test_loading_the_organism_prints_no_weight_bars():
     with quiet_loading():
         assert not hf_logging.is_progress_bar_enabled()
     assert hf_logging.is_progress_bar_enabled()
+
+
+def test_building_an_organism_config_prints_no_token_id_warnings():
+    """pad/BOS id = codebook size is MusicGen's layout; transformers' validation calls it "unexpected"."""
+    code = ("from transformers.utils import logging as L; from musiclens.models.organism import musicgen_config; "
+            "v = L.get_verbosity(); c = musicgen_config(); assert c.decoder.pad_token_id == c.decoder.vocab_size; "
+            "assert L.get_verbosity() == v")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "token_id" not in r.stderr

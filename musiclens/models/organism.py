@@ -107,8 +107,9 @@ def musicgen_config(codec_cfg=None, dec_cfg=None):
     text_cfg = AutoConfig.from_pretrained(minilm_path())
     codec_cfg = codec_cfg or codec_config()
     dec_cfg = dec_cfg or decoder_config(codec_cfg.codebook_size)
-    return MusicgenConfig(text_encoder=text_cfg.to_dict(), audio_encoder=codec_cfg.to_dict(),
-                          decoder=dec_cfg.to_dict())
+    with hf_errors_only():  # pad/BOS id = codebook size is MusicGen's own layout, not "unexpected behaviour"
+        return MusicgenConfig(text_encoder=text_cfg.to_dict(), audio_encoder=codec_cfg.to_dict(),
+                              decoder=dec_cfg.to_dict())
 
 
 def configure_generation(model, seconds: float = 8.0) -> None:
@@ -153,6 +154,25 @@ def quiet_loading():
             hf_logging.enable_progress_bar()
 
 
+@contextlib.contextmanager
+def hf_errors_only():
+    """transformers' logging at error level while the block runs (then as it was).
+
+    Why: two of its warnings are wrong for MusicGen and alarmed users. Config validation calls
+    pad/BOS id = codebook size (how every MusicGen checkpoint is laid out) "unexpected
+    behavior", and a load reports the MiniLM keys as missing, which the organism's folder leaves
+    out by design (the text encoder comes from its package).
+    """
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
 def load_text_encoder(device: str = "cpu"):
     """The frozen MiniLM BertModel and its tokenizer, from the package (offline)."""
     from transformers import AutoTokenizer, BertModel
@@ -193,16 +213,10 @@ def load_organism_hf(device: str = "cpu", path: str | Path | None = None):
         raise MusiclensError(f"not an organism HF folder (needs config.json and model.safetensors): {path}")
     path = Path(path)
     from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the MiniLM keys are "missing" by design; don't alarm users
-    try:
-        with quiet_loading():
-            model = MusicgenForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
-            minilm = BertModel.from_pretrained(minilm_path())
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    with hf_errors_only(), quiet_loading():  # the MiniLM keys are "missing" by design
+        model = MusicgenForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
+        minilm = BertModel.from_pretrained(minilm_path())
     model.text_encoder.load_state_dict(minilm.state_dict())
     for p in model.text_encoder.parameters():
         p.requires_grad_(False)

@@ -156,7 +156,10 @@ def load_codec(folder: str | Path, device: str = "cpu"):
     if not (folder / "config.json").exists():
         raise MusiclensError(f"no trained codec in {folder}: run the codec stage first "
                              "(`musiclens organism train --stage codec`)")
-    return EncodecModel.from_pretrained(folder).to(device).eval()
+    from ..models.organism import quiet_loading
+
+    with quiet_loading():
+        return EncodecModel.from_pretrained(folder).to(device).eval()
 
 
 @torch.no_grad()
