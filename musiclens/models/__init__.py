@@ -631,7 +631,9 @@ def save_model(model: MusicModel, out: str | Path, overwrite: bool = False) -> P
     out = Path(out)
     if out.exists() and not overwrite:
         raise MusiclensError(f"output exists: {out} (use --overwrite)")
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    from .organism import quiet_loading
+
+    with atomic_dir(out, overwrite=overwrite) as tmp, quiet_loading():
         model.hf.save_pretrained(tmp)
         model.tokenizer.save_pretrained(tmp)
     return out

@@ -137,11 +137,12 @@ def set_sdpa(model) -> None:
 
 @contextlib.contextmanager
 def quiet_loading():
-    """transformers' "Loading weights" bars off while a local model loads (then as they were).
+    """transformers' "Loading weights" / "Writing model shards" bars off while a local model loads
+    or saves (then as they were).
 
     Why: a command loads its model in about a second, and the two bars of each load buried the
-    command's own output and its one-line errors. Downloads from the hub keep theirs: only local
-    loads use this.
+    command's own output and its one-line errors (and every checkpoint of a training stage added
+    one to its log). Downloads from the hub keep theirs: only local loads and saves use this.
     """
     from transformers.utils import logging as hf_logging
 

@@ -144,8 +144,9 @@ def _save(path: Path, codec, opt, step: int, rng, cfg, clock: Clock, log_extra: 
 def export_codec(codec, out: Path) -> None:
     """Write the codec as a standard HF folder (atomically replaced)."""
     from ..io import atomic_dir
+    from ..models.organism import quiet_loading
 
-    with atomic_dir(out, overwrite=True) as tmp:
+    with atomic_dir(out, overwrite=True) as tmp, quiet_loading():
         codec.save_pretrained(tmp)
 
 

@@ -127,8 +127,10 @@ def test_generate_continues_an_audio_prompt(model):
         model.generate(["a", "b", "c"], seconds=0.4, audio_prompt=wav)
 
 
-def test_save_and_reload(tmp_path, tiny_model):
+def test_save_and_reload(tmp_path, tiny_model, capfd):
+    capfd.readouterr()
     out = save_model(tiny_model, tmp_path / "m")
+    assert "Writing model shards" not in capfd.readouterr().err  # transformers' bar, off for local saves
     m2 = load_model(str(out), cache=False)
     assert m2.kind == "musicgen" and m2.d_model == tiny_model.d_model
     ids = tiny_model.decoder_input_ids(tiny_model.encode_audio(torch.randn(1, 4000) * 0.2))
