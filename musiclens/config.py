@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import operator
 import types
 import typing
 from pathlib import Path
@@ -31,14 +32,15 @@ T = TypeVar("T")
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, default_factory: Any = dataclasses.MISSING,
            cli: bool = True, short: str | None = None, choices: list | None = None,
-           ge: float | None = None, gt: float | None = None, le: float | None = None) -> Any:
+           ge: float | None = None, gt: float | None = None, lt: float | None = None,
+           le: float | None = None) -> Any:
     """A dataclass field with help text (and optional short flag / choices).
 
-    `ge` / `gt` / `le` bound a number (each element of a list): `from_args` turns a value
-    outside them into a one-line error before the command does anything. Every float option
-    must also be finite; NaN would otherwise slip through every `x < 0` check.
+    `ge` / `gt` / `lt` / `le` bound a number (each element of a list): `from_args` turns a value
+    outside them, or outside `choices`, into a one-line error before the command does anything.
+    Every float option must also be finite; NaN would otherwise slip through every `x < 0` check.
     """
-    meta = {"help": help, "cli": cli, "short": short, "choices": choices, "ge": ge, "gt": gt, "le": le}
+    meta = {"help": help, "cli": cli, "short": short, "choices": choices, "ge": ge, "gt": gt, "lt": lt, "le": le}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -119,8 +121,12 @@ def _check_device(spec: str) -> None:
         raise MusiclensError(f"--device {spec}: this machine has no CUDA device")
 
 
+_BOUNDS = (("ge", ">=", operator.ge), ("gt", ">", operator.gt), ("lt", "<", operator.lt), ("le", "<=", operator.le))
+
+
 def check_values(cfg: Any) -> None:
-    """One-line errors for option values outside their declared bounds, and for non-finite floats."""
+    """One-line errors for option values outside their declared bounds or choices, and for
+    non-finite floats. `from_args` calls it; so do library entry points, for configs built in Python."""
     import math
 
     for f in dataclasses.fields(cfg):
@@ -128,17 +134,17 @@ def check_values(cfg: Any) -> None:
         flag = "--" + f.name.replace("_", "-")
         if f.name == "device" and isinstance(v, str) and v != "auto":
             _check_device(v)
+        choices = f.metadata.get("choices")
+        if choices and v is not None and not isinstance(v, list) and v not in choices:
+            raise MusiclensError(f"{flag} must be one of {', '.join(map(str, choices))}, got {v}")
+        bounds = [(sym, f.metadata[key], ok) for key, sym, ok in _BOUNDS if f.metadata.get(key) is not None]
         for x in (v if isinstance(v, list) else [v]):
             if isinstance(x, bool) or not isinstance(x, (int, float)):
                 continue
             if isinstance(x, float) and not math.isfinite(x):
                 raise MusiclensError(f"{flag} must be a finite number, got {x}")
-            ge, gt, le = f.metadata.get("ge"), f.metadata.get("gt"), f.metadata.get("le")
-            if (ge is not None and x < ge) or (gt is not None and x <= gt) or (le is not None and x > le):
-                want = " and ".join(w for w in (f">= {ge:g}" if ge is not None else "",
-                                                f"> {gt:g}" if gt is not None else "",
-                                                f"<= {le:g}" if le is not None else "") if w)
-                raise MusiclensError(f"{flag} must be {want}, got {x:g}")
+            if not all(ok(x, b) for _, b, ok in bounds):
+                raise MusiclensError(f"{flag} must be {' and '.join(f'{sym} {b:g}' for sym, b, _ in bounds)}, got {x:g}")
 
 
 def from_args(cls: type[T], ns: argparse.Namespace, **overrides: Any) -> T:

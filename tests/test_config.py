@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from musiclens.config import add_arguments, from_args, load_config, option, save_config
+from musiclens.config import add_arguments, check_values, from_args, load_config, option, save_config
 from musiclens.errors import MusiclensError
 
 
@@ -49,6 +49,8 @@ def test_unknown_keys_rejected(tmp_path):
 class Bounded:
     lr: float = option(0.0, help="0 = auto", ge=0)
     rate: float = option(0.5, help="a share", ge=0, le=1)
+    decay: float = option(0.2, help="a share below 1", ge=0, lt=1)
+    rate_hz: int = option(16000, help="sample rate", choices=[16000, 32000])
     steps: int = option(10, help="steps", gt=0)
     sizes: list[int] = option(default_factory=lambda: [2, 4], help="sizes", ge=2)
     device: str = option("cpu", help="device")
@@ -64,6 +66,7 @@ def _bounded(argv):
     (["--lr", "-1"], "--lr must be >= 0, got -1"),
     (["--lr", "nan"], "--lr must be a finite number"),   # NaN passes every `x < 0` check
     (["--rate", "1.5"], "--rate must be >= 0 and <= 1"),
+    (["--decay", "1"], "--decay must be >= 0 and < 1, got 1"),
     (["--steps", "0"], "--steps must be > 0"),
     (["--sizes", "2,1"], "--sizes must be >= 2, got 1"),
     (["--device", "foo"], "is not a device"),
@@ -80,3 +83,12 @@ def test_empty_list_items_are_rejected():
     with pytest.raises(SystemExit):
         _bounded(["--sizes", "2,4,"])
     assert _bounded(["--sizes", ""]).sizes == []
+
+
+def test_choices_are_checked_for_configs_built_in_python():
+    """argparse checks choices on the command line; check_values does for library callers too."""
+    check_values(Bounded(rate_hz=32000))
+    with pytest.raises(MusiclensError, match="--rate-hz must be one of 16000, 32000, got 22050"):
+        check_values(Bounded(rate_hz=22050))
+    with pytest.raises(MusiclensError, match="--decay must be >= 0 and < 1"):
+        check_values(Bounded(decay=1.0))

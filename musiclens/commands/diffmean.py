@@ -25,7 +25,7 @@ class DiffMeanConfig:
                                              "vocabulary: tempo (fast/slow), brightness (bright/dark), dynamics "
                                              "(loud/soft), register (high/low)",
                                  choices=["tempo", "brightness", "dynamics", "register"])
-    n_concept_prompts: int = option(40, help="prompts per side with --concept", ge=1)
+    n_concept_prompts: int = option(40, help="prompts per side with --concept", ge=2)
     model: str = option("organism", help="model name (organism, tiny-random, a folder, a hub id)")
     layers: str = option("all", help="layers to capture: all, 2,6 or early,25%,50%,75%,late")
     capture: str = option("auto", help="prompt-side capture rule: auto (eos for melody, generate otherwise), "
@@ -53,8 +53,6 @@ def run(cfg: DiffMeanConfig) -> dict:
     if cfg.concept:
         if cfg.pos or cfg.neg:
             raise MusiclensError("give either --concept or --pos/--neg, not both")
-        if cfg.n_concept_prompts < 2:
-            raise MusiclensError("--n-concept-prompts must be >= 2")
         pos_side, neg_side, _ = CONCEPTS[cfg.concept]
         pos = concept_prompts(cfg.concept, pos_side, cfg.n_concept_prompts)
         neg = concept_prompts(cfg.concept, neg_side, cfg.n_concept_prompts)

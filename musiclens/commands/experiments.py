@@ -146,16 +146,14 @@ def _runner(cfg, model, metrics: list[str] | None = None, prompts: list[str] | N
         if cfg.prompts:
             prompts = read_prompts(cfg.prompts, min_count=2)
         else:
-            if cfg.n_prompts < 2:
-                raise MusiclensError("--n-prompts must be >= 2")
-            prompts = neutral_prompts(cfg.n_prompts)
+            prompts = neutral_prompts(cfg.n_prompts)  # (>= 2: the option's bound, checked by every caller)
     ref, given = None, False
     if cfg.reference and cfg.fad:
         ref = [read_audio(f, model.sample_rate)[0] for f in list_audio(cfg.reference)]
         if len(ref) < 2:
             raise MusiclensError("--reference needs at least 2 clips")
         given = True
-    emb = None if not cfg.fad else load_embedder(cfg.embedder)
+    emb = load_embedder(cfg.embedder) if cfg.fad else None
     if cfg.cache and Path(cfg.cache).exists() and not Path(cfg.cache).is_dir():
         raise MusiclensError(f"--cache is a file, not a folder: {cfg.cache}")
     out = _prepare_out(cfg)  # only now: every input above is checked, so a bad one leaves no --out behind

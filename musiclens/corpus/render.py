@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import load_config, option, save_config, to_dict
+from ..config import check_values, load_config, option, save_config, to_dict
 from ..errors import MusiclensError
 from ..io import atomic_path, write_text
 from .captions import caption
@@ -31,9 +31,11 @@ class CorpusConfig:
     out: str = option(help="output corpus directory")
     clips: int = option(1000, help="number of clips to render", ge=1)
     seed: int = option(0, help="random seed (clip i is the same for any --clips)")
-    seconds: float = option(10.0, help="clip length in seconds")
-    sample_rate: int = option(16000, help="sample rate in Hz (16 kHz: the concepts live below 8 kHz)")
-    pieces: int = option(600, help="number of source melodies (music21 chorales + Essen folksongs)", ge=1)
+    seconds: float = option(10.0, help="clip length in seconds", ge=1, le=60)
+    sample_rate: int = option(16000, help="sample rate in Hz (16 kHz: the concepts live below 8 kHz)",
+                              choices=[16000, 22050, 24000, 32000, 44100, 48000])
+    pieces: int = option(600, help="number of source melodies (music21 chorales + Essen folksongs; one split each at least)",
+                         ge=3)
     soundfont: str = option(DEFAULT_SOUNDFONT, help="General MIDI soundfont (.sf2)")
     workers: int = option(2, help="rendering processes", ge=1)
     cache_dir: str = option("", help="parsed-score cache (default: $MUSICLENS_CACHE/scores or ~/.cache/musiclens/scores)")
@@ -50,16 +52,7 @@ def clip_id(index: int) -> str:
 
 
 def _check_config(cfg: CorpusConfig) -> None:
-    if cfg.clips < 1:
-        raise MusiclensError("--clips must be at least 1")
-    if not 1.0 <= cfg.seconds <= 60.0:
-        raise MusiclensError("--seconds must be between 1 and 60")
-    if cfg.sample_rate not in (16000, 22050, 24000, 32000, 44100, 48000):
-        raise MusiclensError("--sample-rate must be one of 16000, 22050, 24000, 32000, 44100, 48000")
-    if cfg.pieces < 3:
-        raise MusiclensError("--pieces must be at least 3 (one per split)")
-    if cfg.workers < 1:
-        raise MusiclensError("--workers must be at least 1")
+    check_values(cfg)  # the options' bounds and choices (render_corpus is also called from Python)
     if not Path(cfg.soundfont).is_file():
         raise MusiclensError(f"soundfont not found: {cfg.soundfont} (Debian: apt-get install fluid-soundfont-gm)")
     with open(cfg.soundfont, "rb") as f:  # RIFF....sfbk: FluidSynth would fail only inside a worker

@@ -32,7 +32,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..config import option
+from ..config import check_values, option
 from ..errors import MusiclensError
 
 DTYPE_CHOICES = ["float32", "bfloat16", "float16"]
@@ -102,10 +102,7 @@ def run_extract(cfg: ExtractConfig) -> dict:
     """Run teacher-forced (`cfg.audio`) or generation-time (`cfg.prompts`) extraction."""
     if bool(cfg.audio) == bool(cfg.prompts):
         raise MusiclensError("give exactly one of --audio (teacher-forced) or --prompts (generation)")
-    if cfg.batch_size < 1:
-        raise MusiclensError("--batch-size must be >= 1")
-    if cfg.seconds <= 0:
-        raise MusiclensError("--seconds must be > 0")
+    check_values(cfg)  # the options' bounds, also for a config built in Python
     try:
         if cfg.audio:
             from .teacher import extract_audio

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import option
+from ..config import check_values, option
 from ..errors import MusiclensError
 from .labels import ATTRIBUTES, LabelBins, frame_values, pitch_class_of
 from .probes import Probes
@@ -354,8 +354,9 @@ def run_sweep(cfg: EditSweepConfig) -> dict:
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite:
         raise MusiclensError(f"output exists: {out} (pass --overwrite to replace it)")
-    if cfg.clips < 1 or not cfg.alphas:
-        raise MusiclensError("--clips must be >= 1 and --alphas non-empty")
+    check_values(cfg)  # the options' bounds, also for a config built in Python
+    if not cfg.alphas:
+        raise MusiclensError("--alphas needs at least one strength")
     cm = load_control(cfg.cell, cfg.autoencoder)
     k = target_class(cm.bins, cfg.attribute, cfg.to)
     clips = held_out_audio(cfg.store, cm.ae.sample_rate, cfg.clips, cfg.seconds)

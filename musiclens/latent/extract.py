@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..config import option
+from ..config import check_values, option
 from ..errors import MusiclensError
 from .autoencoders import ENCODER_SITE, load_autoencoder
 from .labels import frame_values
@@ -105,17 +105,11 @@ def extract(cfg: LatentExtractConfig, progress: bool = True) -> dict:
     from ..extract.audio import Skip, discover, load_clip
     from ..store import StoreWriter
 
-    if cfg.seconds <= 0:
-        raise MusiclensError("--seconds must be positive")
-    if cfg.batch_size < 1:
-        raise MusiclensError("--batch-size must be >= 1")
+    check_values(cfg)  # the options' bounds, also for a config built in Python
     items = discover(cfg.audio)
-    if cfg.max_clips is not None:
-        if cfg.max_clips < 1:
-            raise MusiclensError("--max-clips must be >= 1")
-        if len(items) > cfg.max_clips:
-            pick = np.linspace(0, len(items) - 1, cfg.max_clips).round().astype(int)
-            items = [items[i] for i in sorted(set(pick.tolist()))]
+    if cfg.max_clips is not None and len(items) > cfg.max_clips:
+        pick = np.linspace(0, len(items) - 1, cfg.max_clips).round().astype(int)
+        items = [items[i] for i in sorted(set(pick.tolist()))]
     ae = load_autoencoder(cfg.autoencoder, cfg.device)
     sites = resolve_sites(ae, cfg.sites)
     layer_of = {s: ae.sites.index(s) for s in sites}

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import option
+from ..config import check_values, option
 from ..errors import MusiclensError
 from ..io import atomic_dir, atomic_path, write_json
 
@@ -213,7 +213,7 @@ class FlowTrainConfig:
     minutes: float = option(10.0, help="wall-clock training budget", gt=0)
     max_steps: int = option(20000, help="stop after this many steps even within the budget", ge=1)
     batch_size: int = option(32, help="crops per step", ge=1)
-    crop_frames: int = option(128, help="frames per training crop", ge=1)
+    crop_frames: int = option(128, help="frames per training crop", ge=8)
     channels: int = option(96, help="FlowNet width", ge=1)
     blocks: int = option(6, help="FlowNet residual blocks", ge=1)
     lr: float = option(1e-3, help="AdamW learning rate (cosine decay over the budget)", gt=0)
@@ -264,9 +264,8 @@ def train_flow(cfg: FlowTrainConfig, progress: bool = True) -> dict:
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise MusiclensError(f"output exists: {out} (pass --overwrite to replace it)")
-    if cfg.minutes <= 0 or cfg.batch_size < 1 or cfg.crop_frames < 8:
-        raise MusiclensError("--minutes must be > 0, --batch-size >= 1, --crop-frames >= 8")
-    torch.set_num_threads(max(1, cfg.threads))
+    check_values(cfg)  # the options' bounds, also for a config built in Python
+    torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     lat, caps, meta, model_name, whash = _clip_latents(cfg.store)
     lat = [x for x in lat if x.shape[0] >= cfg.crop_frames]

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..config import option, save_config
+from ..config import check_values, option, save_config
 from ..errors import MusiclensError
 from ..io import atomic_dir, write_json
 from .autoencoders import ENCODER_SITE
@@ -104,8 +104,7 @@ def train_grid(cfg: LatentTrainConfig, progress: bool = True) -> dict:
     from ..sae.io import write_sae_files
     from ..sae.train import MultiTrainer, TrainOptions, compute_init, make_combos, run_steps
 
-    if cfg.steps < 1 or cfg.batch_size < 1:
-        raise MusiclensError("--steps and --batch-size must be >= 1")
+    check_values(cfg)  # the options' bounds, also for a config built in Python
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite:
         raise MusiclensError(f"output exists: {out} (pass --overwrite to replace it)")

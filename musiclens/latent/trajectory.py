@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import option
+from ..config import check_values, option
 from ..errors import MusiclensError
 from .labels import ATTRIBUTES
 
@@ -241,7 +241,7 @@ class TrajectoryConfig:
         "a bright piano melody, fast tempo", "a dark cello line, slow tempo", "a soft flute melody in a high register",
         "a loud trumpet tune with drums"], help="comma-separated prompts (one sample each)")
     seconds: float = option(5.0, help="seconds per sample", gt=0)
-    steps: int = option(32, help="sampling steps (the paper: 32)", ge=1)
+    steps: int = option(32, help="sampling steps (the paper: 32)", ge=2)
     guidance: float = option(3.0, help="classifier-free guidance scale")
     threshold: float = option(0.1, help="s_t level that counts as converged", ge=0)
     seed: int = option(0, help="random seed")
@@ -258,8 +258,7 @@ def run_trajectory(cfg: TrajectoryConfig) -> dict:
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite:
         raise MusiclensError(f"output exists: {out} (pass --overwrite to replace it)")
-    if cfg.steps < 2:
-        raise MusiclensError("--steps must be >= 2")
+    check_values(cfg)  # the options' bounds, also for a config built in Python
     if not cfg.prompts:
         raise MusiclensError("--prompts needs at least one prompt")
     if cfg.cell is None:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import option, save_config
+from ..config import check_values, option, save_config
 from ..errors import MusiclensError
 
 SR = 16000
@@ -307,8 +307,7 @@ def train_tagger(cfg: TaggerConfig, progress: bool = True) -> dict:
 
     corpus, out = Path(cfg.corpus), Path(cfg.out)
     records = load_metadata(corpus)
-    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.crop_seconds <= 0:
-        raise MusiclensError("--epochs, --batch-size and --crop-seconds must be positive")
+    check_values(cfg)  # the options' bounds, also for a config built in Python
     ckpt_path = out / "checkpoint.pt"
     if out.exists() and any(out.iterdir()) and not (cfg.resume or cfg.overwrite):
         raise MusiclensError(f"{out} already exists (use --resume or --overwrite)")

@@ -283,9 +283,8 @@ def export_organism(model, out: Path, extra_files: dict[str, str] | None = None)
 
     from ..io import atomic_dir
 
-    with atomic_dir(out, overwrite=True) as tmp:
-        with O.quiet_loading():
-            model.save_pretrained(tmp)
+    with atomic_dir(out, overwrite=True) as tmp, O.quiet_loading():
+        model.save_pretrained(tmp)
         state = {k: v.detach().float().contiguous().clone() for k, v in model.state_dict().items()
                  if not k.startswith(O.TEXT_PREFIX)}
         for f in tmp.glob("model*.safetensors*"):

@@ -57,7 +57,7 @@ class TrainSAEConfig:
     epochs: float = option(1.0, help="passes over the store when --steps is 0", gt=0)
     lr: float = option(0.0, help="Adam learning rate (0 = 2e-4/sqrt(d_sae/16384), scaled with width)", ge=0)
     warmup_steps: int = option(1000, help="linear warm-up steps (at most 10% of all steps)", ge=0)
-    decay_fraction: float = option(0.2, help="final fraction of steps with linear decay to 0", ge=0)
+    decay_fraction: float = option(0.2, help="final fraction of steps with linear decay to 0", ge=0, lt=1)
     auxk_alpha: float = option(1 / 32, help="weight of the AuxK loss on dead latents (topk, batchtopk)", ge=0)
     dead_tokens: int = option(10_000_000, help="a latent is dead after this many rows without firing "
                                                "(capped at a quarter of the training rows)", gt=0)
@@ -71,7 +71,7 @@ class TrainSAEConfig:
     autocast: str = option("auto", help="bf16 autocast of the encoder matmul: auto (on CUDA), bf16, none",
                            choices=["auto", "bf16", "none"])
     save_dtype: str = option("float32", help="dtype of the saved weights", choices=["float32", "bfloat16", "float16"])
-    max_bad_fraction: float = option(0.001, help="fail if more than this fraction of rows have NaN/Inf", ge=0)
+    max_bad_fraction: float = option(0.001, help="fail if more than this fraction of rows have NaN/Inf", ge=0, lt=1)
     checkpoint_minutes: float = option(10.0, help="minutes between checkpoints in OUT.partial/", gt=0)
     seed: int = option(0, help="seed for initialisation and batch order")
     resume: bool = option(False, help="continue an interrupted run from OUT.partial/")
@@ -131,11 +131,9 @@ def _barrier() -> None:
 
 def _validate(cfg: TrainSAEConfig, out: Path):
     """Everything a user can get wrong, checked before anything is written."""
-    store = sdata.open_store(cfg.store, cfg.layer)
     check_values(cfg)  # the options' bounds, also for a config built in Python
+    store = sdata.open_store(cfg.store, cfg.layer)
     combos = make_combos(cfg.arch, cfg.expansion, cfg.k, cfg.l1, store.d_model)
-    if cfg.decay_fraction >= 1 or cfg.max_bad_fraction >= 1:  # (bounds hold >= 0; 1 itself is out too)
-        raise MusiclensError("--decay-fraction and --max-bad-fraction must be below 1")
     if cfg.eval_store:
         ev = sdata.open_store(cfg.eval_store, cfg.layer)
         if ev.d_model != store.d_model:

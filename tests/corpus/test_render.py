@@ -145,6 +145,11 @@ def test_bad_input_is_one_line_error(tmp_path, capsys):
     (tmp_path / "f").write_text("x")
     with pytest.raises(MusiclensError):
         render_corpus(CorpusConfig(out=str(tmp_path / "f"), clips=1))
+    for bad_cfg, msg in ((dict(pieces=2), "--pieces must be >= 3"), (dict(sample_rate=8000), "--sample-rate must be one of"),
+                         (dict(seconds=0.5), "--seconds must be >= 1 and <= 60")):  # a config built in Python
+        with pytest.raises(MusiclensError, match=msg):
+            render_corpus(CorpusConfig(out=str(tmp_path / "c"), clips=1, **bad_cfg))
+    assert not (tmp_path / "c").exists()
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "metadata.jsonl").write_text("{not json\n")
