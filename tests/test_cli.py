@@ -164,9 +164,18 @@ def test_loading_the_organism_prints_no_weight_bars():
 
 
 def test_building_an_organism_config_prints_no_token_id_warnings():
-    """pad/BOS id = codebook size is MusicGen's layout; transformers' validation calls it "unexpected"."""
-    code = ("from transformers.utils import logging as L; from musiclens.models.organism import musicgen_config; "
-            "v = L.get_verbosity(); c = musicgen_config(); assert c.decoder.pad_token_id == c.decoder.vocab_size; "
+    """pad/BOS id = codebook size is MusicGen's layout; transformers' validation calls it "unexpected".
+
+    The model is built first: transformers warns once per process, so a silenced config built
+    before it would hide the warning a fresh model still prints (as `organism train` did).
+    """
+    code = ("from transformers.utils import logging as L; from transformers import EncodecModel; "
+            "from musiclens.models.organism import musicgen_config, codec_config, decoder_config, build_organism; "
+            "v = L.get_verbosity(); "
+            "m, _ = build_organism(EncodecModel(codec_config(num_filters=4, hidden_size=16)), "
+            "decoder_config(layers=1, d_model=32, heads=2, ffn=64)); "
+            "assert m.config.decoder.pad_token_id == m.config.decoder.vocab_size; "
+            "c = musicgen_config(); assert c.decoder.pad_token_id == c.decoder.vocab_size; "
             "assert L.get_verbosity() == v")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -233,8 +233,9 @@ def build_organism(codec, decoder_cfg=None, device: str = "cpu"):
 
     text_encoder, tokenizer = load_text_encoder(device)
     decoder_cfg = decoder_cfg or decoder_config(codec.config.codebook_size)
-    decoder = MusicgenForCausalLM(decoder_cfg)
-    model = MusicgenForConditionalGeneration(text_encoder=text_encoder, audio_encoder=codec, decoder=decoder)
+    with hf_errors_only():  # the composite config validates the decoder's pad/BOS ids again
+        decoder = MusicgenForCausalLM(decoder_cfg)
+        model = MusicgenForConditionalGeneration(text_encoder=text_encoder, audio_encoder=codec, decoder=decoder)
     model = model.to(device)
     set_sdpa(model)
     configure_generation(model)

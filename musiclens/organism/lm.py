@@ -71,6 +71,9 @@ class LMTrainConfig:
                                      "clip's continuation after a cut less likely a sixteenth note off the beat "
                                      "than on it (organism/rhythm.py)")
     beat_margin: float = option(0.15, "nats per token the on-beat continuation must beat the off-grid ones by")
+    beat_codebooks: str = option("all", "which tokens the beat hinge compares: every codebook's, or the first "
+                                        "codebook's alone (the one that decides when a hit falls)",
+                                 choices=["all", "first"])
     beat_window: int = option(50, "frames after the cut the beat hinge reads; the cut falls at a random frame "
                                   "between this and 3x this")
     contrast_flips: str = option("opposite", "which values a concept's words are flipped to: its opposite (slow <-> "
@@ -401,7 +404,8 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
         if closs is not None:
             loss = loss + cfg.contrast_weight * closs  # (train_loss below is this total; train_lm_loss the LM part)
         bloss = beat_contrast_loss(model, data, idx, rng, cfg.beat_margin, cfg.beat_window,
-                                   (cfg.beat_window, 3 * cfg.beat_window)) if cfg.beat_weight > 0 else None
+                                   (cfg.beat_window, 3 * cfg.beat_window),
+                                   cfg.beat_codebooks == "first") if cfg.beat_weight > 0 else None
         if bloss is not None:
             loss = loss + cfg.beat_weight * bloss
         if not torch.isfinite(loss):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import option, save_config
+from ..config import check_values, option, save_config
 from ..errors import MusiclensError
 from ..io import write_json
 from ..models import organism as O
@@ -44,47 +44,51 @@ class OrganismTrainConfig:
     out: str = option("runs/organism", "run directory (checkpoints, codes, logs, HF exports)")
     stage: str = option("all", "which stage(s) to run (`text` alone re-encodes RUN/codes' captions; `all` "
                                "runs codec, decoder, codes, lm, tune)", choices=["codec", "decoder", "codes", "text", "lm", "tune", "all"])
-    minutes: float | None = option(None, "stop each stage after this many minutes (resume later with --resume)")
+    minutes: float | None = option(None, "stop each stage after this many minutes (resume later with --resume)", gt=0)
     resume: bool = option(False, "continue from the run directory's checkpoints")
     device: str = option("auto", "cpu, cuda, or auto (GPU when available)")
     schedule_minutes: float = option(0.0, "span the LR schedule of the stage(s) trained (codec, decoder, lm, tune) over this "
                                           "many minutes of training each, instead of their step counts, and stop "
                                           "when they are spent (0 = by steps): for a machine whose speed is not "
-                                          "known in advance, such as one lent GPU call")
-    codec_steps: int = option(14000, "codec optimiser steps (shipped run: 14000, ~40 min on 2 CPU cores)")
-    codec_batch_size: int = option(8, "codec crops per step")
-    codec_crop_seconds: float = option(0.5, "length of each codec training crop (shipped: 0.5 s)")
-    codec_filters: int = option(16, "EnCodec num_filters of a new codec (its width; shipped: 16)")
+                                          "known in advance, such as one lent GPU call", ge=0)
+    codec_steps: int = option(14000, "codec optimiser steps (shipped run: 14000, ~40 min on 2 CPU cores)", ge=1)
+    codec_batch_size: int = option(8, "codec crops per step", ge=1)
+    codec_crop_seconds: float = option(0.5, "length of each codec training crop (shipped: 0.5 s)", gt=0)
+    codec_filters: int = option(16, "EnCodec num_filters of a new codec (its width; shipped: 16)", ge=1)
     codec_w_adv: float = option(0.0, "adversarial loss weight of codec training (0 = off, as shipped; e.g. 0.2 "
-                                     "with --codec-w-feat 0.5 for a GPU run, see docs/organism.md)")
-    codec_w_feat: float = option(0.0, "feature-matching loss weight of codec training (0 = off)")
-    codec_w_stft: float = option(0.0, "linear-frequency log-STFT loss weight of codec training (0 = off, as shipped)")
+                                     "with --codec-w-feat 0.5 for a GPU run, see docs/organism.md)", ge=0)
+    codec_w_feat: float = option(0.0, "feature-matching loss weight of codec training (0 = off)", ge=0)
+    codec_w_stft: float = option(0.0, "linear-frequency log-STFT loss weight of codec training (0 = off, as "
+                                      "shipped)", ge=0)
     decoder_steps: int = option(20000, "steps of the decoder stage: the codec's decoder fine-tuned on frozen codes "
                                        "(0 = skip; shipped: 20,000 steps with --decoder-w-stft 2, ~40 min on 2 CPU "
-                                       "cores; see docs/organism.md)")
-    decoder_lr: float = option(3e-4, "peak learning rate of the decoder stage")
+                                       "cores; see docs/organism.md)", ge=0)
+    decoder_lr: float = option(3e-4, "peak learning rate of the decoder stage", gt=0)
     decoder_w_adv: float = option(0.0, "adversarial loss weight of the decoder stage (0 = off, as shipped; up to "
-                                       "5,010 adversarial steps on CPU made every tagger head worse)")
-    decoder_w_feat: float = option(0.0, "feature-matching loss weight of the decoder stage (0 = off, as shipped)")
+                                       "5,010 adversarial steps on CPU made every tagger head worse)", ge=0)
+    decoder_w_feat: float = option(0.0, "feature-matching loss weight of the decoder stage (0 = off, as shipped)",
+                                   ge=0)
     decoder_w_tagger: float = option(0.0, "tagger-feature (perceptual) loss weight of the decoder stage (0 = off; "
-                                          "the shipped codec's last stage: 6; needs --decoder-tagger)")
+                                          "the shipped codec's last stage: 6; needs --decoder-tagger)", ge=0)
     decoder_tagger: str = option("", "tagger folder for the decoder stage's tagger-feature loss (one trained apart "
                                      "from the shipped tagger, which judges the figures)")
-    decoder_w_stft: float = option(2.0, "linear-frequency log-STFT loss weight of the decoder stage (shipped: 2)")
-    decoder_w_onset: float = option(1.0, "onset-envelope loss weight of the decoder stage (shipped: 1)")
+    decoder_w_stft: float = option(2.0, "linear-frequency log-STFT loss weight of the decoder stage (shipped: 2)", ge=0)
+    decoder_w_onset: float = option(1.0, "onset-envelope loss weight of the decoder stage (shipped: 1)", ge=0)
     decoder_crop_seconds: float = option(0.5, "length of each decoder-stage training crop (shipped: 0.5 s; crops per "
-                                              "step: --codec-batch-size)")
+                                              "step: --codec-batch-size)", gt=0)
     decoder_filters: int = option(0, "widen the codec to this many filters before the decoder stage, keeping its "
-                                     "codes and its audio at step 0 (organism/widen.py; 0 = keep the width)")
-    lm_steps: int = option(9000, "language-model optimiser steps (shipped run: 8715 of 9000, ~66 min on 2 CPU cores)")
-    lm_batch_size: int = option(8, "language-model clips per step")
-    lm_layers: int = option(8, "decoder layers")
-    lm_d_model: int = option(128, "decoder width (heads = width / 32, ffn = 4 x width)")
-    lm_dropout: float = option(0.0, "decoder dropout (shipped 128-wide LM: 0; it saw each crop a few times)")
-    lm_eval_every: int = option(200, "steps between held-out evaluations of the lm and tune stages")
+                                     "codes and its audio at step 0 (organism/widen.py; 0 = keep the width)", ge=0)
+    lm_steps: int = option(9000, "language-model optimiser steps (shipped run: 8715 of 9000, ~66 min on 2 CPU "
+                                 "cores)", ge=1)
+    lm_batch_size: int = option(8, "language-model clips per step", ge=1)
+    lm_layers: int = option(8, "decoder layers", ge=1)
+    lm_d_model: int = option(128, "decoder width (heads = width / 32, ffn = 4 x width)", ge=32)
+    lm_dropout: float = option(0.0, "decoder dropout (shipped 128-wide LM: 0; it saw each crop a few times)",
+                               ge=0, lt=1)
+    lm_eval_every: int = option(200, "steps between held-out evaluations of the lm and tune stages", ge=1)
     tune_steps: int = option(5500, "caption-contrast fine-tuning steps from the LM's weights (0 = skip the "
                                    "stage; shipped run: 3,500 steps, extended to 5,500 with --resume, ~78 min "
-                                   "on 2 CPU cores)")
+                                   "on 2 CPU cores)", ge=0)
     tune_lr: float = option(5e-4, "peak learning rate of the fine-tuning (0 keeps the weights)", ge=0)
     lm_lr: float = option(1.5e-3, "peak learning rate of the lm stage (linear warm-up, cosine decay to 10%)", ge=0)
     lm_init: str = option("", "LM checkpoint or organism HF folder the lm stage starts from, with a fresh "
@@ -93,19 +97,23 @@ class OrganismTrainConfig:
     tune_init: str = option("", "LM checkpoint or organism HF folder the tune stage starts from (default: "
                                 "RUN/lm/ckpt.pt); e.g. another run's tune/ckpt.pt, to continue fine-tuning on a "
                                 "larger corpus, or a GPU run's returned tune/hf")
-    contrast_weight: float = option(1.0, "weight of the caption-contrast hinge during fine-tuning")
+    contrast_weight: float = option(1.0, "weight of the caption-contrast hinge during fine-tuning", ge=0)
     contrast_margin: float = option(0.1, "nats per token a clip's own caption must beat each flipped one by (the "
-                                         "hinge is 0 beyond it)")
+                                         "hinge is 0 beyond it)", ge=0)
     contrast_concepts: str = option("tempo,drums,register,dynamics", "concepts the hinge flips (comma-separated, "
                                                                      "see organism/sensitivity.py; the shipped "
                                                                      "continuation adds brightness)")
     beat_weight: float = option(0.0, "weight of the beat-contrast hinge in the lm and tune stages (0 = off, as "
                                      "shipped): a drum clip continued after a cut must be less likely a sixteenth "
-                                     "note off the beat than on it (organism/rhythm.py; docs/organism.md)")
-    beat_margin: float = option(0.15, "nats per token the on-beat continuation must beat the off-grid ones by")
+                                     "note off the beat than on it (organism/rhythm.py; docs/organism.md)", ge=0)
+    beat_margin: float = option(0.15, "nats per token the on-beat continuation must beat the off-grid ones by", ge=0)
+    beat_codebooks: str = option("all", "tokens the beat hinge compares: every codebook's (as tried in session 18) "
+                                        "or the first codebook's alone, where the beat is lost",
+                                 choices=["all", "first"])
     contrast_flips: str = option("opposite", "flip a concept's words to its opposite value (shipped) or to every "
                                              "other value, middle ones included", choices=["opposite", "all"])
-    codes_seconds: float | None = option(6.4, "encode only each clip's first S seconds for the LM (encoding is slow on CPU)")
+    codes_seconds: float | None = option(6.4, "encode only each clip's first S seconds for the LM (encoding is "
+                                              "slow on CPU)", gt=0)
     seed: int = option(0, "random seed")
 
 
@@ -114,6 +122,7 @@ def train(cfg: OrganismTrainConfig) -> dict:
     from .codes import precompute
     from .lm import LMTrainConfig, train_lm
 
+    check_values(cfg)  # (from_args did; a config built in Python gets the same one-line errors)
     corpus, out = Path(cfg.corpus), Path(cfg.out)
     device = pick_device(cfg.device)
     if not corpus.is_dir():
@@ -125,14 +134,6 @@ def train(cfg: OrganismTrainConfig) -> dict:
         raise MusiclensError(f"no LM checkpoint to continue in {cfg.lm_init}: check --lm-init")
     if cfg.stage == "decoder" and cfg.decoder_steps <= 0:
         raise MusiclensError("--stage decoder needs --decoder-steps N (N > 0)")
-    if cfg.schedule_minutes < 0 or cfg.codec_crop_seconds <= 0:
-        raise MusiclensError("--schedule-minutes must be >= 0 and --codec-crop-seconds > 0")
-    if cfg.decoder_crop_seconds <= 0 or cfg.decoder_w_onset < 0:
-        raise MusiclensError("--decoder-crop-seconds must be > 0 and --decoder-w-onset >= 0")
-    if cfg.beat_weight < 0 or cfg.beat_margin < 0:
-        raise MusiclensError("--beat-weight and --beat-margin must be >= 0")
-    if cfg.decoder_filters < 0:
-        raise MusiclensError(f"--decoder-filters must be 0 (keep the width) or a width, not {cfg.decoder_filters}")
     stages = ["codec", "decoder", "codes", "lm", "tune"] if cfg.stage == "all" else [cfg.stage]
     if {"codec", "decoder", "codes"} & set(stages):  # the stages that read audio (lm and tune read RUN's codes)
         from .data import read_metadata
@@ -176,7 +177,8 @@ def train(cfg: OrganismTrainConfig) -> dict:
         lcfg = LMTrainConfig(steps=cfg.lm_steps, budget_minutes=cfg.schedule_minutes, batch_size=cfg.lm_batch_size,
                              layers=cfg.lm_layers, d_model=cfg.lm_d_model, heads=max(1, cfg.lm_d_model // 32),
                              ffn=4 * cfg.lm_d_model, dropout=cfg.lm_dropout, eval_every=cfg.lm_eval_every,
-                             beat_weight=cfg.beat_weight, beat_margin=cfg.beat_margin, seed=cfg.seed,
+                             beat_weight=cfg.beat_weight, beat_margin=cfg.beat_margin,
+                             beat_codebooks=cfg.beat_codebooks, seed=cfg.seed,
                              lr=cfg.lm_lr, init=str(Path(cfg.lm_init).resolve()) if cfg.lm_init else "")
         summary["lm"] = train_lm(lcfg, out, cfg.minutes, cfg.resume, device)
         if not summary["lm"]["done"] and cfg.stage == "all":
@@ -192,7 +194,8 @@ def train(cfg: OrganismTrainConfig) -> dict:
                              lr=cfg.tune_lr, init=str(init), contrast_weight=cfg.contrast_weight,
                              contrast_margin=cfg.contrast_margin,
                              contrast_concepts=cfg.contrast_concepts, contrast_flips=cfg.contrast_flips,
-                             beat_weight=cfg.beat_weight, beat_margin=cfg.beat_margin, seed=cfg.seed + 1)
+                             beat_weight=cfg.beat_weight, beat_margin=cfg.beat_margin,
+                             beat_codebooks=cfg.beat_codebooks, seed=cfg.seed + 1)
         summary["tune"] = train_lm(tcfg, out, cfg.minutes, cfg.resume, device, subdir="tune")
     return summary
 

@@ -126,3 +126,21 @@ def test_beat_contrast_loss_teaches_the_beat_and_skips_clips_without_drums():
     quiet = beat_clips(4, 120, 150.0, rng)
     quiet.rows = [{"bpm": 150.0, "drums": "none"}] * 4
     assert beat_contrast_loss(model, quiet, np.arange(4), rng, margin=0.3, window=30, t0_range=(30, 40)) is None
+
+
+def test_the_first_codebook_hinge_reads_codebook_0_alone():
+    """`first_codebook` = the hinge on the first codebook's splice gap, which is not the all-codebook one."""
+    from musiclens.organism.rhythm import beat_contrast_loss
+
+    data = beat_clips(6, 120, 150.0, np.random.default_rng(2))
+    model = TinyLM(seed=3).eval()
+    per_k = splice_losses(model, data, np.arange(6), t0=40, window=30, by_codebook=True)
+    gap = per_k["sixteenth_off"] - per_k["in_phase"]  # [clips, K]
+    with torch.no_grad():
+        first = beat_contrast_loss(model, data, np.arange(6), np.random.default_rng(0), margin=10.0, window=30,
+                                   t0_range=(40, 40), first_codebook=True)
+        every = beat_contrast_loss(model, data, np.arange(6), np.random.default_rng(0), margin=10.0, window=30,
+                                   t0_range=(40, 40))
+    assert float(first) == pytest.approx(float(np.mean(10.0 - gap[:, 0])), abs=1e-4)
+    assert float(every) == pytest.approx(float(np.mean(10.0 - gap.mean(axis=1))), abs=1e-4)
+    assert abs(float(first) - float(every)) > 1e-3

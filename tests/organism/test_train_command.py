@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from musiclens.cli import main
@@ -148,17 +149,29 @@ def test_tune_continues_from_another_runs_checkpoint(tiny_corpus, tmp_path, caps
 
 
 def test_bad_schedule_options_are_one_line_errors(tiny_corpus, tmp_path, capsys):
-    for flag, value in (("--schedule-minutes", "-1"), ("--codec-crop-seconds", "0")):
+    cases = (("--schedule-minutes", "-1", "--schedule-minutes must be >= 0"),
+             ("--codec-crop-seconds", "0", "--codec-crop-seconds must be > 0"),
+             ("--decoder-crop-seconds", "0", "--decoder-crop-seconds must be > 0"),
+             ("--decoder-w-onset", "-1", "--decoder-w-onset must be >= 0"),
+             ("--beat-margin", "-0.1", "--beat-margin must be >= 0"),
+             ("--lm-dropout", "1", "--lm-dropout must be >= 0 and < 1"))
+    for flag, value, message in cases:
         out = tmp_path / flag.strip("-")
         assert main(["organism", "train", "--corpus", str(tiny_corpus), "--out", str(out), flag, value]) == 2
         err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and "--schedule-minutes must be >= 0" in err and not out.exists()
-    for flag, value in (("--decoder-crop-seconds", "0"), ("--decoder-w-onset", "-1")):
-        out = tmp_path / flag.strip("-")
-        assert main(["organism", "train", "--corpus", str(tiny_corpus), "--out", str(out), "--stage", "decoder",
-                     flag, value]) == 2
-        err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and "--decoder-crop-seconds must be > 0" in err and not out.exists()
+        assert len(err.splitlines()) == 1 and message in err and not out.exists(), err
+
+
+def test_a_config_built_in_python_is_checked_before_the_run_folder_is_made(tiny_corpus, tmp_path):
+    from musiclens.errors import MusiclensError
+    from musiclens.organism.pipeline import OrganismTrainConfig, train
+
+    out = tmp_path / "run"
+    with pytest.raises(MusiclensError, match="--lm-batch-size must be >= 1, got 0"):
+        train(OrganismTrainConfig(corpus=str(tiny_corpus), out=str(out), stage="lm", lm_batch_size=0))
+    with pytest.raises(MusiclensError, match="--beat-codebooks must be one of all, first, got second"):
+        train(OrganismTrainConfig(corpus=str(tiny_corpus), out=str(out), stage="tune", beat_codebooks="second"))
+    assert not out.exists()
 
 
 def test_a_folder_that_is_not_a_corpus(tmp_path, capsys):
