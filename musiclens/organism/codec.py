@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..bench_utils import machine
-from ..config import option, save_config, to_dict
+from ..config import check_values, option, save_config, to_dict
 from ..errors import MusiclensError
 from ..io import atomic_path, write_json
 from ..models import organism as O
@@ -45,33 +45,39 @@ from .schedule import Clock
 class CodecTrainConfig:
     """Codec training options (saved as RUN/codec/config.json)."""
 
-    steps: int = option(14000, "total optimiser steps (the LR schedule spans these; --minutes may stop earlier)")
+    steps: int = option(14000, "total optimiser steps (the LR schedule spans these; --minutes may stop earlier)", ge=1)
     budget_minutes: float = option(0.0, "span the LR schedule over this many minutes of training instead of `steps`, "
                                         "and stop when they are spent (0 = by steps): for a machine whose speed is "
-                                        "not known in advance, such as one lent GPU call")
-    warmup_steps: int = option(0, "plain-autoencoder steps before k-means codebook init (0: k-means right after the data-dependent init)")
-    warmup_noise: float = option(0.1, "std of Gaussian noise added to the latent during warm-up (spreads it for k-means)")
-    batch_size: int = option(8, "crops per step")
-    crop_seconds: float = option(0.5, "crop length in seconds")
-    lr: float = option(6e-4, "peak AdamW learning rate (cosine decay to 10%)")
-    codebook_size: int = option(O.CODEBOOK_SIZE, "codes per codebook")
-    num_filters: int = option(16, "EnCodec num_filters (width)")
-    hidden_size: int = option(128, "EnCodec latent / codebook dimension")
-    w_wave: float = option(0.1, "weight of the waveform L1 loss")
-    w_onset: float = option(1.0, "weight of the onset-envelope loss")
-    w_stft: float = option(0.0, "weight of the linear-frequency log-STFT loss (0 = off, as shipped; see losses.py)")
-    w_commit: float = option(0.05, "weight of the commitment loss (1.0 made the encoder collapse onto a few codes)")
-    ema_decay: float = option(0.95, "EMA decay of the codebooks (fast: 200-frame batches, drifting encoder)")
-    dead_threshold: float = option(0.3, "a code is restarted when its EMA usage falls below this fraction of uniform usage")
-    restart_every: int = option(1, "steps between dead-code restarts")
+                                        "not known in advance, such as one lent GPU call", ge=0)
+    warmup_steps: int = option(0, "plain-autoencoder steps before k-means codebook init (0: k-means right after "
+                                  "the data-dependent init)", ge=0)
+    warmup_noise: float = option(0.1, "std of Gaussian noise added to the latent during warm-up (spreads it for "
+                                      "k-means)", ge=0)
+    batch_size: int = option(8, "crops per step", ge=1)
+    crop_seconds: float = option(0.5, "crop length in seconds", gt=0)
+    lr: float = option(6e-4, "peak AdamW learning rate (cosine decay to 10%)", gt=0)
+    codebook_size: int = option(O.CODEBOOK_SIZE, "codes per codebook", ge=2)
+    num_filters: int = option(16, "EnCodec num_filters (width)", ge=1)
+    hidden_size: int = option(128, "EnCodec latent / codebook dimension", ge=1)
+    w_wave: float = option(0.1, "weight of the waveform L1 loss", ge=0)
+    w_onset: float = option(1.0, "weight of the onset-envelope loss", ge=0)
+    w_stft: float = option(0.0, "weight of the linear-frequency log-STFT loss (0 = off, as shipped; see losses.py)",
+                           ge=0)
+    w_commit: float = option(0.05, "weight of the commitment loss (1.0 made the encoder collapse onto a few codes)",
+                             ge=0)
+    ema_decay: float = option(0.95, "EMA decay of the codebooks (fast: 200-frame batches, drifting encoder)",
+                              ge=0, lt=1)
+    dead_threshold: float = option(0.3, "a code is restarted when its EMA usage falls below this fraction of "
+                                        "uniform usage", ge=0)
+    restart_every: int = option(1, "steps between dead-code restarts", ge=1)
     w_adv: float = option(0.0, "weight of the adversarial hinge loss from a multi-scale STFT discriminator (0 = off, "
-                               "the shipped codec; see discriminator.py)")
-    w_feat: float = option(0.0, "weight of the discriminator feature-matching loss (0 = off)")
+                               "the shipped codec; see discriminator.py)", ge=0)
+    w_feat: float = option(0.0, "weight of the discriminator feature-matching loss (0 = off)", ge=0)
     disc_start: int = option(1000, "step from which the discriminator trains and its losses count (after the "
-                                   "codebooks have settled)")
-    disc_channels: int = option(16, "channels of each STFT discriminator")
-    kmeans_batches: int = option(24, "batches of encoder output for k-means init")
-    checkpoint_minutes: float = option(4.0, "minutes between checkpoints")
+                                   "codebooks have settled)", ge=0)
+    disc_channels: int = option(16, "channels of each STFT discriminator", ge=1)
+    kmeans_batches: int = option(24, "batches of encoder output for k-means init", ge=1)
+    checkpoint_minutes: float = option(4.0, "minutes between checkpoints", gt=0)
     seed: int = option(0, "random seed")
 
 
@@ -193,6 +199,7 @@ def training_audio(corpus: Path, crop_seconds: float, device: str
 def train_codec(cfg: CodecTrainConfig, corpus: Path, out: Path, minutes: float | None, resume: bool,
                 device: str = "cpu") -> dict:
     """Train (or continue) the codec in `out/codec`; returns a summary dict."""
+    check_values(cfg)
     cdir = out / "codec"
     ckpt = cdir / "ckpt.pt"
     if ckpt.exists() and not resume:

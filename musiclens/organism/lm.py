@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..bench_utils import machine
-from ..config import option, save_config, to_dict
+from ..config import check_values, option, save_config, to_dict
 from ..errors import MusiclensError
 from ..io import atomic_path, write_json
 from ..models import organism as O
@@ -39,43 +39,43 @@ from .schedule import Clock
 class LMTrainConfig:
     """Language-model training options (saved as RUN/lm/config.json)."""
 
-    steps: int = option(9000, "total optimiser steps (the LR schedule spans these; --minutes may stop earlier)")
+    steps: int = option(9000, "total optimiser steps (the LR schedule spans these; --minutes may stop earlier)", ge=1)
     budget_minutes: float = option(0.0, "span the LR schedule over this many minutes of training instead of `steps`, "
-                                        "and stop when they are spent (0 = by steps; see schedule.Clock)")
-    batch_size: int = option(8, "clips per step")
-    crop_frames: int = option(300, "frames per training crop (50 frames = 1 s)")
-    layers: int = option(8, "decoder layers")
-    d_model: int = option(128, "decoder width")
-    heads: int = option(4, "attention heads")
-    ffn: int = option(512, "feed-forward width")
-    dropout: float = option(0.0, "decoder dropout (0: training sees each crop only a few times)")
-    lr: float = option(1.5e-3, "peak AdamW learning rate (linear warm-up, cosine decay to 10%)")
-    warmup: int = option(100, "LR warm-up steps")
-    weight_decay: float = option(0.01, "AdamW weight decay")
-    null_prob: float = option(0.15, "share of captions dropped for classifier-free guidance")
-    eval_every: int = option(200, "steps between held-out loss and caption-gap evaluations")
-    checkpoint_minutes: float = option(5.0, "minutes between checkpoints (+ HF export)")
+                                        "and stop when they are spent (0 = by steps; see schedule.Clock)", ge=0)
+    batch_size: int = option(8, "clips per step", ge=1)
+    crop_frames: int = option(300, "frames per training crop (50 frames = 1 s)", ge=8)
+    layers: int = option(8, "decoder layers", ge=1)
+    d_model: int = option(128, "decoder width", ge=1)
+    heads: int = option(4, "attention heads", ge=1)
+    ffn: int = option(512, "feed-forward width", ge=1)
+    dropout: float = option(0.0, "decoder dropout (0: training sees each crop only a few times)", ge=0, lt=1)
+    lr: float = option(1.5e-3, "peak AdamW learning rate (linear warm-up, cosine decay to 10%)", ge=0)
+    warmup: int = option(100, "LR warm-up steps", ge=0)
+    weight_decay: float = option(0.01, "AdamW weight decay", ge=0)
+    null_prob: float = option(0.15, "share of captions dropped for classifier-free guidance", ge=0, le=1)
+    eval_every: int = option(200, "steps between held-out loss and caption-gap evaluations", ge=1)
+    checkpoint_minutes: float = option(5.0, "minutes between checkpoints (+ HF export)", gt=0)
     seed: int = option(0, "random seed")
     init: str = option("", "start from this LM checkpoint (e.g. RUN/lm/ckpt.pt) or organism HF folder (e.g. the "
                            "shipped one, or RUN/tune/hf) with a fresh optimiser and schedule, instead of random "
                            "weights (the `tune` stage)")
     contrast_weight: float = option(0.0, "weight of the caption-contrast loss (0 = off): a hinge that makes a "
-                                         "clip's opening less likely under its caption with one concept flipped")
-    contrast_margin: float = option(0.1, "nats per token the own caption must beat the flipped one by")
+                                         "clip's opening less likely under its caption with one concept flipped", ge=0)
+    contrast_margin: float = option(0.1, "nats per token the own caption must beat the flipped one by", ge=0)
     contrast_frames: int = option(100, "opening frames the contrast is measured on (the caption is all the "
-                                       "model has there)")
+                                       "model has there)", ge=1)
     contrast_concepts: str = option("tempo,drums,register,dynamics",
                                     "concepts whose words are flipped (see organism/sensitivity.py); instrument "
                                     "is left out (the base LM obeys it); the shipped continuation adds brightness")
     beat_weight: float = option(0.0, "weight of the beat-contrast loss (0 = off): a hinge that makes a drum "
                                      "clip's continuation after a cut less likely a sixteenth note off the beat "
-                                     "than on it (organism/rhythm.py)")
-    beat_margin: float = option(0.15, "nats per token the on-beat continuation must beat the off-grid ones by")
+                                     "than on it (organism/rhythm.py)", ge=0)
+    beat_margin: float = option(0.15, "nats per token the on-beat continuation must beat the off-grid ones by", ge=0)
     beat_codebooks: str = option("all", "which tokens the beat hinge compares: every codebook's, or the first "
                                         "codebook's alone (the one that decides when a hit falls)",
                                  choices=["all", "first"])
     beat_window: int = option(50, "frames after the cut the beat hinge reads; the cut falls at a random frame "
-                                  "between this and 3x this")
+                                  "between this and 3x this", ge=1)
     contrast_flips: str = option("opposite", "which values a concept's words are flipped to: its opposite (slow <-> "
                                              "fast, none <-> rock; the shipped tune stage), or every other value "
                                              "(middle values such as neutral or light drums included)",
@@ -319,6 +319,7 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
     from .codec import load_codec
     from .polish import polished_codec_dir
 
+    check_values(cfg)
     ldir = out / subdir
     ckpt = ldir / "ckpt.pt"
     if ckpt.exists() and not resume:

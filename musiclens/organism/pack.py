@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..config import option, to_dict
+from ..config import check_values, option, to_dict
 from ..errors import MusiclensError
 
 FORMATS = {"opus": ("OGG", "OPUS", ".ogg"), "vorbis": ("OGG", "VORBIS", ".ogg"), "flac": ("FLAC", "PCM_16", ".flac")}
@@ -39,16 +39,16 @@ class PackConfig:
     corpus: str = option("data/corpus", "rendered corpus to pack")
     out: str = option("", "output corpus folder (must not exist)")
     max_mb: float = option(24.0, "stop adding clips once the audio reaches this many MiB (24: a first shard "
-                                 "travels beside 35 MiB of tracked files and 2.3 MiB of wheels, under 64 MiB)")
-    seconds: float = option(6.4, "keep each clip's first S seconds (the length the LM trains on)")
+                                 "travels beside 35 MiB of tracked files and 2.3 MiB of wheels, under 64 MiB)", gt=0)
+    seconds: float = option(6.4, "keep each clip's first S seconds (the length the LM trains on)", gt=0)
     splits: str = option("train", "comma-separated splits whose clips are packed (in a seeded random order)")
-    valid: int = option(16, "also pack the first N valid clips (the codec's held-out loss reads 16)")
+    valid: int = option(16, "also pack the first N valid clips (the codec's held-out loss reads 16)", ge=0)
     format: str = option("opus", "audio format", choices=sorted(FORMATS))
     compression: float = option(0.8, "libsndfile compression level, 0 (best quality) to 1 (smallest); opus at 0.8: "
                                      "45 KiB a 6.4-s clip, on which the tagger names the instrument of 97.8 % "
-                                     "of test clips, against 98.0 % on the wav (docs/organism.md)")
+                                     "of test clips, against 98.0 % on the wav (docs/organism.md)", ge=0, le=1)
     skip: int = option(0, "skip the first N clips of the order: the next shard of a pack sent in several calls "
-                          "(give it --valid 0)")
+                          "(give it --valid 0)", ge=0)
     seed: int = option(0, "seed of the clip order")
 
 
@@ -61,8 +61,7 @@ def pack(cfg: PackConfig, progress: bool = True) -> dict:
 
     if not cfg.out:
         raise MusiclensError("--out is required")
-    if cfg.max_mb <= 0 or cfg.seconds <= 0 or cfg.valid < 0 or cfg.skip < 0 or not 0 <= cfg.compression <= 1:
-        raise MusiclensError("--max-mb and --seconds must be positive, --valid and --skip >= 0, --compression in [0, 1]")
+    check_values(cfg)
     corpus, out = Path(cfg.corpus), Path(cfg.out)
     if out.exists():
         raise MusiclensError(f"output exists: {out}")

@@ -209,15 +209,15 @@ class OrganismEvalConfig:
     corpus: str = option("data/corpus", "rendered corpus (test split captions and clips)")
     out: str = option("organism_eval.json", "JSON file to write")
     what: str = option("all", "codec fidelity, generation metrics, or both", choices=["codec", "generation", "all"])
-    n_codec: int = option(40, "held-out clips for codec fidelity")
-    n_prompts: int = option(64, "captions to generate from")
+    n_codec: int = option(40, "held-out clips for codec fidelity", ge=0)
+    n_prompts: int = option(64, "captions to generate from", ge=0)
     split: str = option("test", "split the captions come from: test for reported figures, valid for choosing "
                                 "a checkpoint or guidance scale", choices=["test", "valid"])
-    n_uncond: int = option(16, "unconditional generations for FAD")
-    seconds: float = option(6.0, "seconds per generated clip")
+    n_uncond: int = option(16, "unconditional generations for FAD", ge=0)
+    seconds: float = option(6.0, "seconds per generated clip", gt=0)
     guidance: float = option(3.0, "classifier-free guidance scale")
-    top_k: int = option(0, "sample from the k most likely codes (0 = the model's generation_config, 250 shipped)")
-    temperature: float = option(1.0, "sampling temperature")
+    top_k: int = option(0, "sample from the k most likely codes (0 = the model's generation_config, 250 shipped)", ge=0)
+    temperature: float = option(1.0, "sampling temperature", gt=0)
     seed: int = option(0, "random seed")
     tagger: str = option("", "tagger folder for the instrument / drums figures (default: the shipped tagger); "
                              "e.g. one trained on `organism reconstruct` output, which hears through the codec")
@@ -229,6 +229,7 @@ def evaluate(cfg: OrganismEvalConfig) -> dict:
     from .data import load_clips, read_metadata
     from .evaluate import codec_fidelity, generation_eval, load_tagger
 
+    check_values(cfg)
     folder = Path(cfg.model) if cfg.model else (Path(cfg.run) / "lm" / "hf" if cfg.run else O.organism_path())
     model, tok = O.load_organism_hf("cpu", folder)
     corpus = Path(cfg.corpus)

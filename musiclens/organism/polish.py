@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import option, save_config, to_dict
+from ..config import check_values, option, save_config, to_dict
 from ..errors import MusiclensError
 from ..io import atomic_path, write_json
 from . import quantizer as Q
@@ -57,29 +57,29 @@ from .widen import widen_codec
 class PolishConfig:
     """Decoder fine-tuning options (saved as RUN/decoder/config.json)."""
 
-    steps: int = option(20000, "optimiser steps (the LR schedule spans these; --minutes may stop earlier)")
+    steps: int = option(20000, "optimiser steps (the LR schedule spans these; --minutes may stop earlier)", ge=1)
     budget_minutes: float = option(0.0, "span the LR schedule over this many training minutes instead of `steps`, "
-                                        "and stop when they are spent (0 = by steps; see schedule.Clock)")
-    batch_size: int = option(8, "crops per step")
-    crop_seconds: float = option(0.5, "crop length in seconds")
-    lr: float = option(3e-4, "peak AdamW learning rate of decoder and discriminator (cosine to 10 %)")
-    disc_channels: int = option(16, "channels of each STFT discriminator")
-    disc_warmup: int = option(200, "steps that train only the discriminator before the decoder sees its losses")
-    w_wave: float = option(0.1, "weight of the waveform L1 loss")
-    w_onset: float = option(1.0, "weight of the onset-envelope loss")
+                                        "and stop when they are spent (0 = by steps; see schedule.Clock)", ge=0)
+    batch_size: int = option(8, "crops per step", ge=1)
+    crop_seconds: float = option(0.5, "crop length in seconds", gt=0)
+    lr: float = option(3e-4, "peak AdamW learning rate of decoder and discriminator (cosine to 10 %)", gt=0)
+    disc_channels: int = option(16, "channels of each STFT discriminator", ge=1)
+    disc_warmup: int = option(200, "steps that train only the discriminator before the decoder sees its losses", ge=0)
+    w_wave: float = option(0.1, "weight of the waveform L1 loss", ge=0)
+    w_onset: float = option(1.0, "weight of the onset-envelope loss", ge=0)
     w_stft: float = option(2.0, "weight of the linear-frequency log-STFT loss (losses.MultiResolutionSTFT), which "
-                                "punishes noise between harmonics that mel bands average away")
+                                "punishes noise between harmonics that mel bands average away", ge=0)
     w_adv: float = option(0.0, "weight of the adversarial hinge loss (0 = off, as shipped; 1.0 with w_feat 2.0 "
-                                 "and lr 2e-4 raised the held-out mel loss from 0.50 to 0.88 within 100 steps)")
-    w_feat: float = option(0.0, "weight of the feature-matching loss (0 = off, as shipped)")
+                                 "and lr 2e-4 raised the held-out mel loss from 0.50 to 0.88 within 100 steps)", ge=0)
+    w_feat: float = option(0.0, "weight of the feature-matching loss (0 = off, as shipped)", ge=0)
     w_tagger: float = option(0.0, "weight of the tagger-feature loss (perceptual.TaggerFeatureLoss; 0 = off; the "
-                                  "shipped codec's last two decoder stages used 2, then 6)")
+                                  "shipped codec's last two decoder stages used 2, then 6)", ge=0)
     tagger: str = option("", "tagger folder whose conv features the tagger-feature loss compares; not the shipped "
                              "tagger, which judges the figures (needed when w_tagger > 0)")
     num_filters: int = option(0, "widen the codec to this many filters first (widen.py: the codes and, at step 0, the "
                                    "audio stay exactly the same) so the decoder trains with more capacity; 0 = keep "
-                                   "its width (the shipped codec: 16, widened to 32 by its second stage)")
-    checkpoint_minutes: float = option(4.0, "minutes between checkpoints")
+                                   "its width (the shipped codec: 16, widened to 32 by its second stage)", ge=0)
+    checkpoint_minutes: float = option(4.0, "minutes between checkpoints", gt=0)
     seed: int = option(0, "random seed")
 
 
@@ -134,6 +134,7 @@ def install_codec(run: Path, codec_dir: Path) -> list[str]:
 def train_decoder(cfg: PolishConfig, corpus: Path, out: Path, minutes: float | None, resume: bool,
                   device: str = "cpu") -> dict:
     """Fine-tune the decoder of RUN/codec/hf into RUN/decoder; returns a summary dict."""
+    check_values(cfg)
     ddir = out / "decoder"
     ckpt = ddir / "ckpt.pt"
     if cfg.w_tagger > 0 and not cfg.tagger:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import option, save_config
+from ..config import check_values, option, save_config
 from ..errors import MusiclensError
 
 
@@ -34,10 +34,10 @@ class ReconstructConfig:
     out: str = option("", "output corpus directory (corpus format: audio/ + metadata.jsonl)")
     codec: str = option("", "codec HF folder, or an organism folder (default: the shipped organism's codec)")
     splits: str = option("train,valid,test", "comma-separated splits to reconstruct")
-    seconds: float = option(6.4, "reconstruct each clip's first S seconds (the LM's training length)")
-    limit: int = option(0, "at most this many clips per split (0 = all)")
-    batch_size: int = option(16, "clips per codec call")
-    threads: int = option(2, "torch CPU threads")
+    seconds: float = option(6.4, "reconstruct each clip's first S seconds (the LM's training length)", gt=0)
+    limit: int = option(0, "at most this many clips per split (0 = all)", ge=0)
+    batch_size: int = option(16, "clips per codec call", ge=1)
+    threads: int = option(2, "torch CPU threads", ge=1)
 
 
 def load_codec_any(folder: str):
@@ -63,8 +63,7 @@ def reconstruct(cfg: ReconstructConfig, progress: bool = True) -> dict:
 
     if not cfg.out:
         raise MusiclensError("--out is required")
-    if cfg.seconds <= 0 or cfg.batch_size < 1 or cfg.limit < 0:
-        raise MusiclensError("--seconds and --batch-size must be positive, --limit >= 0")
+    check_values(cfg)
     corpus, out = Path(cfg.corpus), Path(cfg.out)
     if out.resolve() == corpus.resolve():
         raise MusiclensError("--out must differ from --corpus")
