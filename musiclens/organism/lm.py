@@ -74,6 +74,9 @@ class LMTrainConfig:
     beat_codebooks: str = option("all", "which tokens the beat hinge compares: every codebook's, or the first "
                                         "codebook's alone (the one that decides when a hit falls)",
                                  choices=["all", "first"])
+    beat_train: str = option("both", "which side of the beat hinge trains: both (off-grid continuations made "
+                                     "less likely, the on-beat one likelier) or on_beat alone (the off-grid "
+                                     "losses held fixed)", choices=["both", "on_beat"])
     beat_window: int = option(50, "frames after the cut the beat hinge reads; the cut falls at a random frame "
                                   "between this and 3x this", ge=1)
     contrast_flips: str = option("opposite", "which values a concept's words are flipped to: its opposite (slow <-> "
@@ -406,7 +409,8 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
             loss = loss + cfg.contrast_weight * closs  # (train_loss below is this total; train_lm_loss the LM part)
         bloss = beat_contrast_loss(model, data, idx, rng, cfg.beat_margin, cfg.beat_window,
                                    (cfg.beat_window, 3 * cfg.beat_window),
-                                   cfg.beat_codebooks == "first") if cfg.beat_weight > 0 else None
+                                   cfg.beat_codebooks == "first",
+                                   cfg.beat_train == "on_beat") if cfg.beat_weight > 0 else None
         if bloss is not None:
             loss = loss + cfg.beat_weight * bloss
         if not torch.isfinite(loss):

@@ -110,6 +110,10 @@ class OrganismTrainConfig:
     beat_codebooks: str = option("all", "tokens the beat hinge compares: every codebook's (as tried in session 18) "
                                         "or the first codebook's alone, where the beat is lost",
                                  choices=["all", "first"])
+    beat_train: str = option("both", "which side of the beat hinge trains: both (sessions 18 and 23; session 23's "
+                                     "was met by making every continuation after a cut less likely) or on_beat "
+                                     "alone (the off-grid losses held fixed: only the on-beat continuation can "
+                                     "become likelier)", choices=["both", "on_beat"])
     contrast_flips: str = option("opposite", "flip a concept's words to its opposite value (shipped) or to every "
                                              "other value, middle ones included", choices=["opposite", "all"])
     codes_seconds: float | None = option(6.4, "encode only each clip's first S seconds for the LM (encoding is "
@@ -178,7 +182,7 @@ def train(cfg: OrganismTrainConfig) -> dict:
                              layers=cfg.lm_layers, d_model=cfg.lm_d_model, heads=max(1, cfg.lm_d_model // 32),
                              ffn=4 * cfg.lm_d_model, dropout=cfg.lm_dropout, eval_every=cfg.lm_eval_every,
                              beat_weight=cfg.beat_weight, beat_margin=cfg.beat_margin,
-                             beat_codebooks=cfg.beat_codebooks, seed=cfg.seed,
+                             beat_codebooks=cfg.beat_codebooks, beat_train=cfg.beat_train, seed=cfg.seed,
                              lr=cfg.lm_lr, init=str(Path(cfg.lm_init).resolve()) if cfg.lm_init else "")
         summary["lm"] = train_lm(lcfg, out, cfg.minutes, cfg.resume, device)
         if not summary["lm"]["done"] and cfg.stage == "all":
@@ -195,7 +199,7 @@ def train(cfg: OrganismTrainConfig) -> dict:
                              contrast_margin=cfg.contrast_margin,
                              contrast_concepts=cfg.contrast_concepts, contrast_flips=cfg.contrast_flips,
                              beat_weight=cfg.beat_weight, beat_margin=cfg.beat_margin,
-                             beat_codebooks=cfg.beat_codebooks, seed=cfg.seed + 1)
+                             beat_codebooks=cfg.beat_codebooks, beat_train=cfg.beat_train, seed=cfg.seed + 1)
         summary["tune"] = train_lm(tcfg, out, cfg.minutes, cfg.resume, device, subdir="tune")
     return summary
 

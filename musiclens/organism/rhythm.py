@@ -121,7 +121,8 @@ def splice_losses(model, data, idx: np.ndarray, t0: int = 100, window: int = 50,
 
 
 def beat_contrast_loss(model, data, idx, rng: np.random.Generator, margin: float, window: int = 50,
-                       t0_range: tuple[int, int] = (50, 150), first_codebook: bool = False) -> torch.Tensor | None:
+                       t0_range: tuple[int, int] = (50, 150), first_codebook: bool = False,
+                       hold_off_grid: bool = False) -> torch.Tensor | None:
     """Training hinge: mean relu(margin - (off-grid loss - in-phase loss)) over the batch's clips with drums.
 
     The cut falls at a random frame in `t0_range` each step; off-grid is the
@@ -134,6 +135,10 @@ def beat_contrast_loss(model, data, idx, rng: np.random.Generator, margin: float
     With `first_codebook`, the losses are those of codebook 0's tokens alone:
     under the delay pattern only that codebook has to know when a hit is due
     (`beat_splice_gap`), so the hinge's margin is spent where the beat is lost.
+
+    With `hold_off_grid`, the off-grid losses are constants: the hinge can then only be met by
+    making the on-beat continuation likelier, not by making every continuation after an
+    irregular-looking cut unlikely (which a free hinge did in session 23, docs/organism.md).
     """
     t0 = int(rng.integers(t0_range[0], t0_range[1] + 1))
     jumps = (JUMPS["in_phase"][0], *JUMPS["sixteenth_off"])
@@ -143,7 +148,8 @@ def beat_contrast_loss(model, data, idx, rng: np.random.Generator, margin: float
     pad = model.config.decoder.pad_token_id
     per = _window_loss(model, *_variants(data, clips, jumps, t0, window, pad), by_codebook=first_codebook)
     per = (per[:, 0] if first_codebook else per).reshape(len(clips), len(jumps))
-    return torch.relu(margin - (per[:, 1:].mean(dim=1) - per[:, 0])).mean()
+    off = per[:, 1:].mean(dim=1)
+    return torch.relu(margin - ((off.detach() if hold_off_grid else off) - per[:, 0])).mean()
 
 
 def beat_splice_gap(model, data, idx: np.ndarray, t0: int = 100, window: int = 50, batch: int = 16,

@@ -144,3 +144,28 @@ def test_the_first_codebook_hinge_reads_codebook_0_alone():
     assert float(first) == pytest.approx(float(np.mean(10.0 - gap[:, 0])), abs=1e-4)
     assert float(every) == pytest.approx(float(np.mean(10.0 - gap.mean(axis=1))), abs=1e-4)
     assert abs(float(first) - float(every)) > 1e-3
+
+
+def test_holding_the_off_grid_side_leaves_only_the_on_beat_gradient():
+    """hold_off_grid: same hinge value; its gradient is the on-beat loss's gradient (where it is active)."""
+    from musiclens.organism.rhythm import _variants, _window_loss, beat_contrast_loss
+
+    data = beat_clips(4, 120, 150.0, np.random.default_rng(2))
+    model = TinyLM(seed=3).eval()
+    params = list(model.decoder.parameters())
+
+    def grad(loss):
+        gs = torch.autograd.grad(loss, params, allow_unused=True)
+        return torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(params, gs)])
+
+    kw = dict(margin=10.0, window=30, t0_range=(40, 40), first_codebook=True)  # margin 10: active on every clip
+    free = beat_contrast_loss(model, data, np.arange(4), np.random.default_rng(0), **kw)
+    held = beat_contrast_loss(model, data, np.arange(4), np.random.default_rng(0), hold_off_grid=True, **kw)
+    assert float(held.detach()) == pytest.approx(float(free.detach()), abs=1e-5)
+    pad = model.config.decoder.pad_token_id
+    on_beat = _window_loss(model, *_variants(data, np.arange(4), [JUMPS["in_phase"][0]], 40, 30, pad),
+                           by_codebook=True)[:, 0].mean()
+    g_on, g_held, g_free = grad(on_beat), grad(held), grad(free)
+    assert g_on.abs().max() > 0
+    assert torch.allclose(g_held, g_on, atol=1e-6, rtol=1e-4)
+    assert not torch.allclose(g_free, g_on, atol=1e-6, rtol=1e-4)
