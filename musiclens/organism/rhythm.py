@@ -138,7 +138,10 @@ def beat_contrast_loss(model, data, idx, rng: np.random.Generator, margin: float
 
     With `hold_off_grid`, the off-grid losses are constants: the hinge can then only be met by
     making the on-beat continuation likelier, not by making every continuation after an
-    irregular-looking cut unlikely (which a free hinge did in session 23, docs/organism.md).
+    irregular-looking cut unlikely (which the free hinge did in session 23). Neither gave the
+    generations a beat: both train on spliced sequences, which teaches the LM to follow what
+    comes after a cut rather than keep the phase set before it (docs/organism.md, "Sampling
+    settings, and a beat hinge on the first codebook").
     """
     t0 = int(rng.integers(t0_range[0], t0_range[1] + 1))
     jumps = (JUMPS["in_phase"][0], *JUMPS["sixteenth_off"])
