@@ -323,6 +323,8 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
     from .polish import polished_codec_dir
 
     check_values(cfg)
+    if cfg.d_model % cfg.heads:
+        raise MusiclensError(f"the LM width ({cfg.d_model}) must be a multiple of its heads ({cfg.heads})")
     ldir = out / subdir
     ckpt = ldir / "ckpt.pt"
     if ckpt.exists() and not resume:

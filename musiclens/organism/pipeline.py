@@ -138,6 +138,8 @@ def train(cfg: OrganismTrainConfig) -> dict:
         raise MusiclensError(f"no LM checkpoint to continue in {cfg.lm_init}: check --lm-init")
     if cfg.stage == "decoder" and cfg.decoder_steps <= 0:
         raise MusiclensError("--stage decoder needs --decoder-steps N (N > 0)")
+    if cfg.lm_d_model % 32:
+        raise MusiclensError(f"--lm-d-model must be a multiple of 32 (heads = width / 32), got {cfg.lm_d_model}")
     stages = ["codec", "decoder", "codes", "lm", "tune"] if cfg.stage == "all" else [cfg.stage]
     if {"codec", "decoder", "codes"} & set(stages):  # the stages that read audio (lm and tune read RUN's codes)
         from .data import read_metadata

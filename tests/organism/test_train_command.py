@@ -154,7 +154,8 @@ def test_bad_schedule_options_are_one_line_errors(tiny_corpus, tmp_path, capsys)
              ("--decoder-crop-seconds", "0", "--decoder-crop-seconds must be > 0"),
              ("--decoder-w-onset", "-1", "--decoder-w-onset must be >= 0"),
              ("--beat-margin", "-0.1", "--beat-margin must be >= 0"),
-             ("--lm-dropout", "1", "--lm-dropout must be >= 0 and < 1"))
+             ("--lm-dropout", "1", "--lm-dropout must be >= 0 and < 1"),
+             ("--lm-d-model", "100", "--lm-d-model must be a multiple of 32"))
     for flag, value, message in cases:
         out = tmp_path / flag.strip("-")
         assert main(["organism", "train", "--corpus", str(tiny_corpus), "--out", str(out), flag, value]) == 2
@@ -171,6 +172,11 @@ def test_a_config_built_in_python_is_checked_before_the_run_folder_is_made(tiny_
         train(OrganismTrainConfig(corpus=str(tiny_corpus), out=str(out), stage="lm", lm_batch_size=0))
     with pytest.raises(MusiclensError, match="--beat-codebooks must be one of all, first, got second"):
         train(OrganismTrainConfig(corpus=str(tiny_corpus), out=str(out), stage="tune", beat_codebooks="second"))
+    assert not out.exists()
+    from musiclens.organism.lm import LMTrainConfig, train_lm
+
+    with pytest.raises(MusiclensError, match=r"width \(100\) must be a multiple of its heads \(3\)"):
+        train_lm(LMTrainConfig(d_model=100, heads=3), out, None, False)
     assert not out.exists()
 
 
