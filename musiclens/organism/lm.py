@@ -67,6 +67,9 @@ class LMTrainConfig:
     contrast_concepts: str = option("tempo,drums,register,dynamics",
                                     "concepts whose words are flipped (see organism/sensitivity.py); instrument "
                                     "is left out (the base LM obeys it); the shipped continuation adds brightness")
+    first_codebook_weight: float = option(1.0, "weight of the first codebook's tokens in the LM loss (1 = "
+                                               "MusicGen's plain mean): only that codebook decides when a hit "
+                                               "falls (organism/rhythm.py)", gt=0)
     beat_weight: float = option(0.0, "weight of the beat-contrast loss (0 = off): a hinge that makes a drum "
                                      "clip's continuation after a cut less likely a sixteenth note off the beat "
                                      "than on it (organism/rhythm.py)", ge=0)
@@ -120,15 +123,22 @@ def token_ce(model, ids: torch.Tensor, states: torch.Tensor, mask: torch.Tensor)
     return ce * real, real
 
 
-def lm_loss(model, ids: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def lm_loss(model, ids: torch.Tensor, states: torch.Tensor, mask: torch.Tensor,
+            first_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forced cross-entropy over real code positions.
 
     ids [B, K, T] (delay pattern), states [B, L, 384], mask [B, L].
-    Returns (mean loss, per-example mean loss [B]).
+    Returns (mean loss, per-example mean loss [B]). With `first_weight` != 1
+    the mean counts each first-codebook token that many times (a weighted
+    mean; the per-example figure stays plain).
     """
     ce, real = token_ce(model, ids, states, mask)
     per = ce.sum(dim=(1, 2)) / real.sum(dim=(1, 2)).clamp(min=1)
-    return ce.sum() / real.sum().clamp(min=1), per
+    if first_weight == 1.0:
+        return ce.sum() / real.sum().clamp(min=1), per
+    w = torch.ones(ce.shape[1], 1, device=ce.device, dtype=ce.dtype)
+    w[0] = first_weight
+    return (ce * w).sum() / (real * w).sum().clamp(min=1), per
 
 
 class CodeData:
@@ -404,7 +414,7 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
             g["lr"] = lr
         idx = rng.choice(train_idx, size=cfg.batch_size, replace=len(train_idx) < cfg.batch_size)
         ids, st, m = data.batch(idx, cfg.crop_frames, pad, rng, null_prob=cfg.null_prob)
-        loss, _ = lm_loss(model, ids, st, m)
+        loss, _ = lm_loss(model, ids, st, m, cfg.first_codebook_weight)
         likelihood = loss
         closs = contrast_loss(model, data, con, idx, rng, cfg) if con is not None else None
         if closs is not None:

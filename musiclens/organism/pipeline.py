@@ -103,6 +103,8 @@ class OrganismTrainConfig:
     contrast_concepts: str = option("tempo,drums,register,dynamics", "concepts the hinge flips (comma-separated, "
                                                                      "see organism/sensitivity.py; the shipped "
                                                                      "continuation adds brightness)")
+    lm_first_codebook_weight: float = option(1.0, "weight of the first codebook's tokens in the lm and tune "
+                                                  "stages' LM loss (1 = the plain mean, as shipped)", gt=0)
     beat_weight: float = option(0.0, "weight of the beat-contrast hinge in the lm and tune stages (0 = off, as "
                                      "shipped): a drum clip continued after a cut must be less likely a sixteenth "
                                      "note off the beat than on it (organism/rhythm.py; docs/organism.md)", ge=0)
@@ -184,7 +186,8 @@ def train(cfg: OrganismTrainConfig) -> dict:
                              layers=cfg.lm_layers, d_model=cfg.lm_d_model, heads=max(1, cfg.lm_d_model // 32),
                              ffn=4 * cfg.lm_d_model, dropout=cfg.lm_dropout, eval_every=cfg.lm_eval_every,
                              beat_weight=cfg.beat_weight, beat_margin=cfg.beat_margin,
-                             beat_codebooks=cfg.beat_codebooks, beat_train=cfg.beat_train, seed=cfg.seed,
+                             beat_codebooks=cfg.beat_codebooks, beat_train=cfg.beat_train,
+                             first_codebook_weight=cfg.lm_first_codebook_weight, seed=cfg.seed,
                              lr=cfg.lm_lr, init=str(Path(cfg.lm_init).resolve()) if cfg.lm_init else "")
         summary["lm"] = train_lm(lcfg, out, cfg.minutes, cfg.resume, device)
         if not summary["lm"]["done"] and cfg.stage == "all":
@@ -201,7 +204,8 @@ def train(cfg: OrganismTrainConfig) -> dict:
                              contrast_margin=cfg.contrast_margin,
                              contrast_concepts=cfg.contrast_concepts, contrast_flips=cfg.contrast_flips,
                              beat_weight=cfg.beat_weight, beat_margin=cfg.beat_margin,
-                             beat_codebooks=cfg.beat_codebooks, beat_train=cfg.beat_train, seed=cfg.seed + 1)
+                             beat_codebooks=cfg.beat_codebooks, beat_train=cfg.beat_train,
+                             first_codebook_weight=cfg.lm_first_codebook_weight, seed=cfg.seed + 1)
         summary["tune"] = train_lm(tcfg, out, cfg.minutes, cfg.resume, device, subdir="tune")
     return summary
 

@@ -118,6 +118,18 @@ def test_precompute_train_resume_and_load(tiny_corpus, tmp_path):
     loss, per = lm_loss(model, ids, st, m)
     assert torch.isfinite(per).all() and int(m[0].sum()) == 0 and int(m[1].sum()) > 0
 
+    # first_weight: a weighted mean that counts each first-codebook token that many times
+    from musiclens.organism.lm import token_ce
+
+    with torch.no_grad():
+        ce, real = token_ce(model, ids, st, m)
+        heavy, per4 = lm_loss(model, ids, st, m, first_weight=4.0)
+        plain, _ = lm_loss(model, ids, st, m)
+    want = (4 * ce[:, 0].sum() + ce[:, 1:].sum()) / (4 * real[:, 0].sum() + real[:, 1:].sum())
+    assert float(heavy) == pytest.approx(float(want), rel=1e-5)
+    assert float(plain) == pytest.approx(float(ce.sum() / real.sum()), rel=1e-5)
+    assert abs(float(heavy) - float(plain)) > 1e-4 and torch.allclose(per4, per, atol=1e-5)
+
 
 def test_precompute_stops_on_minutes_and_resumes_to_the_same_codes(tiny_corpus, tmp_path, capsys):
     import shutil
