@@ -134,8 +134,6 @@ def lm_loss(model, ids: torch.Tensor, states: torch.Tensor, mask: torch.Tensor,
     """
     ce, real = token_ce(model, ids, states, mask)
     per = ce.sum(dim=(1, 2)) / real.sum(dim=(1, 2)).clamp(min=1)
-    if first_weight == 1.0:
-        return ce.sum() / real.sum().clamp(min=1), per
     w = torch.ones(ce.shape[1], 1, device=ce.device, dtype=ce.dtype)
     w[0] = first_weight
     return (ce * w).sum() / (real * w).sum().clamp(min=1), per
@@ -421,8 +419,8 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
             loss = loss + cfg.contrast_weight * closs  # (train_loss below is this total; train_lm_loss the LM part)
         bloss = beat_contrast_loss(model, data, idx, rng, cfg.beat_margin, cfg.beat_window,
                                    (cfg.beat_window, 3 * cfg.beat_window),
-                                   cfg.beat_codebooks == "first",
-                                   cfg.beat_train == "on_beat") if cfg.beat_weight > 0 else None
+                                   first_codebook=cfg.beat_codebooks == "first",
+                                   hold_off_grid=cfg.beat_train == "on_beat") if cfg.beat_weight > 0 else None
         if bloss is not None:
             loss = loss + cfg.beat_weight * bloss
         if not torch.isfinite(loss):

@@ -123,10 +123,26 @@ class OrganismTrainConfig:
     seed: int = option(0, "random seed")
 
 
+def _lm_config(cfg: OrganismTrainConfig, **stage):
+    """The lm or tune stage's LMTrainConfig: the options both stages share, plus `stage`'s own.
+
+    One place, so an LM option added to `organism train` reaches both stages (heads = width / 32,
+    ffn = 4 x width).
+    """
+    from .lm import LMTrainConfig
+
+    return LMTrainConfig(budget_minutes=cfg.schedule_minutes, batch_size=cfg.lm_batch_size, layers=cfg.lm_layers,
+                         d_model=cfg.lm_d_model, heads=cfg.lm_d_model // 32, ffn=4 * cfg.lm_d_model,
+                         dropout=cfg.lm_dropout, eval_every=cfg.lm_eval_every,
+                         first_codebook_weight=cfg.lm_first_codebook_weight, beat_weight=cfg.beat_weight,
+                         beat_margin=cfg.beat_margin, beat_codebooks=cfg.beat_codebooks, beat_train=cfg.beat_train,
+                         **stage)
+
+
 def train(cfg: OrganismTrainConfig) -> dict:
     from .codec import CodecTrainConfig, train_codec
     from .codes import precompute
-    from .lm import LMTrainConfig, train_lm
+    from .lm import train_lm
 
     check_values(cfg)  # (from_args did; a config built in Python gets the same one-line errors)
     corpus, out = Path(cfg.corpus), Path(cfg.out)
@@ -182,13 +198,8 @@ def train(cfg: OrganismTrainConfig) -> dict:
 
         summary["text"] = encode_captions(out, device)
     if "lm" in stages:
-        lcfg = LMTrainConfig(steps=cfg.lm_steps, budget_minutes=cfg.schedule_minutes, batch_size=cfg.lm_batch_size,
-                             layers=cfg.lm_layers, d_model=cfg.lm_d_model, heads=max(1, cfg.lm_d_model // 32),
-                             ffn=4 * cfg.lm_d_model, dropout=cfg.lm_dropout, eval_every=cfg.lm_eval_every,
-                             beat_weight=cfg.beat_weight, beat_margin=cfg.beat_margin,
-                             beat_codebooks=cfg.beat_codebooks, beat_train=cfg.beat_train,
-                             first_codebook_weight=cfg.lm_first_codebook_weight, seed=cfg.seed,
-                             lr=cfg.lm_lr, init=str(Path(cfg.lm_init).resolve()) if cfg.lm_init else "")
+        lcfg = _lm_config(cfg, steps=cfg.lm_steps, lr=cfg.lm_lr, seed=cfg.seed,
+                          init=str(Path(cfg.lm_init).resolve()) if cfg.lm_init else "")
         summary["lm"] = train_lm(lcfg, out, cfg.minutes, cfg.resume, device)
         if not summary["lm"]["done"] and cfg.stage == "all":
             return summary
@@ -197,15 +208,9 @@ def train(cfg: OrganismTrainConfig) -> dict:
         init = Path(cfg.tune_init).resolve() if cfg.tune_init else out / "lm" / "ckpt.pt"
         if not init.exists():  # (--tune-init was checked above)
             raise MusiclensError(f"no LM checkpoint to fine-tune in {init}: run the lm stage first")
-        tcfg = LMTrainConfig(steps=cfg.tune_steps, budget_minutes=cfg.schedule_minutes, batch_size=cfg.lm_batch_size,
-                             layers=cfg.lm_layers, d_model=cfg.lm_d_model, heads=max(1, cfg.lm_d_model // 32),
-                             ffn=4 * cfg.lm_d_model, dropout=cfg.lm_dropout, eval_every=cfg.lm_eval_every,
-                             lr=cfg.tune_lr, init=str(init), contrast_weight=cfg.contrast_weight,
-                             contrast_margin=cfg.contrast_margin,
-                             contrast_concepts=cfg.contrast_concepts, contrast_flips=cfg.contrast_flips,
-                             beat_weight=cfg.beat_weight, beat_margin=cfg.beat_margin,
-                             beat_codebooks=cfg.beat_codebooks, beat_train=cfg.beat_train,
-                             first_codebook_weight=cfg.lm_first_codebook_weight, seed=cfg.seed + 1)
+        tcfg = _lm_config(cfg, steps=cfg.tune_steps, lr=cfg.tune_lr, seed=cfg.seed + 1, init=str(init),
+                          contrast_weight=cfg.contrast_weight, contrast_margin=cfg.contrast_margin,
+                          contrast_concepts=cfg.contrast_concepts, contrast_flips=cfg.contrast_flips)
         summary["tune"] = train_lm(tcfg, out, cfg.minutes, cfg.resume, device, subdir="tune")
     return summary
 
