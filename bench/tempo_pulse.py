@@ -2,7 +2,8 @@
 
     python bench/tempo_pulse.py --corpus data/corpus [--model DIR] [--split valid] [--n-prompts 200]
                                 [--seconds 6] [--seed 2] [--top-k K] [--temperature T]
-                                [--prompt-seconds P] [--keep 0 --keep 1,2,3 ...] [--name tempo_pulse]
+                                [--prompt-seconds P] [--keep 0 --keep 1,2,3 ...]
+                                [--contrast-weight G --contrast-window W] [--name tempo_pulse]
 
 The tempo figure of issue 3 (Spearman of requested vs estimated BPM) is low
 for generations while the onset rate follows the tempo word. A beat tracker
@@ -31,6 +32,12 @@ on the window after P alone (`window`), and the continuations only there. A
 pulse that survives in the continuation means the LM can keep a beat it is
 given; one that fades means it cannot hold one either.
 
+With --contrast-weight G, the generations and continuations are sampled
+with context contrast (`models.contrast`): each prediction plus G times its
+difference from the prediction given only BOS and the last W steps. Set
+W below a beat period (17 frames at 180 BPM): if the LM knows the beat from
+further back but too weakly for sampling, this brings it out.
+
 Writes bench/results/<name>.json with per-clip values.
 """
 
@@ -38,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +72,7 @@ def measure(audio: list[np.ndarray], requested: list[float], sr: int) -> list[di
 
 def continue_clips(model, tok, captions: list[str], source: list[np.ndarray], prompt_seconds: float,
                    seconds: float, seed: int, guidance: float, top_k: int | None, temperature: float,
-                   batch: int = 16) -> list[np.ndarray]:
+                   batch: int = 16, contrast: dict | None = None) -> list[np.ndarray]:
     """Generations that start from the first `prompt_seconds` of each source clip (audio prompt + caption).
 
     Through `MusicModel.generate(audio_prompt=)`, what `musiclens generate --audio-prompt` runs;
@@ -79,7 +87,7 @@ def continue_clips(model, tok, captions: list[str], source: list[np.ndarray], pr
     for s in range(0, len(captions), batch):
         res = mm.generate(captions[s: s + batch], seconds=seconds, seed=seed + s, guidance_scale=guidance,
                           temperature=temperature, top_k=top_k or int(model.generation_config.top_k),
-                          audio_prompt=np.stack([y[:n_prompt] for y in source[s: s + batch]]))
+                          audio_prompt=np.stack([y[:n_prompt] for y in source[s: s + batch]]), **(contrast or {}))
         out += [a.numpy() for a in res.audio]
     return out
 
@@ -138,10 +146,16 @@ def main() -> None:
     ap.add_argument("--keep", action="append", default=[], metavar="CODEBOOKS",
                     help="also generate with these codebooks (comma-separated, e.g. 0 or 1,2,3) copied from each "
                          "source clip; repeatable; see the module docstring")
+    ap.add_argument("--contrast-weight", type=float, default=0.0,
+                    help="context contrast for the generations and continuations (0 = off)")
+    ap.add_argument("--contrast-window", type=int, default=8, help="steps the local prediction sees")
     ap.add_argument("--name", default="tempo_pulse")
     a = ap.parse_args()
     if a.prompt_seconds and not 0 < a.prompt_seconds <= a.seconds - 2:
         sys.exit("error: --prompt-seconds must leave at least 2 s to continue within --seconds")
+    if a.contrast_weight < 0 or a.contrast_window < 1:
+        sys.exit("error: --contrast-weight must be >= 0 and --contrast-window >= 1")
+    contrast = {"contrast_weight": a.contrast_weight, "contrast_window": a.contrast_window}
 
     from musiclens.errors import MusiclensError
     from musiclens.models import organism as O
@@ -166,12 +180,18 @@ def main() -> None:
     clips = load_clips(a.corpus, (a.split,), sr, rows=[r for r in rows if r["path"] in {p["path"] for p in prompts}])
     idx = {r["path"]: i for i, r in enumerate(clips.rows)}
     source = [clips.wav(idx[r["path"]])[: int(a.seconds * sr)] for r in prompts]
-    sets = {"as_rendered": source, "through_codec": reconstruct_clips(model.audio_encoder, source),
-            "generated": generate(model, tok, captions, a.seconds, a.seed, a.guidance,
-                                  top_k=a.top_k or None, temperature=a.temperature)}
+    sets = {"as_rendered": source, "through_codec": reconstruct_clips(model.audio_encoder, source)}
+    timed = {}  # wall seconds of each sampled set
+    t0 = time.perf_counter()
+    sets["generated"] = generate(model, tok, captions, a.seconds, a.seed, a.guidance,
+                                 top_k=a.top_k or None, temperature=a.temperature, **contrast)
+    timed["generated"] = time.perf_counter() - t0
     if a.prompt_seconds:
+        t0 = time.perf_counter()
         sets["continued"] = continue_clips(model, tok, captions, source, a.prompt_seconds,
-                                           a.seconds, a.seed, a.guidance, a.top_k or None, a.temperature)
+                                           a.seconds, a.seed, a.guidance, a.top_k or None, a.temperature,
+                                           contrast=contrast)
+        timed["continued"] = time.perf_counter() - t0
     for ks in keeps:
         sets["kept_" + "+".join(map(str, ks))] = generate_keeping(
             model, tok, captions, source, ks, a.seconds, a.seed, a.guidance, a.top_k or None, a.temperature)
@@ -182,7 +202,8 @@ def main() -> None:
     res = {"model": a.model or "shipped organism", "split": a.split, "seed": a.seed, "seconds": a.seconds,
            "kept_sets": {"kept_" + "+".join(map(str, ks)): ks for ks in keeps},
            "guidance": a.guidance, "top_k": a.top_k or int(model.generation_config.top_k),
-           "temperature": a.temperature, "n_prompts_drawn": a.n_prompts,
+           "temperature": a.temperature, "n_prompts_drawn": a.n_prompts, **contrast,
+           "sampling_seconds": timed,
            "clear_above": clear_above,
            "clear_above_means": "median pulse clarity of the source clips through the codec",
            **{k: summarise(v, words, drums, clear_above) for k, v in per.items()}}

@@ -98,6 +98,28 @@ def test_generate_keeps_codebooks_of_a_file(tmp_path):
     assert not (tmp_path / "out3").exists()
 
 
+def test_generate_with_context_contrast_is_the_library_call(tmp_path):
+    """--contrast-weight/--contrast-window: the command writes what MusicModel.generate(contrast_...) returns."""
+    import json
+
+    import soundfile as sf
+
+    from musiclens.cli import main
+    from musiclens.models import load_model
+
+    out = tmp_path / "out"
+    assert main(["generate", "--model", "tiny-random", "--prompt", "x", "--seconds", "0.4", "--contrast-weight", "2",
+                 "--contrast-window", "4", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["contrast_weight"] == 2.0
+    m = load_model("tiny-random")
+    res = m.generate(["x"], seconds=0.4, seed=0, contrast_weight=2.0, contrast_window=4)
+    plain = m.generate(["x"], seconds=0.4, seed=0)
+    (wav,) = out.glob("*.wav")
+    y = sf.read(wav, dtype="float32")[0]
+    assert abs(y - res.audio[0].numpy().clip(-1, 1)).max() < 1e-3
+    assert abs(y - plain.audio[0].numpy().clip(-1, 1)).max() > 1e-3
+
+
 @pytest.mark.parametrize("args", [
     ("generate", "--model", "no-such-model", "--prompt", "x"),
     ("generate", "--model", "tiny-random", "--prompt", "x", "--keep-from", "/no/such.wav"),
@@ -109,6 +131,9 @@ def test_generate_keeps_codebooks_of_a_file(tmp_path):
     ("generate", "--model", "tiny-random", "--prompt", "x", "--top-k", "-1"),
     ("generate", "--model", "tiny-random", "--prompt", "x", "--seconds", "nan"),
     ("generate", "--model", "tiny-random", "--prompt", "x", "--guidance-scale", "nan"),
+    ("generate", "--model", "tiny-random", "--prompt", "x", "--contrast-weight", "-1"),
+    ("generate", "--model", "tiny-random", "--prompt", "x", "--contrast-weight", "1", "--contrast-window", "0"),
+    ("generate", "--model", "tiny-random-melody", "--prompt", "x", "--contrast-weight", "1", "--out", "/tmp/ml_never"),
     ("organism", "eval", "--model", "/no/such/folder", "--corpus", "/no/such/corpus"),
     ("measure", "--audio", "/tmp", "--out", "/tmp/ml_never.json", "--metrics", "", "--no-tags"),
     ("measure", "--audio", "/tmp", "--out", "/tmp/ml_never.json", "--tagger", "/no/such/tagger"),

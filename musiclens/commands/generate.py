@@ -9,6 +9,11 @@ With --keep-from FILE the model copies some codebooks of FILE's codes
 others, under the text. On the organism the first codebook carries the beat,
 and with it much of the brightness, drums and loudness; the caption changes
 what the other codebooks hold (docs/organism.md, "Where the beat is lost").
+
+With --contrast-weight G the sampler amplifies what the long context adds
+to each prediction over the last --contrast-window steps alone
+(`models.contrast`); on the organism it gives no beat (docs/organism.md,
+"Amplifying the long context while sampling").
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ class GenerateConfig:
                                               "(from its start, for up to --seconds); the rest is sampled")
     keep_codebooks: str = option("0", help="with --keep-from: codebooks to copy, comma-separated "
                                            "(0 = the first, coarsest)")
+    contrast_weight: float = option(0.0, help="context contrast: add G x (prediction - prediction from the last "
+                                              "--contrast-window steps only); 0 = off", ge=0)
+    contrast_window: int = option(8, help="with --contrast-weight: steps (frames) the local prediction sees", ge=1)
     device: str = option("cpu", help="cpu or cuda")
     out: str = option("generated", help="output folder for the WAV files")
     overwrite: bool = option(False, help="allow writing into an existing output folder")
@@ -115,7 +123,9 @@ def generate_batched(model, prompts, cfg, audio_prompt=None, keep_codes=None, ke
         kept = None if keep_codes is None else keep_codes.expand(len(batch), -1, -1)
         res = model.generate(batch, seconds=cfg.seconds, seed=cfg.seed + b, guidance_scale=cfg.guidance_scale,
                              temperature=cfg.temperature, top_k=cfg.top_k, audio_prompt=audio_prompt,
-                             keep_codes=kept, keep_codebooks=keep_codebooks)
+                             keep_codes=kept, keep_codebooks=keep_codebooks,
+                             contrast_weight=cfg.contrast_weight,
+                             contrast_window=cfg.contrast_window)
         audios.extend(res.audio)
     return audios
 

@@ -314,7 +314,8 @@ class MusicModel:
     def generate(self, prompts: Sequence[str], seconds: float = 5.0, seed: int = 0, guidance_scale: float = 3.0,
                  temperature: float = 1.0, top_k: int = 250, do_sample: bool = True,
                  n_frames: int | None = None, audio_prompt=None, keep_codes: torch.Tensor | None = None,
-                 keep_codebooks: Sequence[int] = ()) -> GenerationResult:
+                 keep_codebooks: Sequence[int] = (), contrast_weight: float = 0.0,
+                 contrast_window: int = 8) -> GenerationResult:
         """Generate audio for `prompts` in one batch and keep the codes.
 
         Reproducible: same prompts, batch, seed and settings give the same
@@ -330,6 +331,10 @@ class MusicModel:
         codebooks are copied from `keep_codes` for its first F' frames instead
         of sampled, and the others are sampled given them (`models.keep`);
         the returned codes hold them exactly.
+
+        `contrast_weight` > 0 samples with context contrast (`models.contrast`):
+        each prediction plus that weight times its difference from the
+        prediction given only BOS and the last `contrast_window` steps.
         """
         prompts = list(prompts)
         if not prompts:
@@ -339,6 +344,7 @@ class MusicModel:
         B = len(prompts)
         K = self.n_codebooks
         extra: dict = {}
+        processors: list = []
         if audio_prompt is not None:
             wav = (audio_prompt.detach().float().cpu() if torch.is_tensor(audio_prompt)
                    else torch.as_tensor(np.asarray(audio_prompt, dtype=np.float32)))
@@ -351,9 +357,13 @@ class MusicModel:
                                      f"shorter than the clip ({F / self.frame_rate:.2f} s)")
             extra["decoder_input_ids"] = prompt_codes.reshape(B * K, -1)
             F -= prompt_codes.shape[-1]
-        if keep_codes is not None:
-            from transformers import LogitsProcessorList
+        contrast = contextlib.nullcontext()
+        if contrast_weight:
+            from .contrast import ContextContrast
 
+            contrast = ContextContrast(self.hf, contrast_window, contrast_weight)
+            processors.append(contrast)  # before any kept token is forced, so nothing overrides the force
+        if keep_codes is not None:
             from .keep import KeepCodebooks
 
             keep_codes = torch.as_tensor(keep_codes)
@@ -361,9 +371,13 @@ class MusicModel:
                 raise MusiclensError(f"keep_codes: expected [{B}, {K}, frames], got {tuple(keep_codes.shape)}")
             keep = KeepCodebooks(self.decoder_input_ids(keep_codes.to(self.device)), keep_codebooks, K,
                                  self.pad_token_id)
-            extra["logits_processor"] = LogitsProcessorList([keep])
+            processors.append(keep)
         elif keep_codebooks:
             raise MusiclensError("keep_codebooks needs keep_codes to copy them from")
+        if processors:
+            from transformers import LogitsProcessorList
+
+            extra["logits_processor"] = LogitsProcessorList(processors)
         inputs = self.text_inputs([p or "" for p in prompts])
         cfg = guidance_scale is not None and guidance_scale > 1
         torch.manual_seed(seed)
@@ -382,9 +396,10 @@ class MusicModel:
         codec.decode = decode_and_keep
         prefill_patch = self._single_prefill()
         try:
-            audio = self.hf.generate(**inputs, **extra, max_new_tokens=F + K - 1,
-                                     guidance_scale=guidance_scale if cfg else None, do_sample=do_sample,
-                                     temperature=temperature, top_k=top_k)
+            with contrast:
+                audio = self.hf.generate(**inputs, **extra, max_new_tokens=F + K - 1,
+                                         guidance_scale=guidance_scale if cfg else None, do_sample=do_sample,
+                                         temperature=temperature, top_k=top_k)
         finally:
             prefill_patch()
             codec.decode = orig_decode

@@ -188,30 +188,48 @@ def pick_prompts(rows: list[dict], n: int, seed: int = 0, split: str = "test") -
 
 @torch.no_grad()
 def generate(model, tok, prompts: list[str], seconds: float, seed: int, guidance: float = 3.0,
-             batch: int = 16, top_k: int | None = None, temperature: float = 1.0) -> list[np.ndarray]:
+             batch: int = 16, top_k: int | None = None, temperature: float = 1.0,
+             contrast_weight: float = 0.0, contrast_window: int = 8) -> list[np.ndarray]:
     """Audio (float32 numpy at 16 kHz) for each prompt; "" / None = unconditional (null condition).
 
     `top_k` None keeps the model's generation_config (250 for the organism, as for MusicGen).
+    `contrast_weight` > 0 samples with context contrast (`models.contrast`).
     """
+    import contextlib
+
     frames = int(seconds * O.FRAME_RATE)
     sampling = {"temperature": temperature, **({"top_k": top_k} if top_k is not None else {})}
+    contrast = contextlib.nullcontext()
+    if contrast_weight:
+        from ..models.contrast import ContextContrast
+
+        contrast = ContextContrast(model, contrast_window, contrast_weight)
     out = []
     for s in range(0, len(prompts), batch):
         part = prompts[s: s + batch]
         torch.manual_seed(seed + s)
-        if all(not p for p in part):
-            inputs = dict(model.get_unconditional_inputs(num_samples=len(part)))
-            inputs["guidance_scale"] = 1.0  # null condition on both CFG branches = plain sampling
-            inputs.pop("max_new_tokens", None)
-            audio = model.generate(**inputs, max_new_tokens=frames + O.N_CODEBOOKS, do_sample=True, **sampling)
-        else:
-            t = tok(list(part), return_tensors="pt", padding=True)
-            t.pop("token_type_ids", None)
-            audio = model.generate(**t, max_new_tokens=frames + O.N_CODEBOOKS, do_sample=True,
-                                   guidance_scale=guidance, **sampling)
+        if contrast_weight:  # a new list per call: HF appends its guidance processor to the one it is given
+            from transformers import LogitsProcessorList
+
+            sampling["logits_processor"] = LogitsProcessorList([contrast])
+        with contrast:
+            audio = _generate_batch(model, tok, part, frames, guidance, sampling)
         for a in audio[:, 0]:
             out.append(a.float().numpy()[: int(seconds * O.SAMPLE_RATE)])
     return out
+
+
+def _generate_batch(model, tok, part: list[str], frames: int, guidance: float, sampling: dict):
+    """One batch of `generate`: the null condition on both CFG branches when no prompt has text."""
+    if all(not p for p in part):
+        inputs = dict(model.get_unconditional_inputs(num_samples=len(part)))
+        inputs["guidance_scale"] = 1.0  # null condition on both CFG branches = plain sampling
+        inputs.pop("max_new_tokens", None)
+        return model.generate(**inputs, max_new_tokens=frames + O.N_CODEBOOKS, do_sample=True, **sampling)
+    t = tok(list(part), return_tensors="pt", padding=True)
+    t.pop("token_type_ids", None)
+    return model.generate(**t, max_new_tokens=frames + O.N_CODEBOOKS, do_sample=True, guidance_scale=guidance,
+                          **sampling)
 
 
 def generate_keeping(model, tok, captions: list[str], source: list[np.ndarray], keep: list[int], seconds: float,

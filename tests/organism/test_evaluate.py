@@ -67,6 +67,26 @@ def test_generate_passes_sampling_settings_through():
     assert not np.array_equal(c[0], d[0])
 
 
+def test_generate_with_context_contrast_over_several_batches():
+    """Context contrast in the bench's own generation: each batch is the library's contrasted generation (same
+    seeds), so it differs from plain sampling, and the second batch works too (HF appends its guidance processor
+    to the list it is given: a shared list would hold it twice)."""
+    import musiclens.models.organism as O
+    from musiclens.models import MusicModel
+    from musiclens.organism.evaluate import generate
+
+    model, tok = O.load_organism_hf()
+    prompts = ["a slow organ chorale", "a fast flute tune", "a loud trumpet tune"]
+    got = generate(model, tok, prompts, 0.4, seed=0, batch=2, contrast_weight=2.0, contrast_window=4)
+    plain = generate(model, tok, prompts, 0.4, seed=0, batch=2)
+    assert len(got) == 3 and not any(np.array_equal(g, p) for g, p in zip(got, plain))
+    mm = MusicModel(model, tok, "organism")
+    # the second batch, seed 0 + 2; `generate` samples one frame past the clip (frames + K steps), and the
+    # codec's last frames depend on where the codes end, so the library call samples those 21 frames too
+    lib = mm.generate(prompts[2:], n_frames=21, seed=2, contrast_weight=2.0, contrast_window=4).audio[0].numpy()
+    np.testing.assert_allclose(got[2], lib[: len(got[2])], atol=1e-4)
+
+
 def test_generate_keeping_copies_the_source_codes_as_far_as_they_go():
     """All four codebooks kept: the clip is the source through the codec; a shorter source is kept only as far
     as it goes, and sampling (different per seed) takes over after it."""
