@@ -126,6 +126,8 @@ def capture(model, sites: Sequence[str], branch: str = "both", steps: tuple[int,
 
     def make_hook(site: str) -> Callable:
         def hook(module, args, output):
+            if model.state.local_pass:  # context contrast's window forward: not part of the sequence
+                return None
             h = _get_h(output)
             pos = _positions(model, h.shape[1], steps)
             if pos is None:

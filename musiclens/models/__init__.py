@@ -57,12 +57,15 @@ class HookState:
     which sees BOS, plus the conditioning prefix for MusicGen-Melody).
     `prefix_len` is the number of prepended conditioning positions in the
     decoder sequence (MusicGen-Melody only; 0 otherwise).
+    `local_pass` is True during context contrast's extra forward over a
+    window (`models.contrast`): it is not a step, and captures skip it.
     """
 
     generating: bool = False
     cfg_batch: int | None = None
     step: int = 0
     prefix_len: int = 0
+    local_pass: bool = False
 
 
 class _StopForward(Exception):
@@ -361,7 +364,7 @@ class MusicModel:
         if contrast_weight:
             from .contrast import ContextContrast
 
-            contrast = ContextContrast(self.hf, contrast_window, contrast_weight)
+            contrast = ContextContrast(self.hf, contrast_window, contrast_weight, local_pass=self._local_pass)
             processors.append(contrast)  # before any kept token is forced, so nothing overrides the force
         if keep_codes is not None:
             from .keep import KeepCodebooks
@@ -440,8 +443,19 @@ class MusicModel:
 
         return undo
 
+    @contextlib.contextmanager
+    def _local_pass(self) -> Iterator[None]:
+        """Mark context contrast's window forward, which is neither a step nor an activation to capture."""
+        self.state.local_pass = True
+        try:
+            yield
+        finally:
+            self.state.local_pass = False
+
     def _count_step(self, module, args, kwargs):
         # forward pre-hook on the decoder: runs once per generated step, before the layers
+        if self.state.local_pass:
+            return
         self.state.step += 1
         ehs = kwargs.get("encoder_hidden_states") if self.kind == "melody" else None
         self.state.prefix_len = 0 if ehs is None else ehs.shape[1]

@@ -66,10 +66,13 @@ class ContextContrast(LogitsProcessor):
     decoder's inputs (the delay-pattern ids of both CFG halves) and the text
     conditioning, so the processor can rebuild the window; leaving it always
     removes the hook. While the whole past still fits in the window, scores
-    pass unchanged.
+    pass unchanged. `local_pass` (a context-manager factory) wraps the window
+    forward: `MusicModel` passes one that tells its step counter and captures
+    to skip it. Steering hooks act on it like on any forward, so a steered
+    model is contrasted with its own steered local prediction.
     """
 
-    def __init__(self, hf, window: int, weight: float):
+    def __init__(self, hf, window: int, weight: float, local_pass=None):
         if window < 1:
             raise MusiclensError(f"the context-contrast window must be at least 1 step (got {window})")
         if weight < 0:
@@ -86,6 +89,7 @@ class ContextContrast(LogitsProcessor):
         self.conditioning: dict = {}
         self._inside = False
         self._handle = None
+        self._local_pass = local_pass or contextlib.nullcontext
 
     def __enter__(self) -> "ContextContrast":
         self.history = None
@@ -116,7 +120,7 @@ class ContextContrast(LogitsProcessor):
         cols = torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(t - self.window, t)])
         self._inside = True
         try:
-            with positions_at(self.decoder, cols):
+            with positions_at(self.decoder, cols), self._local_pass():
                 out = self.decoder(input_ids=self.history[:, cols.to(self.history.device)], use_cache=False,
                                    **self.conditioning)
         finally:

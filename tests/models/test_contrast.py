@@ -94,3 +94,18 @@ def test_contrast_combines_with_kept_codebooks_and_cleans_up(tiny_model):
 def test_melody_is_refused_in_one_line(tiny_melody):
     with pytest.raises(MusiclensError, match="melody"):
         tiny_melody.generate(["a"], seconds=0.2, contrast_weight=1.0)
+
+
+def test_captures_and_the_step_counter_skip_the_window_forward(tiny_model):
+    """A capture during contrasted generation sees one call per step, as plain generation does."""
+    from musiclens.hooks import capture
+
+    m = tiny_model
+    seen = []
+    for weight in (0.0, 2.0):
+        with capture(m, ["layer.2"]) as cap:
+            m.generate(["a", "b"], seconds=0.3, seed=0, contrast_weight=weight, contrast_window=4)
+        seen.append(([tuple(r.shape) for r in cap.records["layer.2"]], cap.steps["layer.2"]))
+    assert seen[0] == seen[1]
+    shapes, steps = seen[1]
+    assert steps == list(range(len(steps))) and all(s[1] == 1 for s in shapes[1:])
