@@ -205,3 +205,12 @@ def test_building_an_organism_config_prints_no_token_id_warnings():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "token_id" not in r.stderr
+
+
+def test_loading_the_organism_codec_prints_no_token_id_warnings():
+    """The latent commands' default autoencoder reads the organism folder's MusicGen config: silently."""
+    code = ("from transformers.utils import logging as L; from musiclens.latent.autoencoders import load_autoencoder; "
+            "v = L.get_verbosity(); ae = load_autoencoder('organism'); assert L.get_verbosity() == v")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "token_id" not in r.stderr

@@ -260,7 +260,10 @@ def load_folder(path: Path):
         # MusicGen folder: its codec lives under the `audio_encoder.` prefix of the checkpoint
         from transformers import AutoConfig, EncodecModel
 
-        full = AutoConfig.from_pretrained(path)
+        from ..models.organism import hf_errors_only
+
+        with hf_errors_only():  # its validation calls MusicGen's pad/BOS id = codebook size "unexpected"
+            full = AutoConfig.from_pretrained(path)
         model = EncodecModel(full.audio_encoder)
         _load_prefixed(model, path, "audio_encoder.")
         return model, "encodec"
