@@ -83,7 +83,7 @@ def caption_states(captions: list[str], device: str = "cpu", batch: int = 64, en
                                  "include them (organism pack-lm)")
     L = t["input_ids"].shape[1]
     states = torch.zeros(len(captions), L, enc.config.hidden_size, dtype=torch.float16)
-    for s in tqdm(range(0, len(captions), batch), desc=desc, unit="batch", disable=not desc):
+    for s in tqdm(range(0, len(captions), batch), desc=desc, unit="batch", disable=None if desc else True):
         ids = t["input_ids"][s: s + batch].to(device)
         m = t["attention_mask"][s: s + batch].to(device)
         h = enc(input_ids=ids, attention_mask=m).last_hidden_state
