@@ -42,13 +42,20 @@ def kmeans_init(codec, z: torch.Tensor, seed: int = 0, iters: int = 25, count_sc
     statistics track (1 / number of batches in `z`), so dead-code detection
     works from the first step.
     """
+    import warnings
+
     from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
 
     residual = z.detach().float().cpu()
     used = []
     for cb in _codebooks(codec):
         k = cb.embed.shape[0]
-        km = KMeans(n_clusters=k, n_init=1, max_iter=iters, random_state=seed).fit(residual.numpy())
+        with warnings.catch_warnings():
+            # fewer distinct residuals than codes (small corpora, deep codebooks): the codes left empty
+            # are what `used` counts, and training restarts dead codes; sklearn's warning says no more
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            km = KMeans(n_clusters=k, n_init=1, max_iter=iters, random_state=seed).fit(residual.numpy())
         centers = torch.tensor(km.cluster_centers_, dtype=torch.float32)
         counts = torch.bincount(torch.tensor(km.labels_, dtype=torch.long), minlength=k).float()
         size = (counts * count_scale).clamp(min=1e-3)

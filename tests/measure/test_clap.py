@@ -99,7 +99,7 @@ def test_shipped_mini_clap_labels_synthesised_instruments(tmp_path):
             for k in range(8):
                 inst.notes.append(pretty_midi.Note(90, int(base + rng.integers(-5, 8)), 0.5 * k, 0.5 * k + 0.45))
             pm.instruments.append(inst)
-            y = pm.fluidsynth(fs=16000, sf2_path=str(sf2))[: 16000 * 4]
+            y = pm.fluidsynth(fs=16000, synthesizer=str(sf2))[: 16000 * 4]
             sf.write(tmp_path / f"{prog}_{j}.wav", (0.5 * y / (np.abs(y).max() + 1e-9)).astype(np.float32), 16000)
             clips.append(tmp_path / f"{prog}_{j}.wav")
         feats.append({"key": name, "clips": clips})
