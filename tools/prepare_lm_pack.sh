@@ -10,7 +10,7 @@
 #   4. its train and valid codes (`organism train --stage codes --resume`: about 35 min);
 #   5. the pack (`organism pack-lm --init` the shipped LM, so the call continues it);
 #   6. the wheels the device lacks, into .whl (pip download; skipped when .whl holds them);
-#   7. the shipped organism hidden from the call's tree and the total checked against 64 MiB.
+#   7. the shipped organism and bench/results hidden from the call's tree, the total checked against 64 MiB.
 # Every step skips or resumes what is already done, so it may be run again after an interruption.
 # After the call: `bash tools/device_tree.sh restore` (do not commit before it).
 # Environment: CORPUS (data/corpus12k), RUN (runs/gpu19), PACK (gpu/lm).
@@ -50,9 +50,13 @@ if ! ls .whl/librosa-*.whl >/dev/null 2>&1; then
 fi
 
 step "the call's tree"
-if [ -n "$(git ls-files -- "$SHIPPED")" ]; then
-  bash tools/device_tree.sh hide "$SHIPPED"
-fi
+# the device stages read neither the shipped organism (the pack holds its LM and codec) nor the
+# measured results (12 MiB of JSON and figures), so both stay home
+for p in "$SHIPPED" bench/results; do
+  if [ -n "$(git ls-files -- "$p")" ]; then
+    bash tools/device_tree.sh hide "$p"
+  fi
+done
 bash tools/device_tree.sh size .whl "$PACK"
 cat <<EOF
 Ready. One device call, carry [.whl, $PACK], timeout_s 600:
