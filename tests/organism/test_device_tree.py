@@ -55,3 +55,23 @@ def test_hide_size_restore(tmp_path):
     assert tree(repo, "restore").stdout.strip() == "device_tree: nothing hidden"
     assert tree(repo, "hide", "nothing_here").returncode == 2
     assert tree(repo, "size", "gpu").stdout == before.stdout
+
+
+def test_two_hides_one_restore(tmp_path):
+    """prepare_lm_pack.sh hides the organism and bench/results in two calls; one restore undoes both."""
+    repo = tmp_path / "repo"
+    for d in ("assets", "results"):
+        (repo / d).mkdir(parents=True)
+        (repo / d / "f.bin").write_bytes(b"\1" * (1 << 20))
+    (repo / "code.py").write_text("x = 1\n")
+    git(repo, "init", "-q")
+    git(repo, "config", "user.email", "t@t")
+    git(repo, "config", "user.name", "t")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "init")
+    assert tree(repo, "hide", "assets").returncode == 0
+    assert tree(repo, "hide", "results").returncode == 0
+    assert float(tree(repo, "size").stdout.split()[1]) < 0.01
+    r = tree(repo, "restore")
+    assert r.returncode == 0 and "restored: assets" in r.stdout and "restored: results" in r.stdout
+    assert git(repo, "status", "--porcelain") == ""
