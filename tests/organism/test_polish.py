@@ -26,7 +26,7 @@ def test_discriminator_shapes_and_losses():
         assert score.shape[-1] == 8000 // (n_fft // 4) + 1  # one score per STFT frame
         assert len(feats) == 5
     adv, feat = generator_losses(out, out)
-    assert float(feat) == 0.0  # identical audio: nothing to match
+    assert float(feat.detach()) == 0.0  # identical audio: nothing to match
     _, feat2 = generator_losses(out, d(x + 0.05 * torch.randn_like(x)))
     assert float(feat2) > 0.01
     # the hinge is zero only when real scores >= 1 and fake scores <= -1
