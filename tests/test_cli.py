@@ -132,6 +132,7 @@ def test_generate_with_context_contrast_is_the_library_call(tmp_path):
     ("generate", "--model", "tiny-random", "--prompt", "x", "--seconds", "nan"),
     ("generate", "--model", "tiny-random", "--prompt", "x", "--guidance-scale", "nan"),
     ("generate", "--model", "tiny-random", "--prompt", "x", "--contrast-weight", "-1"),
+    ("generate", "--model", "tiny-random", "--prompt", "x", "--contrast-weight", "nan"),
     ("generate", "--model", "tiny-random", "--prompt", "x", "--contrast-weight", "1", "--contrast-window", "0"),
     ("generate", "--model", "tiny-random-melody", "--prompt", "x", "--contrast-weight", "1", "--out", "/tmp/ml_never"),
     ("organism", "eval", "--model", "/no/such/folder", "--corpus", "/no/such/corpus"),

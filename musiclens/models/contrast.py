@@ -75,8 +75,8 @@ class ContextContrast(LogitsProcessor):
     def __init__(self, hf, window: int, weight: float, local_pass=None):
         if window < 1:
             raise MusiclensError(f"the context-contrast window must be at least 1 step (got {window})")
-        if weight < 0:
-            raise MusiclensError(f"the context-contrast weight must be >= 0 (got {weight:g})")
+        if not weight >= 0:  # (NaN too)
+            raise MusiclensError(f"the context-contrast weight must be a number >= 0 (got {weight:g})")
         from transformers import MusicgenForCausalLM
 
         if not isinstance(hf.decoder, MusicgenForCausalLM):  # melody prepends its conditioning to the sequence

@@ -86,8 +86,9 @@ def test_contrast_combines_with_kept_codebooks_and_cleans_up(tiny_model):
     assert len(m.hf.decoder._forward_pre_hooks) == hooks
     with pytest.raises(MusiclensError, match="window"):
         m.generate(["a"], seconds=0.2, contrast_weight=1.0, contrast_window=0)
-    with pytest.raises(MusiclensError, match="weight"):
-        m.generate(["a"], seconds=0.2, contrast_weight=-1.0)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(MusiclensError, match="weight"):
+            m.generate(["a"], seconds=0.2, contrast_weight=bad)
     assert len(m.hf.decoder._forward_pre_hooks) == hooks
 
 
