@@ -102,8 +102,8 @@ def clarity_stats(clarity: np.ndarray, clear_above: float) -> dict:
 def summarise(clips: list[dict], words: list[str], drums: list[bool], clear_above: float) -> dict:
     from scipy.stats import spearmanr
 
-    def rho(sel):
-        c = [(m["bpm_requested"], m["bpm"]) for m, s in zip(clips, sel) if s and np.isfinite(m["bpm"])]
+    def rho(sel, key="bpm"):
+        c = [(m["bpm_requested"], m[key]) for m, s in zip(clips, sel) if s and np.isfinite(m[key])]
         if len(c) < 5:
             return {"rho": None, "n": len(c)}
         r, p = spearmanr(*zip(*c))
@@ -120,6 +120,7 @@ def summarise(clips: list[dict], words: list[str], drums: list[bool], clear_abov
             "clarity_median_drums_asked": {"median": float(np.median(clarity[drums])) if drums.any() else None,
                                            "n": int(drums.sum())},
             "spearman_bpm": rho([True] * len(clips)),
+            "spearman_onset_rate": rho([True] * len(clips), "onset_rate"),  # what the BPM figure reads without a beat
             "spearman_bpm_clear": rho(clarity >= clear_above),
             "spearman_bpm_unclear": rho(clarity < clear_above),
             "within_4pct": float(np.mean(within)),
@@ -153,18 +154,18 @@ def main() -> None:
     a = ap.parse_args()
     if a.prompt_seconds and not 0 < a.prompt_seconds <= a.seconds - 2:
         sys.exit("error: --prompt-seconds must leave at least 2 s to continue within --seconds")
-    if a.contrast_weight < 0 or a.contrast_window < 1:
-        sys.exit("error: --contrast-weight must be >= 0 and --contrast-window >= 1")
     contrast = {"contrast_weight": a.contrast_weight, "contrast_window": a.contrast_window}
 
     from musiclens.errors import MusiclensError
     from musiclens.models import organism as O
+    from musiclens.models.contrast import check_contrast
     from musiclens.models.keep import parse_codebooks
     from musiclens.organism.codes import reconstruct_clips
     from musiclens.organism.data import load_clips, read_metadata
     from musiclens.organism.evaluate import generate, generate_keeping, named_factors, pick_prompts
 
     try:
+        check_contrast(a.contrast_window, a.contrast_weight)
         rows = read_metadata(a.corpus)
         prompts = [r for r in pick_prompts(rows, a.n_prompts, a.seed, a.split) if "tempo" in named_factors(r)]
         if not prompts:

@@ -59,6 +59,14 @@ def positions_at(decoder: torch.nn.Module, positions: torch.Tensor) -> Iterator[
         emb.forward = original
 
 
+def check_contrast(window: int, weight: float) -> None:
+    """One-line errors for a bad window or weight, before any audio is generated."""
+    if not window >= 1:
+        raise MusiclensError(f"the context-contrast window must be at least 1 step (got {window})")
+    if not weight >= 0:  # (NaN too)
+        raise MusiclensError(f"the context-contrast weight must be a number >= 0 (got {weight:g})")
+
+
 class ContextContrast(LogitsProcessor):
     """score + weight · (score − score from BOS + the last `window` steps); a context manager.
 
@@ -73,10 +81,7 @@ class ContextContrast(LogitsProcessor):
     """
 
     def __init__(self, hf, window: int, weight: float, local_pass=None):
-        if window < 1:
-            raise MusiclensError(f"the context-contrast window must be at least 1 step (got {window})")
-        if not weight >= 0:  # (NaN too)
-            raise MusiclensError(f"the context-contrast weight must be a number >= 0 (got {weight:g})")
+        check_contrast(window, weight)
         from transformers import MusicgenForCausalLM
 
         if not isinstance(hf.decoder, MusicgenForCausalLM):  # melody prepends its conditioning to the sequence

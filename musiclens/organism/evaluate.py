@@ -197,23 +197,21 @@ def generate(model, tok, prompts: list[str], seconds: float, seed: int, guidance
     """
     import contextlib
 
+    from transformers import LogitsProcessorList
+
+    from ..models.contrast import ContextContrast
+
     frames = int(seconds * O.FRAME_RATE)
     sampling = {"temperature": temperature, **({"top_k": top_k} if top_k is not None else {})}
-    contrast = contextlib.nullcontext()
-    if contrast_weight:
-        from ..models.contrast import ContextContrast
-
-        contrast = ContextContrast(model, contrast_window, contrast_weight)
+    contrast = ContextContrast(model, contrast_window, contrast_weight) if contrast_weight else None
     out = []
     for s in range(0, len(prompts), batch):
         part = prompts[s: s + batch]
         torch.manual_seed(seed + s)
-        if contrast_weight:  # a new list per call: HF appends its guidance processor to the one it is given
-            from transformers import LogitsProcessorList
-
-            sampling["logits_processor"] = LogitsProcessorList([contrast])
-        with contrast:
-            audio = _generate_batch(model, tok, part, frames, guidance, sampling)
+        with contrast or contextlib.nullcontext():
+            # a new list per call: HF appends its guidance processor to the list it is given
+            extra = {"logits_processor": LogitsProcessorList([contrast])} if contrast else {}
+            audio = _generate_batch(model, tok, part, frames, guidance, {**sampling, **extra})
         for a in audio[:, 0]:
             out.append(a.float().numpy()[: int(seconds * O.SAMPLE_RATE)])
     return out
