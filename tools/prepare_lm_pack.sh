@@ -51,12 +51,13 @@ fi
 
 step "the call's tree"
 # the device stages read neither the shipped organism (the pack holds its LM and codec) nor the
-# measured results (12 MiB of JSON and figures), so both stay home
+# measured results (12 MiB of JSON and figures), so both stay home; one `hide` checks every path
+# before it hides any, so uncommitted changes in either leave both where they were
+tracked=()
 for p in "$SHIPPED" bench/results; do
-  if [ -n "$(git ls-files -- "$p")" ]; then
-    bash tools/device_tree.sh hide "$p"
-  fi
+  [ -z "$(git ls-files -- "$p")" ] || tracked+=("$p")
 done
+[ ${#tracked[@]} -eq 0 ] || bash tools/device_tree.sh hide "${tracked[@]}"
 bash tools/device_tree.sh size .whl "$PACK"
 cat <<EOF
 Ready. One device call, carry [.whl, $PACK], timeout_s 600:
