@@ -30,6 +30,7 @@ from ..errors import MusiclensError
 from ..io import atomic_path, write_json
 from ..models import organism as O
 from .codes import load_codes
+from .beatphase import phase_errors_degrees, phase_loss
 from .rhythm import beat_contrast_loss, beat_splice_gap
 from .resume import load_checkpoint, load_weights, restore_rng, rng_state
 from .schedule import Clock
@@ -82,6 +83,10 @@ class LMTrainConfig:
                                      "losses held fixed)", choices=["both", "on_beat"])
     beat_window: int = option(50, "frames after the cut the beat hinge reads; the cut falls at a random frame "
                                   "between this and 3x this", ge=1)
+    beat_phase_weight: float = option(0.0, "weight of the beat-phase loss (0 = off): a training-only linear head on "
+                                           "the decoder's last hidden state regresses each frame's position in the "
+                                           "beat and the bar, which the corpus knows (organism/beatphase.py); the "
+                                           "head is not exported", ge=0)
     contrast_flips: str = option("opposite", "which values a concept's words are flipped to: its opposite (slow <-> "
                                              "fast, none <-> rock; the shipped tune stage), or every other value "
                                              "(middle values such as neutral or light drums included)",
@@ -103,40 +108,47 @@ def delay_pattern(codes: torch.Tensor, pad: int) -> torch.Tensor:
     return ids
 
 
-def token_ce(model, ids: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def token_ce(model, ids: torch.Tensor, states: torch.Tensor, mask: torch.Tensor,
+             with_hidden: bool = False) -> tuple[torch.Tensor, ...]:
     """Teacher-forced cross-entropy of every next code: (ce [B, K, T-1], real [B, K, T-1] bool).
 
     ids [B, K, T] (delay pattern), states [B, L, 384], mask [B, L]. Position
     t of codebook k predicts ids[:, k, t + 1]; `real` is False where that is
     a pad (BOS, the delay pattern's corners, a crop's end), and ce is 0 there.
+    With `with_hidden`, also the decoder's last hidden state [B, T-1, D] (what
+    the codebooks' heads read; `beatphase` trains a head of its own on it).
+    The decoder body and heads are called as `MusicgenForCausalLM.forward`
+    calls them, so the logits are the same.
     """
     b, k, t = ids.shape
+    dec = model.decoder
     pad = model.config.decoder.pad_token_id
     inp = ids[..., :-1].reshape(b * k, t - 1)
     tgt = ids[..., 1:]
     enc = model.enc_to_dec_proj(states)
-    logits = model.decoder(input_ids=inp, encoder_hidden_states=enc, encoder_attention_mask=mask).logits
-    logits = logits.reshape(b, k, t - 1, -1)
+    hidden = dec.model(input_ids=inp, encoder_hidden_states=enc, encoder_attention_mask=mask).last_hidden_state
+    logits = torch.stack([head(hidden) for head in dec.lm_heads], dim=1)  # [B, K, T-1, V]
     real = tgt != pad
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.clamp(max=logits.shape[-1] - 1).reshape(-1),
                          reduction="none").reshape(b, k, t - 1)
-    return ce * real, real
+    return (ce * real, real, hidden) if with_hidden else (ce * real, real)
 
 
 def lm_loss(model, ids: torch.Tensor, states: torch.Tensor, mask: torch.Tensor,
-            first_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+            first_weight: float = 1.0, with_hidden: bool = False) -> tuple[torch.Tensor, ...]:
     """Teacher-forced cross-entropy over real code positions.
 
     ids [B, K, T] (delay pattern), states [B, L, 384], mask [B, L].
-    Returns (mean loss, per-example mean loss [B]). With `first_weight` != 1
-    the mean counts each first-codebook token that many times (a weighted
-    mean; the per-example figure stays plain).
+    Returns (mean loss, per-example mean loss [B]), plus the last hidden
+    state with `with_hidden`. With `first_weight` != 1 the mean counts each
+    first-codebook token that many times (a weighted mean; the per-example
+    figure stays plain).
     """
-    ce, real = token_ce(model, ids, states, mask)
+    ce, real, *hidden = token_ce(model, ids, states, mask, with_hidden)
     per = ce.sum(dim=(1, 2)) / real.sum(dim=(1, 2)).clamp(min=1)
     w = torch.ones(ce.shape[1], 1, device=ce.device, dtype=ce.dtype)
     w[0] = first_weight
-    return (ce * w).sum() / (real * w).sum().clamp(min=1), per
+    return ((ce * w).sum() / (real * w).sum().clamp(min=1), per, *hidden)
 
 
 class CodeData:
@@ -157,17 +169,27 @@ class CodeData:
     def indices(self, split: str) -> np.ndarray:
         return np.nonzero(self.split == split)[0]
 
-    def batch(self, idx, crop: int, pad: int, rng: np.random.Generator | None, null_prob: float = 0.0,
-              start_zero: float = 0.3, null_kind: np.ndarray | None = None):
-        """Delay-pattern ids [B, K, crop+K], states [B, L, 384] fp32, mask [B, L]."""
-        idx = np.asarray(idx)
-        crops = torch.full((len(idx), self.codes.shape[1], crop), -1, dtype=torch.long)
+    def crop_starts(self, idx, crop: int, rng: np.random.Generator | None, start_zero: float = 0.3) -> np.ndarray:
+        """Each clip's first frame in a training crop: 0 for `start_zero` of them (openings are what the
+        caption alone must set up), else uniform; always 0 without `rng` (held-out figures)."""
+        out = np.zeros(len(idx), dtype=np.int64)
         for j, i in enumerate(idx):
             n = int(self.lengths[i])
-            if rng is None or n <= crop or rng.random() < start_zero:
-                s = 0
-            else:
-                s = int(rng.integers(0, n - crop + 1))
+            if rng is not None and n > crop and rng.random() >= start_zero:
+                out[j] = int(rng.integers(0, n - crop + 1))
+        return out
+
+    def batch(self, idx, crop: int, pad: int, rng: np.random.Generator | None, null_prob: float = 0.0,
+              start_zero: float = 0.3, null_kind: np.ndarray | None = None, starts: np.ndarray | None = None):
+        """Delay-pattern ids [B, K, crop+K], states [B, L, 384] fp32, mask [B, L].
+
+        `starts` (from `crop_starts`) fixes the crops' first frames, for a caller that needs them too.
+        """
+        idx = np.asarray(idx)
+        if starts is None:
+            starts = self.crop_starts(idx, crop, rng, start_zero)
+        crops = torch.full((len(idx), self.codes.shape[1], crop), -1, dtype=torch.long)
+        for j, (i, s) in enumerate(zip(idx, starts)):
             c = self.codes[i, :, s: s + crop].long()
             crops[j, :, : c.shape[1]] = c
         ids = delay_pattern(crops, pad)
@@ -291,6 +313,23 @@ def conditioning_gap(model, data: CodeData, idx: np.ndarray, crop: int, batch: i
     return out
 
 
+@torch.no_grad()
+def heldout_phase_error(model, head, data: CodeData, phase, idx: np.ndarray, crop: int, batch: int = 16) -> float:
+    """Median error (degrees) of the beat-phase head on held-out clips' openings (`beatphase`; 90 = knows nothing)."""
+    model.eval()
+    pad = model.config.decoder.pad_token_id
+    errs = []
+    for s in range(0, len(idx), batch):
+        part = idx[s: s + batch]
+        starts = np.zeros(len(part), dtype=np.int64)
+        ids, st, m = data.batch(part, crop, pad, None, starts=starts)
+        hidden = lm_loss(model, ids, st, m, with_hidden=True)[2]
+        errs.append(phase_errors_degrees(head, hidden, *phase(part, starts, hidden.shape[1], data.device)))
+    model.train()
+    errs = np.concatenate(errs) if errs else np.zeros(0)
+    return round(float(np.median(errs)), 2) if len(errs) else float("nan")
+
+
 def export_organism(model, out: Path, extra_files: dict[str, str] | None = None) -> None:
     """Write a shippable HF folder: config + generation config + safetensors WITHOUT the MiniLM weights."""
     from safetensors.torch import save_file as sf_save
@@ -362,7 +401,6 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
         state = load_checkpoint(ckpt, device)
         load_weights(model.decoder, state["decoder"], ckpt, "decoder")
         load_weights(model.enc_to_dec_proj, state["proj"], ckpt, "projection")
-        opt.load_state_dict(state["opt"])
         step = state["step"]
         trained = state.get("trained_seconds", 0.0)
         restore_rng(state, rng)
@@ -374,6 +412,19 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
     if len(train_idx) == 0:
         raise MusiclensError("no train clips among the precomputed codes")
     log_path = ldir / "log.jsonl"
+    phase = head = None
+    if cfg.beat_phase_weight > 0:
+        from .beatphase import PhaseTargets
+
+        phase = PhaseTargets(data)
+        head = torch.nn.Linear(cfg.d_model, 4).to(device)  # (cos, sin) of beat and bar phase; never exported
+        torch.nn.init.zeros_(head.weight)  # no gradient reaches the LM until the head has learnt to read something
+        torch.nn.init.zeros_(head.bias)
+        opt.add_param_group({"params": list(head.parameters()), "weight_decay": 0.0})
+        if resume and ckpt.exists() and "phase_head" in state:
+            head.load_state_dict(state["phase_head"])
+    if resume and ckpt.exists():
+        opt.load_state_dict(state["opt"])  # after the head's group exists, so the groups match
     con = encoder = None
     if cfg.contrast_weight > 0:
         from .sensitivity import FLIPS
@@ -388,7 +439,7 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
     def checkpoint():
         state = {"decoder": model.decoder.state_dict(), "proj": model.enc_to_dec_proj.state_dict(),
                  "opt": opt.state_dict(), "step": step, "trained_seconds": clock.seconds(), **rng_state(rng),
-                 "config": to_dict(cfg)}
+                 "config": to_dict(cfg), **({"phase_head": head.state_dict()} if head is not None else {})}
         with atomic_path(ckpt) as tmp:
             torch.save(state, tmp)
         model.eval()
@@ -411,9 +462,14 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
         for g in opt.param_groups:
             g["lr"] = lr
         idx = rng.choice(train_idx, size=cfg.batch_size, replace=len(train_idx) < cfg.batch_size)
-        ids, st, m = data.batch(idx, cfg.crop_frames, pad, rng, null_prob=cfg.null_prob)
-        loss, _ = lm_loss(model, ids, st, m, cfg.first_codebook_weight)
+        starts = data.crop_starts(idx, cfg.crop_frames, rng)
+        ids, st, m = data.batch(idx, cfg.crop_frames, pad, rng, null_prob=cfg.null_prob, starts=starts)
+        loss, _, *hidden = lm_loss(model, ids, st, m, cfg.first_codebook_weight, with_hidden=head is not None)
         likelihood = loss
+        ploss = None
+        if head is not None:
+            ploss = phase_loss(head, hidden[0], *phase(idx, starts, hidden[0].shape[1], device))
+            loss = loss + cfg.beat_phase_weight * ploss
         closs = contrast_loss(model, data, con, idx, rng, cfg) if con is not None else None
         if closs is not None:
             loss = loss + cfg.contrast_weight * closs  # (train_loss below is this total; train_lm_loss the LM part)
@@ -440,7 +496,10 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
                 rec["contrast_loss"] = float(closs.detach())
             if bloss is not None:
                 rec["beat_loss"] = float(bloss.detach())
-            if closs is not None or bloss is not None:
+            if ploss is not None:
+                rec["phase_loss"] = float(ploss.detach())
+                rec["phase_error_deg"] = heldout_phase_error(model, head, data, phase, valid_idx, cfg.crop_frames)
+            if closs is not None or bloss is not None or ploss is not None:
                 rec["train_lm_loss"] = float(likelihood.detach())  # comparable with the lm stage's train_loss
             if len(valid_idx):
                 gap = conditioning_gap(model, data, valid_idx, cfg.crop_frames)

@@ -247,9 +247,19 @@ def pack_lm(cfg: PackLMConfig) -> dict:
     state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
     with atomic_dir(out) as tmp:
         (tmp / "codes").mkdir()
-        for f in ("index.json", "codes.safetensors"):  # gzipped: 9-bit codes in int16 and JSON shrink a third
-            with open(cdir / f, "rb") as src_f, gzip.open(tmp / "codes" / f"{f}.gz", "wb", compresslevel=6) as dst_f:
-                shutil.copyfileobj(src_f, dst_f)
+        # each row carries its beat grid's start (beatphase.start_positions), read here from the score cache,
+        # which the device machine lacks, so --beat-phase-weight works there too
+        from .beatphase import start_positions
+
+        index = json.loads((cdir / "index.json").read_text())
+        for r, q in zip(index["rows"], start_positions(index["rows"])):
+            r["start_ql"] = None if np.isnan(q) else float(q)
+        with gzip.open(tmp / "codes" / "index.json.gz", "wt", compresslevel=6) as dst_f:
+            json.dump(index, dst_f)
+        # gzipped: 9-bit codes in int16 and JSON shrink a third
+        with open(cdir / "codes.safetensors", "rb") as src_f, \
+                gzip.open(tmp / "codes" / "codes.safetensors.gz", "wb", compresslevel=6) as dst_f:
+            shutil.copyfileobj(src_f, dst_f)
         shutil.copytree(run / "codec" / "hf", tmp / "codec_hf")
         set_export_dtype(tmp / "codec_hf", "float16")
         zero_and_gzip(tmp / "codec_hf", ("encoder.", "decoder."))

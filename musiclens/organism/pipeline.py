@@ -109,6 +109,11 @@ class OrganismTrainConfig:
                                      "shipped): a drum clip continued after a cut must be less likely a sixteenth "
                                      "note off the beat than on it (organism/rhythm.py; docs/organism.md)", ge=0)
     beat_margin: float = option(0.15, "nats per token the on-beat continuation must beat the off-grid ones by", ge=0)
+    beat_phase_weight: float = option(0.0, "weight of the beat-phase loss in the lm and tune stages (0 = off): a "
+                                           "training-only head on the decoder's last hidden state regresses where "
+                                           "each frame falls in the beat and the bar, from the corpus's known grid "
+                                           "(organism/beatphase.py; docs/organism.md); the head is not exported",
+                                      ge=0)
     beat_codebooks: str = option("all", "tokens the beat hinge compares: every codebook's (as tried in session 18) "
                                         "or the first codebook's alone, where the beat is lost",
                                  choices=["all", "first"])
@@ -135,6 +140,7 @@ def _lm_config(cfg: OrganismTrainConfig, **stage):
                          d_model=cfg.lm_d_model, heads=cfg.lm_d_model // 32, ffn=4 * cfg.lm_d_model,
                          dropout=cfg.lm_dropout, eval_every=cfg.lm_eval_every,
                          first_codebook_weight=cfg.lm_first_codebook_weight, beat_weight=cfg.beat_weight,
+                         beat_phase_weight=cfg.beat_phase_weight,
                          beat_margin=cfg.beat_margin, beat_codebooks=cfg.beat_codebooks, beat_train=cfg.beat_train,
                          **stage)
 

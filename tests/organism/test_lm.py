@@ -155,3 +155,33 @@ def test_precompute_stops_on_minutes_and_resumes_to_the_same_codes(tiny_corpus, 
     (ca, _, ra), (cb, _, rb) = load_codes(a, text=False), load_codes(b, text=False)
     assert torch.equal(ca["codes"], cb["codes"]) and [r["id"] for r in ra] == [r["id"] for r in rb]
     assert precompute(tiny_corpus, b, resume=True) == done  # finished: returned as it is
+
+
+def test_token_ce_reads_the_same_logits_as_the_decoders_forward():
+    from musiclens.organism.lm import token_ce
+
+    cfg = O.decoder_config(codebook_size=32, layers=2, d_model=32, heads=2, ffn=64)
+    from transformers import MusicgenForCausalLM
+
+    torch.manual_seed(0)
+
+    class Holder(torch.nn.Module):  # the two parts of a MusicGen token_ce uses
+        def __init__(self):
+            super().__init__()
+            self.decoder = MusicgenForCausalLM(cfg).eval()
+            self.enc_to_dec_proj = torch.nn.Linear(384, 32)
+            self.config = type("C", (), {"decoder": cfg})()
+
+    model = Holder()
+    ids = delay_pattern(torch.randint(0, 32, (2, 4, 12)), pad=32)
+    states, mask = torch.randn(2, 5, 384), torch.ones(2, 5, dtype=torch.long)
+    with torch.no_grad():
+        ce, real, hidden = token_ce(model, ids, states, mask, with_hidden=True)
+        logits = model.decoder(input_ids=ids[..., :-1].reshape(8, -1),
+                               encoder_hidden_states=model.enc_to_dec_proj(states),
+                               encoder_attention_mask=mask).logits.reshape(2, 4, 15, -1)
+    tgt = ids[..., 1:]
+    want = torch.nn.functional.cross_entropy(logits.reshape(-1, 32), tgt.clamp(max=31).reshape(-1),
+                                             reduction="none").reshape(2, 4, 15) * (tgt != 32)
+    assert hidden.shape == (2, 15, 32)
+    assert torch.allclose(ce, want, atol=1e-5) and int(real.sum()) == 2 * 4 * 12

@@ -172,6 +172,8 @@ def test_device_script_variants_train_side_by_side_on_a_time_budget_and_come_bac
 
 def test_pack_lm_and_device_lm_script_train_lm_and_tune_from_codes_with_a_trimmed_minilm(tiny_corpus, tmp_path, capsys):
     # what a lent GPU gets for the LM: codes + float16 codec + a MiniLM with only the captions' tokens
+    import gzip
+
     import pytest
     import torch
     from safetensors.torch import load_file
@@ -194,9 +196,10 @@ def test_pack_lm_and_device_lm_script_train_lm_and_tune_from_codes_with_a_trimme
     assert "output exists" in capsys.readouterr().err
     info = json.loads((pack / "pack.json").read_text())
     assert info["clips"] == 12 and 10 < info["kept_tokens"] < 200 and info["minilm_mib"] < 25
+    # every row says where its beat grid starts (None here: the tiny corpus's pieces are in no score cache)
+    index = json.loads(gzip.decompress((pack / "codes" / "index.json.gz").read_bytes()))
+    assert len(index["rows"]) == 12 and all("start_ql" in r and r["start_ql"] is None for r in index["rows"])
     # the codec travels as shapes (encoder and decoder zeroed, gzipped): only its codebooks as the run's, in float16
-    import gzip
-
     from safetensors.torch import load as load_bytes
 
     packed = load_bytes(gzip.decompress((pack / "codec_hf" / "model.safetensors.gz").read_bytes()))

@@ -1,0 +1,116 @@
+"""Teaching the LM where the beat is: a training-only beat-phase head.
+
+The shipped organism's generations have no steady beat, and the lever that
+failed on CPU was always indirect: more likelihood (session 22), a hinge on
+spliced sequences (sessions 18 and 23), or sampling (sessions 23 and 24).
+Under the delay pattern only codebook 0 has to know *when* a hit is due
+(`rhythm.py`), and to know that, the decoder must track the beat's phase
+from the codes it has read so far. Likelihood teaches that phase only
+through the rare tokens where a hit lands; here it is taught directly.
+
+The corpus knows every clip's beat grid: it renders the score's notes and
+drums at `bpm` from the score position of note `start_note`
+(`corpus.synth.clip_notes`, `drum_hits`), so frame f of a clip lies at score
+position q(f) = start_ql + f / (50 · 60 / bpm) quarter notes. A linear head
+on the decoder's last hidden state at sequence position p (the position that
+predicts codebook 0 of crop frame p) regresses cos/sin of 2π·q and, for clips
+with drums (whose patterns repeat every 4 quarters), of 2π·q/4. The head
+trains with the LM and is dropped at export: the shipped folder stays a
+plain MusicGen, only its decoder weights carry what the head asked for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import MusiclensError
+from ..models.organism import FRAME_RATE
+
+BAR_QUARTERS = 4  # the corpus's drum patterns span a 4-beat bar (corpus.synth.DRUM_PATTERNS)
+
+
+def start_positions(rows: list[dict], cache_dir: Path | None = None) -> np.ndarray:
+    """Each row's score position at its clip's first sample, in quarter notes (NaN where unknown).
+
+    Read from the row's `start_ql` where a pack wrote it, else from the cached music21
+    pieces the renderer used (`corpus.sources.load_piece`); a row without `source`/`start_note`/`bpm` (a corpus of audio files) gets NaN and
+    no phase target.
+    """
+    from ..corpus.sources import default_cache_dir, load_piece
+
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    pieces: dict[str, object] = {}
+    out = np.full(len(rows), np.nan)
+    for i, r in enumerate(rows):
+        if r.get("start_ql") is not None:  # written into a device pack (`pack.pack_lm`), where no cache is
+            out[i] = float(r["start_ql"])
+            continue
+        src, note = r.get("source"), r.get("start_note")
+        if src is None or note is None or not r.get("bpm"):
+            continue
+        if src not in pieces:
+            pieces[src] = load_piece(src, cache)
+        piece = pieces[src]
+        if piece is not None and 0 <= int(note) < len(piece.notes):
+            out[i] = float(piece.notes[int(note)][0])
+    return out
+
+
+def phase_targets(start_ql: np.ndarray, bpm: np.ndarray, drums: np.ndarray, starts: np.ndarray,
+                  lengths: np.ndarray, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets [B, steps, 4] (cos, sin of the beat phase; cos, sin of the bar phase) and mask [B, steps, 2].
+
+    Sequence position p predicts codebook 0 of crop frame p, i.e. clip frame
+    starts + p; the mask is 0 past the clip's codes, for clips of unknown grid
+    (NaN start), and on the bar columns of clips without drums.
+    """
+    p = np.arange(steps)[None, :]
+    frame = starts[:, None] + p
+    q = start_ql[:, None] + frame / (FRAME_RATE * 60.0 / np.where(bpm > 0, bpm, 1.0))[:, None]
+    beat, bar = 2 * np.pi * q, 2 * np.pi * q / BAR_QUARTERS
+    tgt = np.stack([np.cos(beat), np.sin(beat), np.cos(bar), np.sin(bar)], axis=-1)
+    known = (frame < lengths[:, None]) & np.isfinite(q)
+    mask = np.stack([known, known & drums[:, None]], axis=-1)
+    return torch.as_tensor(np.nan_to_num(tgt), dtype=torch.float32), torch.as_tensor(mask, dtype=torch.float32)
+
+
+class PhaseTargets:
+    """The beat grids of a `lm.CodeData`'s clips, looked up once."""
+
+    def __init__(self, data, cache_dir: Path | None = None):
+        self.start_ql = start_positions(data.rows, cache_dir)
+        self.bpm = np.array([float(r.get("bpm") or 0.0) for r in data.rows])
+        self.drums = np.array([r.get("drums", "none") != "none" for r in data.rows])
+        self.lengths = np.asarray(data.lengths, dtype=np.int64)
+        if not np.isfinite(self.start_ql).any():
+            raise MusiclensError("no clip of these codes has a known beat grid (corpus rows with source, start_note "
+                                 "and bpm, and their pieces in the score cache): --beat-phase-weight needs one")
+
+    def __call__(self, idx, starts: np.ndarray, steps: int, device: str = "cpu"):
+        idx = np.asarray(idx, dtype=int)
+        tgt, mask = phase_targets(self.start_ql[idx], self.bpm[idx], self.drums[idx], np.asarray(starts),
+                                  self.lengths[idx], steps)
+        return tgt.to(device), mask.to(device)
+
+
+def phase_loss(head: torch.nn.Module, hidden: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked mean squared error of the head's (cos, sin) pairs; hidden [B, T, D], tgt [B, T, 4], mask [B, T, 2]."""
+    pred = head(hidden[:, : tgt.shape[1]])
+    err = F.mse_loss(pred, tgt, reduction="none").reshape(*tgt.shape[:2], 2, 2).sum(-1)  # [B, T, 2]
+    return (err * mask).sum() / mask.sum().clamp(min=1)
+
+
+def phase_errors_degrees(head: torch.nn.Module, hidden: torch.Tensor, tgt: torch.Tensor,
+                         mask: torch.Tensor) -> np.ndarray:
+    """Angles (degrees) between the head's beat phase and the true one, at every known position.
+
+    A readable monitor: a head that knows nothing has a median near 90, a perfect one 0.
+    """
+    pred = head(hidden[:, : tgt.shape[1]])
+    a = torch.atan2(pred[..., 1], pred[..., 0]) - torch.atan2(tgt[..., 1], tgt[..., 0])
+    err = torch.rad2deg(torch.atan2(torch.sin(a), torch.cos(a)).abs())
+    return err[mask[..., 0] > 0].float().cpu().numpy()
