@@ -19,7 +19,6 @@ Writes bench/results/<name>.json.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,23 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from musiclens.bench_utils import write_result  # noqa: E402
+from musiclens.bench_utils import shipped_at, write_result  # noqa: E402
 
-
-SHIPPED = "musiclens/assets/organism/musicgen"
-
-
-def shipped_at(rev: str, folder: Path) -> Path:
-    """The organism folder shipped at commit `rev`, written into `folder` from git history."""
-    from musiclens.errors import MusiclensError
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "generation_config.json", "model.safetensors"):
-        r = subprocess.run(["git", "show", f"{rev}:{SHIPPED}/{name}"], cwd=ROOT, capture_output=True)
-        if r.returncode:
-            raise MusiclensError(f"no shipped organism at {rev}: {r.stderr.decode().strip().splitlines()[-1]}")
-        (folder / name).write_bytes(r.stdout)
-    return folder
 
 
 def main(argv=None) -> int:

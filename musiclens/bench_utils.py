@@ -74,3 +74,25 @@ def write_result(name: str, figures: dict[str, Any], command: str | None = None)
         "figures": figures,
     })
     return path
+
+
+SHIPPED_ORGANISM = "musiclens/assets/organism/musicgen"
+
+
+def shipped_at(rev: str, folder: Path) -> Path:
+    """The organism folder shipped at commit `rev`, written into `folder` from git history.
+
+    Benches compare LMs shipped over the project's history on the same clips (`--rev`).
+    """
+    import subprocess
+
+    from .errors import MusiclensError
+
+    root = RESULTS.parent.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "generation_config.json", "model.safetensors"):
+        r = subprocess.run(["git", "show", f"{rev}:{SHIPPED_ORGANISM}/{name}"], cwd=root, capture_output=True)
+        if r.returncode:
+            raise MusiclensError(f"no shipped organism at {rev}: {r.stderr.decode().strip().splitlines()[-1]}")
+        (folder / name).write_bytes(r.stdout)
+    return folder

@@ -138,3 +138,45 @@ def test_training_with_the_head_logs_it_keeps_it_out_of_the_export_and_resumes(t
     again = torch.load(tmp_path / "lm" / "ckpt.pt", weights_only=False)
     assert not torch.equal(again["phase_head"]["weight"], ckpt["phase_head"]["weight"])
     assert len(again["opt"]["param_groups"]) == 3
+
+
+def test_ridge_probe_reads_a_phase_that_is_there_and_not_one_that_is_not():
+    from musiclens.organism.beatphase import RidgeProbe
+
+    g = torch.Generator().manual_seed(0)
+    ang = torch.rand(2000, generator=g) * 2 * np.pi
+    tgt = torch.stack([ang.cos(), ang.sin()], 1)
+    noise = torch.randn(2000, 6, generator=g)
+    held = torch.cat([3 * tgt + 1.0, noise], 1)  # the phase, scaled and shifted, among noise
+    probe = RidgeProbe(held[:1500], tgt[:1500], ridge=1e-3)
+    ones = torch.ones(1, 500, 2)  # [clips, positions, (beat, bar)]
+    assert np.median(phase_errors_degrees(probe, held[None, 1500:], tgt[None, 1500:], ones)) < 1.0
+    blind = RidgeProbe(noise[:1500], tgt[:1500])
+    assert np.median(phase_errors_degrees(blind, noise[None, 1500:], tgt[None, 1500:], ones)) > 60
+
+
+def test_probe_phase_reports_beat_and_bar_errors_split_by_drums():
+    from types import SimpleNamespace
+
+    from transformers import MusicgenForCausalLM
+
+    from musiclens.models import organism as O
+    from musiclens.organism.beatphase import probe_phase
+    from musiclens.organism.lm import CodeData
+
+    torch.manual_seed(0)
+    dec = MusicgenForCausalLM(O.decoder_config(codebook_size=16, layers=1, d_model=32, heads=2, ffn=64))
+    model = SimpleNamespace(decoder=dec, enc_to_dec_proj=torch.nn.Linear(8, 32), config=SimpleNamespace(decoder=dec.config),
+                            training=False, eval=lambda: None, train=lambda mode=True: None)
+    n = 12
+    data = CodeData.__new__(CodeData)  # the codes stage's output, made here
+    data.codes = torch.randint(0, 16, (n, 4, 60))
+    data.lengths = np.full(n, 60)
+    data.states, data.mask = torch.randn(n, 3, 8), torch.ones(n, 3, dtype=torch.long)
+    data.device = "cpu"
+    data.rows = [{"bpm": 120.0, "start_ql": 0.25 * i, "drums": "rock" if i % 2 else "none"} for i in range(n)]
+    out = probe_phase(model, data, np.arange(8), np.arange(8, 12), crop=40)
+    assert out["positions_all"] == 4 * 40 == out["positions_drums"] + out["positions_no_drums"]
+    assert out["positions_drums"] == 2 * 40
+    for k in ("beat_error_deg_all", "beat_error_deg_drums", "beat_error_deg_no_drums", "bar_error_deg_drums"):
+        assert 0 <= out[k] <= 180
