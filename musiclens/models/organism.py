@@ -65,13 +65,19 @@ def minilm_path() -> Path:
     return path
 
 
-def codec_config(codebook_size: int = CODEBOOK_SIZE, num_filters: int = 16, hidden_size: int = 128):
+def codec_config(codebook_size: int = CODEBOOK_SIZE, num_filters: int = 16, hidden_size: int = 128,
+                 causal: bool = False):
     """EnCodec config of the organism's codec (16 kHz, 50 frames/s, 4 codebooks).
 
     HF derives the number of quantizers from the bandwidth
     (1000 * kbps // (frame_rate * bits)); asking for 4.5 codebooks' worth
     gives exactly 4 for any codebook size (2.025 kbps with 512 codes).
     Non-causal convolutions and no normalisation, as in MusicGen's codec.
+    With `causal`, the convolutions pad on the left only, so a frame's codes
+    hold no trace of the audio after it: with the shipped, non-causal codec
+    the codes before a drum hit already announce it, which lets a language
+    model predict hits it could not time on its own (docs/organism.md, "Why
+    the LM loses a beat it is given").
     """
     import math
 
@@ -83,7 +89,7 @@ def codec_config(codebook_size: int = CODEBOOK_SIZE, num_filters: int = 16, hidd
         sampling_rate=SAMPLE_RATE, audio_channels=1, normalize=False, chunk_length_s=None, overlap=None,
         hidden_size=hidden_size, num_filters=num_filters, num_residual_layers=1,
         upsampling_ratios=[8, 5, 4, 2], codebook_size=codebook_size, target_bandwidths=[kbps],
-        use_causal_conv=False, use_conv_shortcut=False, num_lstm_layers=1,
+        use_causal_conv=causal, use_conv_shortcut=False, num_lstm_layers=1,
     )
 
 

@@ -187,3 +187,118 @@ def probe_phase(model, data, train_idx: np.ndarray, valid_idx: np.ndarray, crop:
         err = phase_errors_degrees(bar, hva, tva[..., 2:], torch.cat([m, m], -1))
         out["bar_error_deg_drums"] = round(float(np.median(err)), 2) if len(err) else None
     return out
+
+
+def beat_frames_of(phase: PhaseTargets, i: int, n: int, skip: int, offset: float = 0.0) -> np.ndarray:
+    """Frames nearest each beat (+ `offset` beats) of clip `i`, from frame `skip` to before `n`."""
+    period = FRAME_RATE * 60.0 / phase.bpm[i]
+    q0 = phase.start_ql[i]
+    beats = np.arange(np.ceil(q0 + skip / period), q0 + n / period) + offset
+    f = np.round((beats - q0) * period).astype(int)
+    return f[(f >= skip) & (f < n)]
+
+
+def token_onset_scores(data, corpus: Path, idx: np.ndarray, vocab: int, max_lag: int = 4) -> tuple[np.ndarray, int]:
+    """How much of an onset each first-codebook code marks, from real audio: (scores [vocab], lag in frames).
+
+    For each clip of `idx`, librosa's onset envelope at the codec's frame rate, divided by the
+    clip's mean (so loud and soft clips count alike). The envelope peaks a frame or two after a
+    hit (its analysis window and the synthesizer's attack), so it is first aligned: the lag (0 to
+    `max_lag` frames) whose envelope is highest on the beats of the clips with drums, against a
+    sixteenth after them. A code's score is then its mean aligned envelope over the frames where
+    it occurs in codebook 0; codes never seen get the overall mean (1.0).
+    """
+    import librosa
+
+    from ..models.organism import SAMPLE_RATE
+    from .codes import _read_clip
+
+    phase = PhaseTargets(data)
+    hop = SAMPLE_RATE // FRAME_RATE
+    envs = {}
+    for i in idx:
+        n = int(data.lengths[int(i)])
+        y = _read_clip(Path(corpus) / data.rows[int(i)]["path"], SAMPLE_RATE, n / FRAME_RATE)
+        if y is not None:
+            env = librosa.onset.onset_strength(y=y, sr=SAMPLE_RATE, hop_length=hop)[:n]
+            envs[int(i)] = env / max(float(env.mean()), 1e-8)
+    if not envs:
+        raise MusiclensError(f"no clip of {corpus} could be read for the onset scores")
+    contrast = np.zeros(max_lag + 1)
+    for i, env in envs.items():
+        if phase.drums[i] and np.isfinite(phase.start_ql[i]):
+            on = beat_frames_of(phase, i, len(env) - max_lag, 0)
+            off = beat_frames_of(phase, i, len(env) - max_lag, 0, 0.25)
+            for lag in range(max_lag + 1):
+                contrast[lag] += env[on + lag].mean() - env[off + lag].mean() if len(on) and len(off) else 0
+    lag = int(np.argmax(contrast))
+    tot, cnt = np.zeros(vocab), np.zeros(vocab)
+    for i, env in envs.items():
+        codes = data.codes[i, 0, : len(env) - lag].long().numpy()
+        np.add.at(tot, codes, env[lag: lag + len(codes)])
+        np.add.at(cnt, codes, 1)
+    return np.where(cnt > 0, tot / np.maximum(cnt, 1), 1.0), lag
+
+
+@torch.no_grad()
+def expected_onsets(model, codes: torch.Tensor, states: torch.Tensor, mask: torch.Tensor,
+                    scores: np.ndarray) -> np.ndarray:
+    """Teacher-forced expected onset strength of codebook 0 at every frame: [B, F].
+
+    codes [B, K, F]; entry f is sum_v p(v | everything before frame f's first code) · scores[v],
+    the onset strength the LM's next draw of codebook 0 carries on average.
+    """
+    from .lm import delay_pattern, lm_loss
+
+    pad = model.config.decoder.pad_token_id
+    hidden = lm_loss(model, delay_pattern(codes, pad), states, mask, with_hidden=True)[2]
+    s = torch.as_tensor(scores, dtype=torch.float32, device=hidden.device)
+    p0 = torch.softmax(model.decoder.lm_heads[0](hidden).float(), dim=-1)[..., : len(s)]
+    return (p0 * s).sum(-1)[:, : codes.shape[2]].cpu().numpy()
+
+
+def on_off_ratio(values: np.ndarray, on: np.ndarray, off: np.ndarray) -> float:
+    """Mean of `values` on the beat frames over its mean a sixteenth after them (NaN without frames)."""
+    if len(on) == 0 or len(off) == 0:
+        return float("nan")
+    return float(values[on].mean() / max(values[off].mean(), 1e-8))
+
+
+@torch.no_grad()
+def onset_hazard(model, data, idx: np.ndarray, scores: np.ndarray, crop: int = 300, skip: int = 50,
+                 batch: int = 16) -> dict:
+    """Does the LM expect hits on the beat? Teacher-forced onset expectation, on-beat vs a sixteenth off.
+
+    At every frame of each clip's opening, the LM's distribution over codebook 0 (given the real
+    past) is turned into an expected onset strength, sum_v p(v) · scores[v]. Sampling draws from
+    that distribution, so if it is not much higher on the beat than between beats, sampled hits
+    fall everywhere and no pulse forms, however well the LM knows the phase. Frames nearest each
+    beat are compared with the frames nearest a sixteenth after it (where neither drum pattern
+    plays), after the first `skip` frames; the same ratio on the real codes is the reference.
+    Returns per-clip medians of both ratios and of their logs' difference.
+    """
+    was = model.training
+    model.eval()
+    phase = PhaseTargets(data)
+    model_ratio, real_ratio = [], []
+    for b in range(0, len(idx), batch):
+        part = np.asarray(idx[b: b + batch], dtype=int)
+        codes = torch.full((len(part), data.codes.shape[1], crop), -1, dtype=torch.long)
+        c = data.codes[part, :, :crop].long()
+        codes[..., : c.shape[2]] = c
+        expect = expected_onsets(model, codes.to(data.device), data.states[part].float().to(data.device),
+                                 data.mask[part].long().to(data.device), scores)
+        for j, i in enumerate(part):
+            if not np.isfinite(phase.start_ql[i]):
+                continue
+            n = min(int(data.lengths[i]), crop)
+            on, off = beat_frames_of(phase, i, n, skip), beat_frames_of(phase, i, n, skip, 0.25)
+            r = on_off_ratio(expect[j], on, off)
+            if np.isfinite(r):
+                model_ratio.append(r)
+                real_ratio.append(on_off_ratio(scores[data.codes[i, 0, :n].long().numpy()], on, off))
+    model.train(was)
+    mr, rr = np.array(model_ratio), np.array(real_ratio)
+    return {"n": int(len(mr)), "model_on_off_ratio": float(np.median(mr)) if len(mr) else None,
+            "real_on_off_ratio": float(np.median(rr)) if len(rr) else None,
+            "share_model_ratio_above_1": float((mr > 1).mean()) if len(mr) else None}

@@ -59,6 +59,8 @@ class CodecTrainConfig:
     codebook_size: int = option(O.CODEBOOK_SIZE, "codes per codebook", ge=2)
     num_filters: int = option(16, "EnCodec num_filters (width)", ge=1)
     hidden_size: int = option(128, "EnCodec latent / codebook dimension", ge=1)
+    causal: bool = option(False, "causal convolutions (left padding only), so no frame's codes carry the audio "
+                                 "after it (shipped: non-causal, as MusicGen's codec; see models.organism.codec_config)")
     w_wave: float = option(0.1, "weight of the waveform L1 loss", ge=0)
     w_onset: float = option(1.0, "weight of the onset-envelope loss", ge=0)
     w_stft: float = option(0.0, "weight of the linear-frequency log-STFT loss (0 = off, as shipped; see losses.py)",
@@ -85,7 +87,7 @@ def new_codec(cfg: CodecTrainConfig):
     from transformers import EncodecModel
 
     torch.manual_seed(cfg.seed)
-    return EncodecModel(O.codec_config(cfg.codebook_size, cfg.num_filters, cfg.hidden_size))
+    return EncodecModel(O.codec_config(cfg.codebook_size, cfg.num_filters, cfg.hidden_size, cfg.causal))
 
 
 def codec_forward(codec, x: torch.Tensor, quantise: bool, train: bool, decay: float = 0.99, noise: float = 0.0):
@@ -212,6 +214,10 @@ def train_codec(cfg: CodecTrainConfig, corpus: Path, out: Path, minutes: float |
     step, trained = 0, 0.0
     if resume and ckpt.exists():
         state = load_checkpoint(ckpt, device)
+        saved = state.get("config", {}).get("causal", False)
+        if saved != cfg.causal:  # same weights, other padding: it would resume as a different codec
+            raise MusiclensError(f"{cdir} holds a {'causal' if saved else 'non-causal'} codec: resume it with "
+                                 f"{'--codec-causal' if saved else '--no-codec-causal'}")
         trained = state.get("trained_seconds", 0.0)
         load_weights(codec, state["model"], ckpt, "codec")
         opt.load_state_dict(state["opt"])

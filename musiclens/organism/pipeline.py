@@ -55,6 +55,9 @@ class OrganismTrainConfig:
     codec_batch_size: int = option(8, "codec crops per step", ge=1)
     codec_crop_seconds: float = option(0.5, "length of each codec training crop (shipped: 0.5 s)", gt=0)
     codec_filters: int = option(16, "EnCodec num_filters of a new codec (its width; shipped: 16)", ge=1)
+    codec_causal: bool = option(False, "train a new codec with causal convolutions, so the codes before a hit do "
+                                       "not announce it (shipped: non-causal; docs/organism.md, \"Why the LM loses "
+                                       "a beat it is given\")")
     codec_w_adv: float = option(0.0, "adversarial loss weight of codec training (0 = off, as shipped; e.g. 0.2 "
                                      "with --codec-w-feat 0.5 for a GPU run, see docs/organism.md)", ge=0)
     codec_w_feat: float = option(0.0, "feature-matching loss weight of codec training (0 = off)", ge=0)
@@ -175,7 +178,7 @@ def train(cfg: OrganismTrainConfig) -> dict:
     if "codec" in stages:
         ccfg = CodecTrainConfig(steps=cfg.codec_steps, budget_minutes=cfg.schedule_minutes,
                                 batch_size=cfg.codec_batch_size, crop_seconds=cfg.codec_crop_seconds,
-                                num_filters=cfg.codec_filters,
+                                num_filters=cfg.codec_filters, causal=cfg.codec_causal,
                                 w_adv=cfg.codec_w_adv, w_feat=cfg.codec_w_feat, w_stft=cfg.codec_w_stft,
                                 seed=cfg.seed)
         summary["codec"] = train_codec(ccfg, corpus, out, cfg.minutes, cfg.resume, device)

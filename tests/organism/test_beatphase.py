@@ -180,3 +180,65 @@ def test_probe_phase_reports_beat_and_bar_errors_split_by_drums():
     assert out["positions_drums"] == 2 * 40
     for k in ("beat_error_deg_all", "beat_error_deg_drums", "beat_error_deg_no_drums", "bar_error_deg_drums"):
         assert 0 <= out[k] <= 180
+
+
+def _clip_stand_in(codes: torch.Tensor, rows: list[dict]):
+    from musiclens.organism.lm import CodeData
+
+    n = codes.shape[0]
+    data = CodeData.__new__(CodeData)  # the codes stage's output, made here
+    data.codes, data.lengths, data.rows, data.device = codes, np.full(n, codes.shape[2]), rows, "cpu"
+    data.states, data.mask = torch.randn(n, 3, 8), torch.ones(n, 3, dtype=torch.long)
+    data.split = np.array(["train"] * n)
+    return data
+
+
+def test_token_onset_scores_find_the_code_that_sits_on_the_hits_and_the_envelopes_lag(tmp_path):
+    import soundfile as sf
+
+    from musiclens.organism.beatphase import token_onset_scores
+
+    sr, frames, hit = 16000, 150, 3
+    rng = np.random.default_rng(0)
+    codes = torch.as_tensor(rng.integers(4, 16, size=(4, 4, frames)))
+    rows = []
+    (tmp_path / "audio").mkdir()
+    for i in range(4):
+        beats = np.arange(0, frames, 25)  # 120 BPM: a beat every 25 frames, from frame 0
+        codes[i, 0, beats] = hit
+        y = 0.001 * rng.standard_normal(frames * sr // FPS)
+        for f in beats:  # a 30 ms noise burst on every beat
+            s = f * sr // FPS
+            y[s: s + 480] += 0.5 * rng.standard_normal(len(y[s: s + 480])) * np.exp(-np.arange(len(y[s: s + 480])) / 100)
+        sf.write(tmp_path / "audio" / f"{i}.wav", y.astype(np.float32), sr)
+        rows.append({"path": f"audio/{i}.wav", "bpm": 120.0, "start_ql": 0.0, "drums": "rock"})
+    scores, lag = token_onset_scores(_clip_stand_in(codes, rows), tmp_path, np.arange(4), vocab=16)
+    assert 0 <= lag <= 4 and scores.shape == (16,)
+    others = np.delete(scores, [hit, 0, 1, 2])
+    assert scores[hit] > 5 * np.median(others)
+    assert scores[0] == scores[1] == scores[2] == 1.0  # never seen: the overall mean
+
+
+def test_expected_onsets_read_only_the_past_and_the_ratio_compares_beat_and_offbeat_frames():
+    from transformers import MusicgenForCausalLM
+
+    from musiclens.models import organism as O
+    from musiclens.organism.beatphase import expected_onsets, on_off_ratio
+
+    torch.manual_seed(0)
+    dec = MusicgenForCausalLM(O.decoder_config(codebook_size=16, layers=1, d_model=32, heads=2, ffn=64)).eval()
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(decoder=dec, enc_to_dec_proj=torch.nn.Linear(8, 32), config=SimpleNamespace(decoder=dec.config))
+    codes = torch.randint(0, 16, (2, 4, 30))
+    st, m = torch.randn(2, 3, 8), torch.ones(2, 3, dtype=torch.long)
+    scores = np.linspace(0, 3, 16)
+    e = expected_onsets(model, codes, st, m, scores)
+    assert e.shape == (2, 30) and (e > 0).all() and (e < 3).all()
+    changed = codes.clone()
+    changed[:, :, 20:] = (changed[:, :, 20:] + 1) % 16  # frame 20 onwards: entry 20 predicts it, so is unchanged
+    e2 = expected_onsets(model, changed, st, m, scores)
+    assert np.allclose(e[:, :21], e2[:, :21], atol=1e-5) and not np.allclose(e[:, 21:], e2[:, 21:])
+    v = np.array([4.0, 1.0, 4.0, 1.0, 2.0])
+    assert on_off_ratio(v, np.array([0, 2]), np.array([1, 3])) == 4.0
+    assert np.isnan(on_off_ratio(v, np.array([], dtype=int), np.array([1])))

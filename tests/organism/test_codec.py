@@ -151,3 +151,33 @@ def test_wider_codec_from_the_train_command(tiny_corpus, tmp_path):
     assert load_codec(tmp_path / "r" / "codec" / "hf").config.num_filters == 8
     cfg = json.loads((tmp_path / "r" / "codec" / "config.json").read_text())
     assert cfg["num_filters"] == 8 and cfg["w_adv"] == 0.2 and cfg["w_feat"] == 0.5 and cfg["w_stft"] == 1.5
+
+
+def test_a_causal_codec_encodes_no_frame_from_the_audio_after_it_and_the_shipped_kind_does():
+    # the shipped codec's codes before a hit already announce it (docs/organism.md, "Why the LM loses a
+    # beat it is given"); --codec-causal trains one whose latent frames (which the codes quantise) cannot
+    torch.manual_seed(0)
+    x = 0.3 * torch.randn(1, 16000)
+    later = x.clone()
+    later[:, 9600:] = 0.3 * torch.randn(1, 6400)  # new audio from frame 30 on (320 samples per frame)
+    changed = {}
+    for causal in (False, True):
+        codec = new_codec(CodecTrainConfig(codebook_size=32, num_filters=4, hidden_size=16, causal=causal,
+                                           seed=0)).eval()
+        assert codec.config.use_causal_conv is causal
+        with torch.no_grad():
+            a, b = codec.encoder(x[:, None]), codec.encoder(later[:, None])
+        assert a.shape == (1, 16, 50)
+        changed[causal] = (a[0, :, :30] - b[0, :, :30]).abs().amax(dim=0) > 1e-6  # frames before the change
+    assert not changed[True].any()
+    assert changed[False][27:].all()  # the non-causal encoder reads a few frames ahead
+    assert not changed[False][:20].any()  # but not far
+
+
+def test_resuming_a_codec_with_the_other_causality_is_a_one_line_error(tiny_corpus, tmp_path):
+    cfg = CodecTrainConfig(steps=1, batch_size=2, crop_seconds=0.2, kmeans_batches=2, codebook_size=32,
+                           num_filters=4, hidden_size=16, causal=True)
+    train_codec(cfg, tiny_corpus, tmp_path, None, False)
+    cfg.causal, cfg.steps = False, 2
+    with pytest.raises(MusiclensError, match="causal codec: resume it with --codec-causal"):
+        train_codec(cfg, tiny_corpus, tmp_path, None, True)

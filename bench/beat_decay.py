@@ -1,0 +1,228 @@
+"""How long does the organism's LM keep a beat it is given? Onset expectation after a real prompt.
+
+    python bench/beat_decay.py --run RUN --corpus CORPUS [--model DIR ...] [--n 64] [--prompt-seconds 3]
+                               [--seconds 6] [--seed 2] [--guidance 3] [--n-onset-train 600] [--name beat_decay]
+
+The first --n valid clips with drums of RUN's codes (whose rows name the score
+they were rendered from, so every frame's place in the beat is known;
+organism/beatphase.py) are continued from their first --prompt-seconds with
+their own captions (`MusicModel.generate(audio_prompt=)`), as bench/tempo_pulse.py
+continues them. Each first-codebook code carries an onset strength measured
+on --n-onset-train train clips' audio (`beatphase.token_onset_scores`). The LM
+is then run teacher-forced over (a) the real clip and (b) its own
+continuation, and at every frame its distribution over codebook 0 gives an
+expected onset strength: what its next draw would carry. The ratio of that
+expectation on the beat to a sixteenth after it, per window of beats after
+the prompt, says whether the LM expects hits where the prompt's beat puts
+them: with the real past (a) and with its own samples as the past (b). The
+codes it sampled are scored the same way. Run on the shipped organism it
+separates "the LM does not know when a hit is due" from "it knows, given
+real codes, and loses it on its own".
+
+Writes bench/results/<name>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from musiclens.bench_utils import write_result  # noqa: E402
+
+WINDOWS = ((-4, 0), (0, 2), (2, 4), (4, 8))  # beats after the prompt's end ((-4, 0): its last four)
+
+
+def window_frames(frames: np.ndarray, start: float, period: float, lo: float, hi: float, offset: float) -> np.ndarray:
+    """The frames (of beats + `offset`) whose beat falls between `lo` and `hi` beats after frame `start`."""
+    beat = (frames - offset * period - start) / period
+    return frames[(beat >= lo - 1e-6) & (beat < hi - 1e-6)]
+
+
+def codec_lookahead(codec, seconds: float = 2.0) -> int:
+    """How many frames ahead the codec's encoder reads: the earliest latent frame that moves when only
+    the audio from the middle on is replaced (0 for a causal encoder)."""
+    import torch
+
+    from musiclens.models import organism as O
+
+    g = torch.Generator().manual_seed(0)
+    n = int(seconds * O.SAMPLE_RATE)
+    half = n // 2
+    x = 0.3 * torch.randn(1, 1, n, generator=g)
+    y = x.clone()
+    y[..., half:] = 0.3 * torch.randn(1, 1, n - half, generator=g)
+    with torch.no_grad():
+        a, b = codec.encoder(x), codec.encoder(y)
+    moved = ((a - b).abs().amax(dim=1)[0] > 1e-6).nonzero().flatten()
+    return int(half // (O.SAMPLE_RATE // O.FRAME_RATE) - moved[0]) if len(moved) else 0
+
+
+def causal_past(mm, model, data, phase, clips: list[int], wavs: list[np.ndarray], scores: np.ndarray,
+                span: tuple[float, float] = (2.0, 5.5), batch: int = 16) -> dict:
+    """On/off-beat ratio of the expected onset when the past is encoded without the future.
+
+    The codec's encoder is not causal (its convolutions see a few frames ahead), so the real
+    codes before a hit already carry some of it. For every beat frame T in `span` (seconds)
+    and the frame a sixteenth after it, the audio before T alone is encoded and the LM's
+    expected onset at T read from those codes; the same frames read from the whole clip's
+    codes are the comparison. Per clip: ratio of the mean on the beat to the mean off it.
+    """
+    import torch
+
+    from musiclens.models import organism as O
+    from musiclens.organism.beatphase import beat_frames_of, expected_onsets, on_off_ratio
+
+    hop = O.SAMPLE_RATE // O.FRAME_RATE
+    lo, hi = int(span[0] * O.FRAME_RATE), int(span[1] * O.FRAME_RATE)
+    jobs = []  # (clip position, frame, on?)
+    for j, i in enumerate(clips):
+        n = min(int(data.lengths[i]), hi)
+        for on, frames in ((True, beat_frames_of(phase, i, n, lo)), (False, beat_frames_of(phase, i, n, lo, 0.25))):
+            jobs += [(j, int(f), on) for f in frames]
+    causal = np.zeros(len(jobs))
+    whole = np.zeros(len(jobs))
+    changed = np.zeros(len(jobs))  # share of the last 3 frames' first-codebook codes the future had changed
+    for b in range(0, len(jobs), batch):
+        part = jobs[b: b + batch]
+        width = max(f for _, f, _ in part) + 1
+        codes = torch.full((len(part), data.codes.shape[1], width), -1, dtype=torch.long)
+        for r, (j, f, _) in enumerate(part):
+            c = mm.encode_audio(torch.as_tensor(wavs[j][: f * hop]))[0]
+            codes[r, :, : min(f, c.shape[1])] = c[:, :f]
+            changed[b + r] = float((codes[r, 0, f - 3: f] != data.codes[clips[j], 0, f - 3: f].long()).float().mean())
+        rows = [clips[j] for j, _, _ in part]
+        st, m = data.states[rows].float(), data.mask[rows].long()
+        e = expected_onsets(model, codes, st, m, scores)
+        full = torch.full_like(codes, -1)
+        for r, (j, f, _) in enumerate(part):
+            full[r, :, :f] = data.codes[clips[j], :, :f].long()
+        e_full = expected_onsets(model, full, st, m, scores)
+        for r, (_, f, _) in enumerate(part):
+            causal[b + r], whole[b + r] = e[r, f], e_full[r, f]
+    out = {}
+    for name, v in (("causal_past", causal), ("whole_clip_codes", whole)):
+        ratios = []
+        for j in range(len(clips)):
+            on = np.array([k for k, (jj, _, o) in enumerate(jobs) if jj == j and o])
+            off = np.array([k for k, (jj, _, o) in enumerate(jobs) if jj == j and not o])
+            r = on_off_ratio(v, on, off)
+            if np.isfinite(r):
+                ratios.append(r)
+        out[name] = {"median_on_off_ratio": round(float(np.median(ratios)), 3), "n": len(ratios)}
+    on = np.array([o for _, _, o in jobs])
+    out["last_3_frames_codes_changed_by_the_future"] = {"before_a_beat": round(float(changed[on].mean()), 3),
+                                                        "before_a_sixteenth_after_it": round(float(changed[~on].mean()), 3)}
+    out["frames_read"] = len(jobs)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", required=True, help="run folder with precomputed codes (RUN/codes)")
+    ap.add_argument("--corpus", required=True, help="the corpus those codes were encoded from (its audio)")
+    ap.add_argument("--model", action="append", default=[], help="organism HF folder, or 'shipped' (default)")
+    ap.add_argument("--n", type=int, default=64, help="first N valid clips with drums")
+    ap.add_argument("--prompt-seconds", type=float, default=3.0)
+    ap.add_argument("--seconds", type=float, default=6.0)
+    ap.add_argument("--seed", type=int, default=2)
+    ap.add_argument("--guidance", type=float, default=3.0)
+    ap.add_argument("--n-onset-train", type=int, default=600, help="train clips the codes' onset strengths come from")
+    ap.add_argument("--name", default="beat_decay")
+    a = ap.parse_args(argv)
+
+    import torch
+
+    from musiclens.errors import MusiclensError
+    from musiclens.models import MusicModel
+    from musiclens.models import organism as O
+    from musiclens.organism.beatphase import (PhaseTargets, beat_frames_of, expected_onsets, on_off_ratio,
+                                              token_onset_scores)
+    from musiclens.organism.codes import _read_clip
+    from musiclens.organism.lm import CodeData
+
+    try:
+        if a.n < 1 or a.n_onset_train < 1 or not 1.0 <= a.prompt_seconds <= a.seconds - 1.0:
+            raise MusiclensError("--n and --n-onset-train must be >= 1, and --prompt-seconds between 1 s and "
+                                 "--seconds minus 1 s")
+        data = CodeData(Path(a.run))
+        phase = PhaseTargets(data)
+        valid = [int(i) for i in data.indices("valid") if phase.drums[i] and np.isfinite(phase.start_ql[i])][: a.n]
+        train = data.indices("train")
+        if not valid or not len(train):
+            raise MusiclensError(f"{a.run} needs train codes and valid clips with drums and a known beat grid")
+        train = np.sort(np.random.default_rng(0).choice(train, min(a.n_onset_train, len(train)), replace=False))
+        t = time.time()
+        scores, lag = token_onset_scores(data, Path(a.corpus), train, int(data.codes.max()) + 1)
+        score_seconds = time.time() - t
+        models = [("shipped organism", None) if m == "shipped" else (m, Path(m)) for m in a.model or ["shipped"]]
+        frames = int(round(a.seconds * O.FRAME_RATE))
+        start = int(round(a.prompt_seconds * O.FRAME_RATE))
+        n_prompt = int(a.prompt_seconds * O.SAMPLE_RATE)
+        wavs = [_read_clip(Path(a.corpus) / data.rows[i]["path"], O.SAMPLE_RATE, a.seconds) for i in valid]
+        if any(w is None or len(w) < n_prompt for w in wavs):
+            raise MusiclensError(f"the audio of some clips of {a.corpus} is missing or shorter than the prompt")
+        res = {}
+        for name, folder in models:
+            model, tok = O.load_organism_hf("cpu", folder)
+            mm = MusicModel(model, tok, "organism")
+            t = time.time()
+            sets = {k: {w: [] for w in WINDOWS} for k in ("expected_real_past", "expected_own_past", "sampled_codes",
+                                                          "real_codes")}
+            for s in range(0, len(valid), 16):
+                part = valid[s: s + 16]
+                gen = mm.generate([data.rows[i]["caption"] for i in part], seconds=a.seconds, seed=a.seed + s,
+                                  guidance_scale=a.guidance, audio_prompt=np.stack([w[:n_prompt] for w in
+                                                                                    wavs[s: s + 16]]))
+                st, m = data.states[part].float(), data.mask[part].long()
+                own = gen.codes[..., :frames].long()
+                real = torch.full_like(own, -1)
+                c = data.codes[part, :, :frames].long()
+                real[..., : c.shape[2]] = c
+                exp_real = expected_onsets(model, real, st, m, scores)
+                exp_own = expected_onsets(model, own, st, m, scores)
+                for j, i in enumerate(part):
+                    n = min(int(data.lengths[i]), frames)
+                    period = O.FRAME_RATE * 60.0 / phase.bpm[i]
+                    on_all, off_all = beat_frames_of(phase, i, n, 0), beat_frames_of(phase, i, n, 0, 0.25)
+                    series = {"expected_real_past": exp_real[j], "expected_own_past": exp_own[j],
+                              "sampled_codes": scores[own[j, 0].numpy()],
+                              "real_codes": scores[np.clip(real[j, 0].numpy(), 0, None)]}
+                    for w in WINDOWS:
+                        on = window_frames(on_all, start, period, *w, 0.0)
+                        off = window_frames(off_all, start, period, *w, 0.25)
+                        for k, v in series.items():
+                            r = on_off_ratio(v, on, off)
+                            if np.isfinite(r):
+                                sets[k][w].append(r)
+            out = {}
+            for k, per in sets.items():
+                out[k] = {f"beats_{lo}_to_{hi}": {"median_on_off_ratio": round(float(np.median(v)), 3),
+                                                  "n": len(v)} for (lo, hi), v in per.items() if v}
+            out["encoded_without_the_future"] = causal_past(mm, model, data, phase, valid, wavs, scores)
+            out["codec_lookahead_frames"] = codec_lookahead(model.audio_encoder)
+            out["seconds"] = round(time.time() - t, 1)
+            res[name] = out
+            print(name)
+            for k in sets:
+                print(f"  {k:20s}", "  ".join(f"{w}: {v['median_on_off_ratio']:.2f}" for w, v in out[k].items()))
+            print("  beats at 2-5.5 s, past encoded without the future:", out["encoded_without_the_future"])
+            print("  the codec's encoder reads", out["codec_lookahead_frames"], "frames ahead")
+    except MusiclensError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    write_result(a.name, {"run": a.run, "corpus": a.corpus, "clips": len(valid), "prompt_seconds": a.prompt_seconds,
+                          "seconds": a.seconds, "seed": a.seed, "guidance": a.guidance, "onset_lag_frames": lag,
+                          "onset_train_clips": int(len(train)), "onset_score_seconds": round(score_seconds, 1),
+                          "windows_beats_after_prompt": [list(w) for w in WINDOWS], "models": res})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
