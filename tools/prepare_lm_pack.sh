@@ -8,18 +8,21 @@
 #      `polish.install_codec` reads it back after the call);
 #   3. the 12,000-clip corpus (`corpus render --resume`: about 6 min on 2 cores);
 #   4. its train and valid codes (`organism train --stage codes --resume`: about 35 min);
-#   5. the pack (`organism pack-lm --init` the shipped LM, so the call continues it);
+#   5. the pack (`organism pack-lm --init` the shipped LM, so the call continues it; INIT= empty for an LM
+#      from scratch, as codes of another codec need: docs/organism.md, "Why the LM loses a beat it is given");
 #   6. the wheels the device lacks, into .whl (pip download; skipped when .whl holds them);
 #   7. the shipped organism and bench/results hidden from the call's tree, the total checked against 64 MiB.
 # Every step skips or resumes what is already done, so it may be run again after an interruption.
 # After the call: `bash tools/device_tree.sh restore` (do not commit before it).
-# Environment: CORPUS (data/corpus12k), RUN (runs/gpu19), PACK (gpu/lm).
+# Environment: CORPUS (data/corpus12k), RUN (runs/gpu19), PACK (gpu/lm), INIT (the shipped LM; empty: none).
+# A RUN whose codec/hf exists keeps it (e.g. a causal codec trained with --codec-causal).
 set -euo pipefail
 CORPUS=${CORPUS:-data/corpus12k}
 RUN=${RUN:-runs/gpu19}
 PACK=${PACK:-gpu/lm}
 BIN=.venv/bin
 SHIPPED=musiclens/assets/organism
+INIT=${INIT-$SHIPPED/musicgen}
 
 [ -x "$BIN/musiclens" ] || make setup
 step() { echo "== $* ($(date +%H:%M:%S))"; }
@@ -39,7 +42,7 @@ step "codes -> $RUN/codes"
 
 step "pack -> $PACK"
 if [ ! -f "$PACK/pack.json" ]; then
-  "$BIN/musiclens" organism pack-lm --run "$RUN" --out "$PACK" --init "$SHIPPED/musicgen"
+  "$BIN/musiclens" organism pack-lm --run "$RUN" --out "$PACK" ${INIT:+--init "$INIT"}
 fi
 
 step "wheels -> .whl"
@@ -61,6 +64,6 @@ done
 bash tools/device_tree.sh size .whl "$PACK"
 cat <<EOF
 Ready. One device call, carry [.whl, $PACK], timeout_s 600:
-  LM_MINUTES=5 TUNE_MINUTES=1.5 TUNE_ARGS="--tune-lr 0.0005 --contrast-concepts tempo,drums,register,dynamics,brightness --contrast-flips all" bash tools/device_lm.sh --lm-batch-size 64 --lm-layers 8 --lm-d-model 192 --lm-dropout 0.1 --lm-eval-every 500 --lm-lr 0.001
+  LM_MINUTES=5 TUNE_MINUTES=1.5 TUNE_ARGS="--tune-lr 0.0005 --contrast-concepts tempo,drums,register,dynamics,brightness --contrast-flips all" bash tools/device_lm.sh --lm-batch-size 64 --lm-layers 8 --lm-d-model 192 --lm-dropout 0.1 --lm-eval-every 500${INIT:+ --lm-lr 0.001}
 Then: bash tools/device_tree.sh restore   (and "Back here" in docs/organism.md, with RUN=$RUN)
 EOF
