@@ -1,7 +1,8 @@
 """How long does the organism's LM keep a beat it is given? Onset expectation after a real prompt.
 
-    python bench/beat_decay.py --run RUN --corpus CORPUS [--model DIR ...] [--n 64] [--prompt-seconds 3]
-                               [--seconds 6] [--seed 2] [--guidance 3] [--n-onset-train 600] [--name beat_decay]
+    python bench/beat_decay.py --run RUN --corpus CORPUS [--model DIR ...] [--rev COMMIT ...] [--n 64]
+                               [--prompt-seconds 3] [--seconds 6] [--seed 2] [--guidance 3]
+                               [--n-onset-train 600] [--name beat_decay]
 
 The first --n valid clips with drums of RUN's codes (whose rows name the score
 they were rendered from, so every frame's place in the beat is known;
@@ -34,8 +35,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from musiclens.bench_utils import write_result  # noqa: E402
+from musiclens.bench_utils import add_organism_model_args, organism_models, write_result  # noqa: E402
 
+SETS = ("expected_real_past", "expected_own_past", "sampled_codes", "real_codes")
 WINDOWS = ((-4, 0), (0, 2), (2, 4), (4, 8))  # beats after the prompt's end ((-4, 0): its last four)
 
 
@@ -117,9 +119,58 @@ def causal_past(mm, model, data, phase, clips: list[int], wavs: list[np.ndarray]
                 ratios.append(r)
         out[name] = {"median_on_off_ratio": round(float(np.median(ratios)), 3), "n": len(ratios)}
     on = np.array([o for _, _, o in jobs])
-    out["last_3_frames_codes_changed_by_the_future"] = {"before_a_beat": round(float(changed[on].mean()), 3),
-                                                        "before_a_sixteenth_after_it": round(float(changed[~on].mean()), 3)}
+    out["last_3_frames_codes_changed_by_the_future"] = {
+        "before_a_beat": round(float(changed[on].mean()), 3),
+        "before_a_sixteenth_after_it": round(float(changed[~on].mean()), 3)}
     out["frames_read"] = len(jobs)
+    return out
+
+
+def measure(model, tok, data, phase, valid: list[int], wavs: list[np.ndarray], scores: np.ndarray, a,
+            start: int, frames: int, n_prompt: int) -> dict:
+    """Every figure of one model: the on/off-beat ratios per window, and the past encoded without the future."""
+    import torch
+
+    from musiclens.models import MusicModel
+    from musiclens.models import organism as O
+    from musiclens.organism.beatphase import beat_frames_of, expected_onsets, on_off_ratio
+
+    mm = MusicModel(model, tok, "organism")
+    t = time.time()
+    sets = {k: {w: [] for w in WINDOWS} for k in SETS}
+    for s in range(0, len(valid), 16):
+        part = valid[s: s + 16]
+        gen = mm.generate([data.rows[i]["caption"] for i in part], seconds=a.seconds, seed=a.seed + s,
+                          guidance_scale=a.guidance, audio_prompt=np.stack([w[:n_prompt] for w in
+                                                                            wavs[s: s + 16]]))
+        st, m = data.states[part].float(), data.mask[part].long()
+        own = gen.codes[..., :frames].long()
+        real = torch.full_like(own, -1)
+        c = data.codes[part, :, :frames].long()
+        real[..., : c.shape[2]] = c
+        exp_real = expected_onsets(model, real, st, m, scores)
+        exp_own = expected_onsets(model, own, st, m, scores)
+        for j, i in enumerate(part):
+            n = min(int(data.lengths[i]), frames)
+            period = O.FRAME_RATE * 60.0 / phase.bpm[i]
+            on_all, off_all = beat_frames_of(phase, i, n, 0), beat_frames_of(phase, i, n, 0, 0.25)
+            series = {"expected_real_past": exp_real[j], "expected_own_past": exp_own[j],
+                      "sampled_codes": scores[own[j, 0].numpy()],
+                      "real_codes": scores[np.clip(real[j, 0].numpy(), 0, None)]}
+            for w in WINDOWS:
+                on = window_frames(on_all, start, period, *w, 0.0)
+                off = window_frames(off_all, start, period, *w, 0.25)
+                for k, v in series.items():
+                    r = on_off_ratio(v, on, off)
+                    if np.isfinite(r):
+                        sets[k][w].append(r)
+    out = {}
+    for k, per in sets.items():
+        out[k] = {f"beats_{lo}_to_{hi}": {"median_on_off_ratio": round(float(np.median(v)), 3),
+                                          "n": len(v)} for (lo, hi), v in per.items() if v}
+    out["encoded_without_the_future"] = causal_past(mm, model, data, phase, valid, wavs, scores)
+    out["codec_lookahead_frames"] = codec_lookahead(model.audio_encoder)
+    out["seconds"] = round(time.time() - t, 1)
     return out
 
 
@@ -127,7 +178,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True, help="run folder with precomputed codes (RUN/codes)")
     ap.add_argument("--corpus", required=True, help="the corpus those codes were encoded from (its audio)")
-    ap.add_argument("--model", action="append", default=[], help="organism HF folder, or 'shipped' (default)")
+    add_organism_model_args(ap)
     ap.add_argument("--n", type=int, default=64, help="first N valid clips with drums")
     ap.add_argument("--prompt-seconds", type=float, default=3.0)
     ap.add_argument("--seconds", type=float, default=6.0)
@@ -137,13 +188,9 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default="beat_decay")
     a = ap.parse_args(argv)
 
-    import torch
-
     from musiclens.errors import MusiclensError
-    from musiclens.models import MusicModel
     from musiclens.models import organism as O
-    from musiclens.organism.beatphase import (PhaseTargets, beat_frames_of, expected_onsets, on_off_ratio,
-                                              token_onset_scores)
+    from musiclens.organism.beatphase import PhaseTargets, token_onset_scores
     from musiclens.organism.codes import _read_clip
     from musiclens.organism.lm import CodeData
 
@@ -161,7 +208,6 @@ def main(argv=None) -> int:
         t = time.time()
         scores, lag = token_onset_scores(data, Path(a.corpus), train, int(data.codes.max()) + 1)
         score_seconds = time.time() - t
-        models = [("shipped organism", None) if m == "shipped" else (m, Path(m)) for m in a.model or ["shipped"]]
         frames = int(round(a.seconds * O.FRAME_RATE))
         start = int(round(a.prompt_seconds * O.FRAME_RATE))
         n_prompt = int(a.prompt_seconds * O.SAMPLE_RATE)
@@ -169,51 +215,16 @@ def main(argv=None) -> int:
         if any(w is None or len(w) < n_prompt for w in wavs):
             raise MusiclensError(f"the audio of some clips of {a.corpus} is missing or shorter than the prompt")
         res = {}
-        for name, folder in models:
-            model, tok = O.load_organism_hf("cpu", folder)
-            mm = MusicModel(model, tok, "organism")
-            t = time.time()
-            sets = {k: {w: [] for w in WINDOWS} for k in ("expected_real_past", "expected_own_past", "sampled_codes",
-                                                          "real_codes")}
-            for s in range(0, len(valid), 16):
-                part = valid[s: s + 16]
-                gen = mm.generate([data.rows[i]["caption"] for i in part], seconds=a.seconds, seed=a.seed + s,
-                                  guidance_scale=a.guidance, audio_prompt=np.stack([w[:n_prompt] for w in
-                                                                                    wavs[s: s + 16]]))
-                st, m = data.states[part].float(), data.mask[part].long()
-                own = gen.codes[..., :frames].long()
-                real = torch.full_like(own, -1)
-                c = data.codes[part, :, :frames].long()
-                real[..., : c.shape[2]] = c
-                exp_real = expected_onsets(model, real, st, m, scores)
-                exp_own = expected_onsets(model, own, st, m, scores)
-                for j, i in enumerate(part):
-                    n = min(int(data.lengths[i]), frames)
-                    period = O.FRAME_RATE * 60.0 / phase.bpm[i]
-                    on_all, off_all = beat_frames_of(phase, i, n, 0), beat_frames_of(phase, i, n, 0, 0.25)
-                    series = {"expected_real_past": exp_real[j], "expected_own_past": exp_own[j],
-                              "sampled_codes": scores[own[j, 0].numpy()],
-                              "real_codes": scores[np.clip(real[j, 0].numpy(), 0, None)]}
-                    for w in WINDOWS:
-                        on = window_frames(on_all, start, period, *w, 0.0)
-                        off = window_frames(off_all, start, period, *w, 0.25)
-                        for k, v in series.items():
-                            r = on_off_ratio(v, on, off)
-                            if np.isfinite(r):
-                                sets[k][w].append(r)
-            out = {}
-            for k, per in sets.items():
-                out[k] = {f"beats_{lo}_to_{hi}": {"median_on_off_ratio": round(float(np.median(v)), 3),
-                                                  "n": len(v)} for (lo, hi), v in per.items() if v}
-            out["encoded_without_the_future"] = causal_past(mm, model, data, phase, valid, wavs, scores)
-            out["codec_lookahead_frames"] = codec_lookahead(model.audio_encoder)
-            out["seconds"] = round(time.time() - t, 1)
-            res[name] = out
-            print(name)
-            for k in sets:
-                print(f"  {k:20s}", "  ".join(f"{w}: {v['median_on_off_ratio']:.2f}" for w, v in out[k].items()))
-            print("  beats at 2-5.5 s, past encoded without the future:", out["encoded_without_the_future"])
-            print("  the codec's encoder reads", out["codec_lookahead_frames"], "frames ahead")
+        with organism_models(a.model, a.rev) as models:
+            for name, folder in models:
+                model, tok = O.load_organism_hf("cpu", folder)
+                out = measure(model, tok, data, phase, valid, wavs, scores, a, start, frames, n_prompt)
+                res[name] = out
+                print(name)
+                for k in SETS:
+                    print(f"  {k:20s}", "  ".join(f"{w}: {v['median_on_off_ratio']:.2f}" for w, v in out[k].items()))
+                print("  beats at 2-5.5 s, past encoded without the future:", out["encoded_without_the_future"])
+                print("  the codec's encoder reads", out["codec_lookahead_frames"], "frames ahead")
     except MusiclensError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

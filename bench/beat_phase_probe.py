@@ -22,23 +22,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from musiclens.bench_utils import shipped_at, write_result  # noqa: E402
+from musiclens.bench_utils import add_organism_model_args, organism_models, write_result  # noqa: E402
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True, help="run folder with precomputed codes (RUN/codes)")
-    ap.add_argument("--model", action="append", default=[],
-                    help="organism HF folder, or 'shipped'; repeat to compare (default: shipped)")
-    ap.add_argument("--rev", action="append", default=[],
-                    help="a commit whose shipped organism to probe too (read from git history); repeatable")
+    add_organism_model_args(ap)
     ap.add_argument("--n-train", type=int, default=480, help="train clips the probe is fitted on (a seeded draw)")
     ap.add_argument("--n-valid", type=int, default=128, help="first N valid clips it is scored on")
     ap.add_argument("--crop", type=int, default=300, help="opening frames of each clip (50 frames = 1 s)")
@@ -61,13 +57,8 @@ def main(argv=None) -> int:
         if len(train) == 0 or len(valid) == 0:
             raise MusiclensError(f"{a.run} needs train and valid codes (organism train --stage codes)")
         train = np.sort(np.random.default_rng(0).choice(train, min(a.n_train, len(train)), replace=False))
-        models = [("shipped organism", None) if m == "shipped" else (m, Path(m)) for m in a.model or ["shipped"]]
-        missing = [m for _, m in models if m is not None and not (m / "config.json").exists()]
-        if missing:
-            raise MusiclensError(f"no organism folder (config.json) at {missing[0]}")
         res = {}
-        with tempfile.TemporaryDirectory() as tmp:  # past shipped models, read from git history
-            models += [(f"shipped at {r}", shipped_at(r, Path(tmp) / r)) for r in a.rev]
+        with organism_models(a.model, a.rev) as models:
             for name, folder in models:
                 model, _ = O.load_organism_hf("cpu", folder)
                 t = time.time()

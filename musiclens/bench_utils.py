@@ -6,6 +6,7 @@ say which machine, which library versions, and which exact command made it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
@@ -96,3 +97,28 @@ def shipped_at(rev: str, folder: Path) -> Path:
             raise MusiclensError(f"no shipped organism at {rev}: {r.stderr.decode().strip().splitlines()[-1]}")
         (folder / name).write_bytes(r.stdout)
     return folder
+
+
+def add_organism_model_args(ap) -> None:
+    """--model (organism folders, or 'shipped') and --rev (organisms shipped at past commits), for benches
+    that compare LMs on the same clips; `organism_models` resolves them."""
+    ap.add_argument("--model", action="append", default=[],
+                    help="organism HF folder, or 'shipped'; repeat to compare (default: shipped)")
+    ap.add_argument("--rev", action="append", default=[],
+                    help="a commit whose shipped organism to measure too (read from git history); repeatable")
+
+
+@contextlib.contextmanager
+def organism_models(model: list[str], rev: list[str]):
+    """(name, folder) for each --model (folder None = the shipped organism) and each --rev, the latter
+    written from git history into a temporary folder that lives as long as the context."""
+    import tempfile
+
+    from .errors import MusiclensError
+
+    models = [("shipped organism", None) if m == "shipped" else (m, Path(m)) for m in model or ["shipped"]]
+    missing = [m for _, m in models if m is not None and not (m / "config.json").exists()]
+    if missing:
+        raise MusiclensError(f"no organism folder (config.json) at {missing[0]}")
+    with tempfile.TemporaryDirectory() as tmp:
+        yield models + [(f"shipped at {r}", shipped_at(r, Path(tmp) / r)) for r in rev]

@@ -37,8 +37,8 @@ def start_positions(rows: list[dict], cache_dir: Path | None = None) -> np.ndarr
     """Each row's score position at its clip's first sample, in quarter notes (NaN where unknown).
 
     Read from the row's `start_ql` where a pack wrote it, else from the cached music21
-    pieces the renderer used (`corpus.sources.load_piece`); a row without `source`/`start_note`/`bpm` (a corpus of audio files) gets NaN and
-    no phase target.
+    pieces the renderer used (`corpus.sources.load_piece`). A row without source,
+    start_note and bpm (a corpus of audio files) gets NaN and no phase target.
     """
     from ..corpus.sources import default_cache_dir, load_piece
 

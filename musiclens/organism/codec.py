@@ -59,8 +59,9 @@ class CodecTrainConfig:
     codebook_size: int = option(O.CODEBOOK_SIZE, "codes per codebook", ge=2)
     num_filters: int = option(16, "EnCodec num_filters (width)", ge=1)
     hidden_size: int = option(128, "EnCodec latent / codebook dimension", ge=1)
-    causal: bool = option(False, "causal convolutions (left padding only), so no frame's codes carry the audio "
-                                 "after it (shipped: non-causal, as MusicGen's codec; see models.organism.codec_config)")
+    causal: bool = option(False, "causal convolutions (left padding only), so no frame's codes carry the "
+                                 "audio after it (shipped: non-causal, as MusicGen's codec; see "
+                                 "models.organism.codec_config)")
     w_wave: float = option(0.1, "weight of the waveform L1 loss", ge=0)
     w_onset: float = option(1.0, "weight of the onset-envelope loss", ge=0)
     w_stft: float = option(0.0, "weight of the linear-frequency log-STFT loss (0 = off, as shipped; see losses.py)",

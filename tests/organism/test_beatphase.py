@@ -166,8 +166,9 @@ def test_probe_phase_reports_beat_and_bar_errors_split_by_drums():
 
     torch.manual_seed(0)
     dec = MusicgenForCausalLM(O.decoder_config(codebook_size=16, layers=1, d_model=32, heads=2, ffn=64))
-    model = SimpleNamespace(decoder=dec, enc_to_dec_proj=torch.nn.Linear(8, 32), config=SimpleNamespace(decoder=dec.config),
-                            training=False, eval=lambda: None, train=lambda mode=True: None)
+    model = SimpleNamespace(decoder=dec, enc_to_dec_proj=torch.nn.Linear(8, 32),
+                            config=SimpleNamespace(decoder=dec.config), training=False,
+                            eval=lambda: None, train=lambda mode=True: None)
     n = 12
     data = CodeData.__new__(CodeData)  # the codes stage's output, made here
     data.codes = torch.randint(0, 16, (n, 4, 60))
@@ -209,7 +210,8 @@ def test_token_onset_scores_find_the_code_that_sits_on_the_hits_and_the_envelope
         y = 0.001 * rng.standard_normal(frames * sr // FPS)
         for f in beats:  # a 30 ms noise burst on every beat
             s = f * sr // FPS
-            y[s: s + 480] += 0.5 * rng.standard_normal(len(y[s: s + 480])) * np.exp(-np.arange(len(y[s: s + 480])) / 100)
+            burst = y[s: s + 480]
+            burst += 0.5 * rng.standard_normal(len(burst)) * np.exp(-np.arange(len(burst)) / 100)
         sf.write(tmp_path / "audio" / f"{i}.wav", y.astype(np.float32), sr)
         rows.append({"path": f"audio/{i}.wav", "bpm": 120.0, "start_ql": 0.0, "drums": "rock"})
     scores, lag = token_onset_scores(_clip_stand_in(codes, rows), tmp_path, np.arange(4), vocab=16)
@@ -229,7 +231,8 @@ def test_expected_onsets_read_only_the_past_and_the_ratio_compares_beat_and_offb
     dec = MusicgenForCausalLM(O.decoder_config(codebook_size=16, layers=1, d_model=32, heads=2, ffn=64)).eval()
     from types import SimpleNamespace
 
-    model = SimpleNamespace(decoder=dec, enc_to_dec_proj=torch.nn.Linear(8, 32), config=SimpleNamespace(decoder=dec.config))
+    model = SimpleNamespace(decoder=dec, enc_to_dec_proj=torch.nn.Linear(8, 32),
+                            config=SimpleNamespace(decoder=dec.config))
     codes = torch.randint(0, 16, (2, 4, 30))
     st, m = torch.randn(2, 3, 8), torch.ones(2, 3, dtype=torch.long)
     scores = np.linspace(0, 3, 16)
