@@ -313,20 +313,13 @@ def conditioning_gap(model, data: CodeData, idx: np.ndarray, crop: int, batch: i
     return out
 
 
-@torch.no_grad()
-def heldout_phase_error(model, head, data: CodeData, phase, idx: np.ndarray, crop: int, batch: int = 16) -> float:
+def heldout_phase_error(model, head, data: CodeData, phase, idx: np.ndarray, crop: int) -> float:
     """Median error (degrees) of the beat-phase head on held-out clips' openings (`beatphase`; 90 = knows nothing)."""
-    model.eval()
-    pad = model.config.decoder.pad_token_id
-    errs = []
-    for s in range(0, len(idx), batch):
-        part = idx[s: s + batch]
-        starts = np.zeros(len(part), dtype=np.int64)
-        ids, st, m = data.batch(part, crop, pad, None, starts=starts)
-        hidden = lm_loss(model, ids, st, m, with_hidden=True)[2]
-        errs.append(phase_errors_degrees(head, hidden, *phase(part, starts, hidden.shape[1], data.device)))
-    model.train()
-    errs = np.concatenate(errs) if errs else np.zeros(0)
+    from .beatphase import hidden_and_targets
+
+    hidden, tgt, mask = hidden_and_targets(model, data, phase, idx, crop)
+    with torch.no_grad():
+        errs = phase_errors_degrees(head, hidden, tgt, mask)
     return round(float(np.median(errs)), 2) if len(errs) else float("nan")
 
 
@@ -421,9 +414,12 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
         torch.nn.init.zeros_(head.weight)  # no gradient reaches the LM until the head has learnt to read something
         torch.nn.init.zeros_(head.bias)
         opt.add_param_group({"params": list(head.parameters()), "weight_decay": 0.0})
-        if resume and ckpt.exists() and "phase_head" in state:
-            head.load_state_dict(state["phase_head"])
     if resume and ckpt.exists():
+        if ("phase_head" in state) != (head is not None):  # the optimiser's parameter groups would not match
+            raise MusiclensError(f"{ckpt} was trained {'with' if 'phase_head' in state else 'without'} the beat-phase "
+                                 f"head: resume it {'with' if 'phase_head' in state else 'without'} --beat-phase-weight")
+        if head is not None:
+            head.load_state_dict(state["phase_head"])
         opt.load_state_dict(state["opt"])  # after the head's group exists, so the groups match
     con = encoder = None
     if cfg.contrast_weight > 0:

@@ -138,6 +138,10 @@ def test_training_with_the_head_logs_it_keeps_it_out_of_the_export_and_resumes(t
     again = torch.load(tmp_path / "lm" / "ckpt.pt", weights_only=False)
     assert not torch.equal(again["phase_head"]["weight"], ckpt["phase_head"]["weight"])
     assert len(again["opt"]["param_groups"]) == 3
+    # resuming without the head (or a run without it, with one) would mismatch the optimiser: one line
+    cfg.steps, cfg.beat_phase_weight = 8, 0.0
+    with pytest.raises(MusiclensError, match="trained with the beat-phase head: resume it with --beat-phase-weight"):
+        train_lm(cfg, tmp_path, None, True)
 
 
 def test_ridge_probe_reads_a_phase_that_is_there_and_not_one_that_is_not():
