@@ -47,25 +47,6 @@ def window_frames(frames: np.ndarray, start: float, period: float, lo: float, hi
     return frames[(beat >= lo - 1e-6) & (beat < hi - 1e-6)]
 
 
-def codec_lookahead(codec, seconds: float = 2.0) -> int:
-    """How many frames ahead the codec's encoder reads: the earliest latent frame that moves when only
-    the audio from the middle on is replaced (0 for a causal encoder)."""
-    import torch
-
-    from musiclens.models import organism as O
-
-    g = torch.Generator().manual_seed(0)
-    n = int(seconds * O.SAMPLE_RATE)
-    half = n // 2
-    x = 0.3 * torch.randn(1, 1, n, generator=g)
-    y = x.clone()
-    y[..., half:] = 0.3 * torch.randn(1, 1, n - half, generator=g)
-    with torch.no_grad():
-        a, b = codec.encoder(x), codec.encoder(y)
-    moved = ((a - b).abs().amax(dim=1)[0] > 1e-6).nonzero().flatten()
-    return int(half // (O.SAMPLE_RATE // O.FRAME_RATE) - moved[0]) if len(moved) else 0
-
-
 def causal_past(mm, model, data, phase, clips: list[int], wavs: list[np.ndarray], scores: np.ndarray,
                 span: tuple[float, float] = (2.0, 5.5), batch: int = 16) -> dict:
     """On/off-beat ratio of the expected onset when the past is encoded without the future.
@@ -134,6 +115,7 @@ def measure(model, tok, data, phase, valid: list[int], wavs: list[np.ndarray], s
     from musiclens.models import MusicModel
     from musiclens.models import organism as O
     from musiclens.organism.beatphase import beat_frames_of, expected_onsets, on_off_ratio
+    from musiclens.organism.codec import lookahead_frames
 
     mm = MusicModel(model, tok, "organism")
     t = time.time()
@@ -169,7 +151,7 @@ def measure(model, tok, data, phase, valid: list[int], wavs: list[np.ndarray], s
         out[k] = {f"beats_{lo}_to_{hi}": {"median_on_off_ratio": round(float(np.median(v)), 3),
                                           "n": len(v)} for (lo, hi), v in per.items() if v}
     out["encoded_without_the_future"] = causal_past(mm, model, data, phase, valid, wavs, scores)
-    out["codec_lookahead_frames"] = codec_lookahead(model.audio_encoder)
+    out["codec_lookahead_frames"] = lookahead_frames(model.audio_encoder)
     out["seconds"] = round(time.time() - t, 1)
     return out
 
@@ -206,7 +188,7 @@ def main(argv=None) -> int:
             raise MusiclensError(f"{a.run} needs train codes and valid clips with drums and a known beat grid")
         train = np.sort(np.random.default_rng(0).choice(train, min(a.n_onset_train, len(train)), replace=False))
         t = time.time()
-        scores, lag = token_onset_scores(data, Path(a.corpus), train, int(data.codes.max()) + 1)
+        scores, lag = token_onset_scores(data, phase, Path(a.corpus), train, int(data.codes.max()) + 1)
         score_seconds = time.time() - t
         frames = int(round(a.seconds * O.FRAME_RATE))
         start = int(round(a.prompt_seconds * O.FRAME_RATE))

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from ..errors import MusiclensError
 from ..models.organism import FRAME_RATE
+from .rhythm import beat_frames
 
 BAR_QUARTERS = 4  # the corpus's drum patterns span a 4-beat bar (corpus.synth.DRUM_PATTERNS)
 
@@ -70,7 +71,7 @@ def phase_targets(start_ql: np.ndarray, bpm: np.ndarray, drums: np.ndarray, star
     """
     p = np.arange(steps)[None, :]
     frame = starts[:, None] + p
-    q = start_ql[:, None] + frame / (FRAME_RATE * 60.0 / np.where(bpm > 0, bpm, 1.0))[:, None]
+    q = start_ql[:, None] + frame / beat_frames(np.where(bpm > 0, bpm, 1.0))[:, None]
     beat, bar = 2 * np.pi * q, 2 * np.pi * q / BAR_QUARTERS
     tgt = np.stack([np.cos(beat), np.sin(beat), np.cos(bar), np.sin(bar)], axis=-1)
     known = (frame < lengths[:, None]) & np.isfinite(q)
@@ -125,7 +126,7 @@ def phase_errors_degrees(head: torch.nn.Module, hidden: torch.Tensor, tgt: torch
 @torch.no_grad()
 def hidden_and_targets(model, data, phase: PhaseTargets, idx: np.ndarray, crop: int = 300, batch: int = 16):
     """The LM's last hidden state at every position of each clip's opening crop, with its phase targets."""
-    from .lm import lm_loss
+    from .lm import decoder_hidden
 
     was = model.training
     model.eval()
@@ -135,7 +136,7 @@ def hidden_and_targets(model, data, phase: PhaseTargets, idx: np.ndarray, crop: 
         part = np.asarray(idx[s: s + batch])
         starts = np.zeros(len(part), dtype=np.int64)
         ids, st, m = data.batch(part, crop, pad, None, starts=starts)
-        h = lm_loss(model, ids, st, m, with_hidden=True)[2]
+        h = decoder_hidden(model, ids, st, m)
         t, mk = phase(part, starts, h.shape[1], data.device)
         hs.append(h.float().cpu())
         ts.append(t.cpu())
@@ -191,14 +192,15 @@ def probe_phase(model, data, train_idx: np.ndarray, valid_idx: np.ndarray, crop:
 
 def beat_frames_of(phase: PhaseTargets, i: int, n: int, skip: int, offset: float = 0.0) -> np.ndarray:
     """Frames nearest each beat (+ `offset` beats) of clip `i`, from frame `skip` to before `n`."""
-    period = FRAME_RATE * 60.0 / phase.bpm[i]
+    period = beat_frames(phase.bpm[i])
     q0 = phase.start_ql[i]
     beats = np.arange(np.ceil(q0 + skip / period), q0 + n / period) + offset
     f = np.round((beats - q0) * period).astype(int)
     return f[(f >= skip) & (f < n)]
 
 
-def token_onset_scores(data, corpus: Path, idx: np.ndarray, vocab: int, max_lag: int = 4) -> tuple[np.ndarray, int]:
+def token_onset_scores(data, phase: PhaseTargets, corpus: Path, idx: np.ndarray, vocab: int,
+                       max_lag: int = 4) -> tuple[np.ndarray, int]:
     """How much of an onset each first-codebook code marks, from real audio: (scores [vocab], lag in frames).
 
     For each clip of `idx`, librosa's onset envelope at the codec's frame rate, divided by the
@@ -213,7 +215,6 @@ def token_onset_scores(data, corpus: Path, idx: np.ndarray, vocab: int, max_lag:
     from ..models.organism import SAMPLE_RATE
     from .codes import _read_clip
 
-    phase = PhaseTargets(data)
     hop = SAMPLE_RATE // FRAME_RATE
     envs = {}
     for i in idx:
@@ -248,10 +249,9 @@ def expected_onsets(model, codes: torch.Tensor, states: torch.Tensor, mask: torc
     codes [B, K, F]; entry f is sum_v p(v | everything before frame f's first code) · scores[v],
     the onset strength the LM's next draw of codebook 0 carries on average.
     """
-    from .lm import delay_pattern, lm_loss
+    from .lm import decoder_hidden, delay_pattern
 
-    pad = model.config.decoder.pad_token_id
-    hidden = lm_loss(model, delay_pattern(codes, pad), states, mask, with_hidden=True)[2]
+    hidden = decoder_hidden(model, delay_pattern(codes, model.config.decoder.pad_token_id), states, mask)
     s = torch.as_tensor(scores, dtype=torch.float32, device=hidden.device)
     p0 = torch.softmax(model.decoder.lm_heads[0](hidden).float(), dim=-1)[..., : len(s)]
     return (p0 * s).sum(-1)[:, : codes.shape[2]].cpu().numpy()
@@ -262,43 +262,3 @@ def on_off_ratio(values: np.ndarray, on: np.ndarray, off: np.ndarray) -> float:
     if len(on) == 0 or len(off) == 0:
         return float("nan")
     return float(values[on].mean() / max(values[off].mean(), 1e-8))
-
-
-@torch.no_grad()
-def onset_hazard(model, data, idx: np.ndarray, scores: np.ndarray, crop: int = 300, skip: int = 50,
-                 batch: int = 16) -> dict:
-    """Does the LM expect hits on the beat? Teacher-forced onset expectation, on-beat vs a sixteenth off.
-
-    At every frame of each clip's opening, the LM's distribution over codebook 0 (given the real
-    past) is turned into an expected onset strength, sum_v p(v) · scores[v]. Sampling draws from
-    that distribution, so if it is not much higher on the beat than between beats, sampled hits
-    fall everywhere and no pulse forms, however well the LM knows the phase. Frames nearest each
-    beat are compared with the frames nearest a sixteenth after it (where neither drum pattern
-    plays), after the first `skip` frames; the same ratio on the real codes is the reference.
-    Returns per-clip medians of both ratios and of their logs' difference.
-    """
-    was = model.training
-    model.eval()
-    phase = PhaseTargets(data)
-    model_ratio, real_ratio = [], []
-    for b in range(0, len(idx), batch):
-        part = np.asarray(idx[b: b + batch], dtype=int)
-        codes = torch.full((len(part), data.codes.shape[1], crop), -1, dtype=torch.long)
-        c = data.codes[part, :, :crop].long()
-        codes[..., : c.shape[2]] = c
-        expect = expected_onsets(model, codes.to(data.device), data.states[part].float().to(data.device),
-                                 data.mask[part].long().to(data.device), scores)
-        for j, i in enumerate(part):
-            if not np.isfinite(phase.start_ql[i]):
-                continue
-            n = min(int(data.lengths[i]), crop)
-            on, off = beat_frames_of(phase, i, n, skip), beat_frames_of(phase, i, n, skip, 0.25)
-            r = on_off_ratio(expect[j], on, off)
-            if np.isfinite(r):
-                model_ratio.append(r)
-                real_ratio.append(on_off_ratio(scores[data.codes[i, 0, :n].long().numpy()], on, off))
-    model.train(was)
-    mr, rr = np.array(model_ratio), np.array(real_ratio)
-    return {"n": int(len(mr)), "model_on_off_ratio": float(np.median(mr)) if len(mr) else None,
-            "real_on_off_ratio": float(np.median(rr)) if len(rr) else None,
-            "share_model_ratio_above_1": float((mr > 1).mean()) if len(mr) else None}

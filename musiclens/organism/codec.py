@@ -314,3 +314,19 @@ def train_codec(cfg: CodecTrainConfig, corpus: Path, out: Path, minutes: float |
                "minutes_this_sitting": round((time.time() - t0) / 60, 2), "last": stats}
     write_json(cdir / "progress.json", summary)
     return summary
+
+
+@torch.no_grad()
+def lookahead_frames(codec, seconds: float = 2.0) -> int:
+    """How many frames ahead the codec's encoder reads: the earliest latent frame that moves when only
+    the audio from the middle on is replaced (0 for a causal encoder, 4 for the shipped one)."""
+    g = torch.Generator().manual_seed(0)
+    n = int(seconds * O.SAMPLE_RATE)
+    half = n // 2
+    x = 0.3 * torch.randn(1, 1, n, generator=g)
+    y = x.clone()
+    y[..., half:] = 0.3 * torch.randn(1, 1, n - half, generator=g)
+    p = next(codec.parameters())
+    a, b = codec.encoder(x.to(p)), codec.encoder(y.to(p))
+    moved = ((a - b).abs().amax(dim=1)[0] > 1e-6).nonzero().flatten()
+    return int(half // (O.SAMPLE_RATE // O.FRAME_RATE) - moved[0]) if len(moved) else 0

@@ -108,6 +108,15 @@ def delay_pattern(codes: torch.Tensor, pad: int) -> torch.Tensor:
     return ids
 
 
+def decoder_hidden(model, ids: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The decoder's last hidden state [B, T-1, D] over ids[..., :-1] (delay pattern [B, K, T]): what the
+    codebook heads read, without computing their logits (`beatphase` reads it alone)."""
+    b, k, t = ids.shape
+    return model.decoder.model(input_ids=ids[..., :-1].reshape(b * k, t - 1),
+                               encoder_hidden_states=model.enc_to_dec_proj(states),
+                               encoder_attention_mask=mask).last_hidden_state
+
+
 def token_ce(model, ids: torch.Tensor, states: torch.Tensor, mask: torch.Tensor,
              with_hidden: bool = False) -> tuple[torch.Tensor, ...]:
     """Teacher-forced cross-entropy of every next code: (ce [B, K, T-1], real [B, K, T-1] bool).
@@ -121,13 +130,10 @@ def token_ce(model, ids: torch.Tensor, states: torch.Tensor, mask: torch.Tensor,
     calls them, so the logits are the same.
     """
     b, k, t = ids.shape
-    dec = model.decoder
     pad = model.config.decoder.pad_token_id
-    inp = ids[..., :-1].reshape(b * k, t - 1)
     tgt = ids[..., 1:]
-    enc = model.enc_to_dec_proj(states)
-    hidden = dec.model(input_ids=inp, encoder_hidden_states=enc, encoder_attention_mask=mask).last_hidden_state
-    logits = torch.stack([head(hidden) for head in dec.lm_heads], dim=1)  # [B, K, T-1, V]
+    hidden = decoder_hidden(model, ids, states, mask)
+    logits = torch.stack([head(hidden) for head in model.decoder.lm_heads], dim=1)  # [B, K, T-1, V]
     real = tgt != pad
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.clamp(max=logits.shape[-1] - 1).reshape(-1),
                          reduction="none").reshape(b, k, t - 1)

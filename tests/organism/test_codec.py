@@ -172,6 +172,11 @@ def test_a_causal_codec_encodes_no_frame_from_the_audio_after_it_and_the_shipped
     assert not changed[True].any()
     assert changed[False][27:].all()  # the non-causal encoder reads a few frames ahead
     assert not changed[False][:20].any()  # but not far
+    from musiclens.organism.codec import lookahead_frames
+
+    for causal in (False, True):  # the same, as the figure bench/codec_lookahead.py reports
+        codec = new_codec(CodecTrainConfig(codebook_size=32, num_filters=4, hidden_size=16, causal=causal)).eval()
+        assert (lookahead_frames(codec) == 0) is causal and lookahead_frames(codec) < 10
 
 
 def test_resuming_a_codec_with_the_other_causality_is_a_one_line_error(tiny_corpus, tmp_path):
