@@ -48,14 +48,15 @@ def window_frames(frames: np.ndarray, start: float, period: float, lo: float, hi
 
 
 def causal_past(mm, model, data, phase, clips: list[int], wavs: list[np.ndarray], scores: np.ndarray,
-                span: tuple[float, float] = (2.0, 5.5), batch: int = 16) -> dict:
+                whole: list[np.ndarray], span: tuple[float, float] = (2.0, 5.5), batch: int = 16) -> dict:
     """On/off-beat ratio of the expected onset when the past is encoded without the future.
 
     The codec's encoder is not causal (its convolutions see a few frames ahead), so the real
     codes before a hit already carry some of it. For every beat frame T in `span` (seconds)
     and the frame a sixteenth after it, the audio before T alone is encoded and the LM's
-    expected onset at T read from those codes; the same frames read from the whole clip's
-    codes are the comparison. Per clip: ratio of the mean on the beat to the mean off it.
+    expected onset at T read from those codes. The comparison is `whole[j]`, clip j's expected
+    onsets from its whole codes (what `measure` already read with the real past: entry T reads
+    only the codes before T). Per clip: ratio of the mean on the beat to the mean off it.
     """
     import torch
 
@@ -66,11 +67,12 @@ def causal_past(mm, model, data, phase, clips: list[int], wavs: list[np.ndarray]
     lo, hi = int(span[0] * O.FRAME_RATE), int(span[1] * O.FRAME_RATE)
     jobs = []  # (clip position, frame, on?)
     for j, i in enumerate(clips):
-        n = min(int(data.lengths[i]), hi)
+        n = min(int(data.lengths[i]), hi, len(whole[j]))
         for on, frames in ((True, beat_frames_of(phase, i, n, lo)), (False, beat_frames_of(phase, i, n, lo, 0.25))):
             jobs += [(j, int(f), on) for f in frames]
+    clip = np.array([j for j, _, _ in jobs])
+    on = np.array([o for _, _, o in jobs], dtype=bool)
     causal = np.zeros(len(jobs))
-    whole = np.zeros(len(jobs))
     changed = np.zeros(len(jobs))  # share of the last 3 frames' first-codebook codes the future had changed
     for b in range(0, len(jobs), batch):
         part = jobs[b: b + batch]
@@ -83,23 +85,14 @@ def causal_past(mm, model, data, phase, clips: list[int], wavs: list[np.ndarray]
         rows = [clips[j] for j, _, _ in part]
         st, m = data.states[rows].float(), data.mask[rows].long()
         e = expected_onsets(model, codes, st, m, scores)
-        full = torch.full_like(codes, -1)
-        for r, (j, f, _) in enumerate(part):
-            full[r, :, :f] = data.codes[clips[j], :, :f].long()
-        e_full = expected_onsets(model, full, st, m, scores)
         for r, (_, f, _) in enumerate(part):
-            causal[b + r], whole[b + r] = e[r, f], e_full[r, f]
+            causal[b + r] = e[r, f]
+    whole_at = np.array([whole[j][f] for j, f, _ in jobs])
     out = {}
-    for name, v in (("causal_past", causal), ("whole_clip_codes", whole)):
-        ratios = []
-        for j in range(len(clips)):
-            on = np.array([k for k, (jj, _, o) in enumerate(jobs) if jj == j and o])
-            off = np.array([k for k, (jj, _, o) in enumerate(jobs) if jj == j and not o])
-            r = on_off_ratio(v, on, off)
-            if np.isfinite(r):
-                ratios.append(r)
+    for name, v in (("causal_past", causal), ("whole_clip_codes", whole_at)):
+        ratios = [r for j in range(len(clips))
+                  if np.isfinite(r := on_off_ratio(v, np.flatnonzero((clip == j) & on), np.flatnonzero((clip == j) & ~on)))]
         out[name] = {"median_on_off_ratio": round(float(np.median(ratios)), 3), "n": len(ratios)}
-    on = np.array([o for _, _, o in jobs])
     out["last_3_frames_codes_changed_by_the_future"] = {
         "before_a_beat": round(float(changed[on].mean()), 3),
         "before_a_sixteenth_after_it": round(float(changed[~on].mean()), 3)}
@@ -113,13 +106,14 @@ def measure(model, tok, data, phase, valid: list[int], wavs: list[np.ndarray], s
     import torch
 
     from musiclens.models import MusicModel
-    from musiclens.models import organism as O
     from musiclens.organism.beatphase import beat_frames_of, expected_onsets, on_off_ratio
     from musiclens.organism.codec import lookahead_frames
+    from musiclens.organism.rhythm import beat_frames
 
     mm = MusicModel(model, tok, "organism")
     t = time.time()
     sets = {k: {w: [] for w in WINDOWS} for k in SETS}
+    whole = []  # per clip: expected onsets with the real past, which causal_past compares against
     for s in range(0, len(valid), 16):
         part = valid[s: s + 16]
         gen = mm.generate([data.rows[i]["caption"] for i in part], seconds=a.seconds, seed=a.seed + s,
@@ -132,9 +126,10 @@ def measure(model, tok, data, phase, valid: list[int], wavs: list[np.ndarray], s
         real[..., : c.shape[2]] = c
         exp_real = expected_onsets(model, real, st, m, scores)
         exp_own = expected_onsets(model, own, st, m, scores)
+        whole += list(exp_real)
         for j, i in enumerate(part):
             n = min(int(data.lengths[i]), frames)
-            period = O.FRAME_RATE * 60.0 / phase.bpm[i]
+            period = beat_frames(phase.bpm[i])
             on_all, off_all = beat_frames_of(phase, i, n, 0), beat_frames_of(phase, i, n, 0, 0.25)
             series = {"expected_real_past": exp_real[j], "expected_own_past": exp_own[j],
                       "sampled_codes": scores[own[j, 0].numpy()],
@@ -150,7 +145,7 @@ def measure(model, tok, data, phase, valid: list[int], wavs: list[np.ndarray], s
     for k, per in sets.items():
         out[k] = {f"beats_{lo}_to_{hi}": {"median_on_off_ratio": round(float(np.median(v)), 3),
                                           "n": len(v)} for (lo, hi), v in per.items() if v}
-    out["encoded_without_the_future"] = causal_past(mm, model, data, phase, valid, wavs, scores)
+    out["encoded_without_the_future"] = causal_past(mm, model, data, phase, valid, wavs, scores, whole)
     out["codec_lookahead_frames"] = lookahead_frames(model.audio_encoder)
     out["seconds"] = round(time.time() - t, 1)
     return out
