@@ -250,3 +250,14 @@ def test_expected_onsets_read_only_the_past_and_the_ratio_compares_beat_and_offb
     v = np.array([4.0, 1.0, 4.0, 1.0, 2.0])
     assert on_off_ratio(v, np.array([0, 2]), np.array([1, 3])) == 4.0
     assert np.isnan(on_off_ratio(v, np.array([], dtype=int), np.array([1])))
+
+
+def test_beat_frames_of_places_beats_and_sixteenths_on_the_clips_grid():
+    from musiclens.organism.beatphase import beat_frames_of
+
+    # 120 BPM = a beat every 25 frames; the clip starts 0.2 quarter notes into the score, so beat 1 is at frame 20
+    rows = [{"path": "a.wav", "bpm": 120.0, "start_ql": 0.2, "drums": "rock"}]
+    phase = PhaseTargets(_clip_stand_in(torch.zeros(1, 4, 100, dtype=torch.long), rows))
+    assert beat_frames_of(phase, 0, 100, 0).tolist() == [20, 45, 70, 95]
+    assert beat_frames_of(phase, 0, 100, 30).tolist() == [45, 70, 95]  # from frame 30 on
+    assert beat_frames_of(phase, 0, 100, 30, 0.25).tolist() == [51, 76]  # a sixteenth later; 101 is past the end
