@@ -38,7 +38,9 @@ sys.path.insert(0, str(ROOT))
 from musiclens.bench_utils import add_organism_model_args, organism_models, write_result  # noqa: E402
 
 SETS = ("expected_real_past", "expected_own_past", "sampled_codes", "real_codes")
-WINDOWS = ((-4, 0), (0, 2), (2, 4), (4, 8))  # beats after the prompt's end ((-4, 0): its last four)
+# beats after the prompt's end ((-4, 0): its last four; (0, 1): the first beat, whose past is at most one beat
+# of the LM's own samples)
+WINDOWS = ((-4, 0), (0, 1), (0, 2), (2, 4), (4, 8))
 
 
 def window_frames(frames: np.ndarray, start: float, period: float, lo: float, hi: float, offset: float) -> np.ndarray:

@@ -91,6 +91,14 @@ class LMTrainConfig:
                                              "fast, none <-> rock; the shipped tune stage), or every other value "
                                              "(middle values such as neutral or light drums included)",
                                  choices=["opposite", "all"])
+    input_noise: float = option(0.0, "share of the real codes the decoder reads that are replaced before the "
+                                     "forward pass, while the targets stay the real codes (0 = off, as shipped): "
+                                     "training on imperfect pasts against exposure bias (see corrupt_inputs)",
+                                ge=0, le=0.5)
+    input_noise_kind: str = option("sampled", "what replaces a corrupted code: the LM's own sample at that position "
+                                              "(parallel scheduled sampling; one extra forward pass without "
+                                              "gradients per step) or a uniformly random code",
+                                   choices=["sampled", "uniform"])
 
 
 def delay_pattern(codes: torch.Tensor, pad: int) -> torch.Tensor:
@@ -118,7 +126,7 @@ def decoder_hidden(model, ids: torch.Tensor, states: torch.Tensor, mask: torch.T
 
 
 def token_ce(model, ids: torch.Tensor, states: torch.Tensor, mask: torch.Tensor,
-             with_hidden: bool = False) -> tuple[torch.Tensor, ...]:
+             with_hidden: bool = False, inputs: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """Teacher-forced cross-entropy of every next code: (ce [B, K, T-1], real [B, K, T-1] bool).
 
     ids [B, K, T] (delay pattern), states [B, L, 384], mask [B, L]. Position
@@ -126,13 +134,15 @@ def token_ce(model, ids: torch.Tensor, states: torch.Tensor, mask: torch.Tensor,
     a pad (BOS, the delay pattern's corners, a crop's end), and ce is 0 there.
     With `with_hidden`, also the decoder's last hidden state [B, T-1, D] (what
     the codebooks' heads read; `beatphase` trains a head of its own on it).
+    `inputs` (same shape as ids, e.g. from `corrupt_inputs`) is what the
+    decoder reads instead of ids; the targets stay ids.
     The decoder body and heads are called as `MusicgenForCausalLM.forward`
     calls them, so the logits are the same.
     """
     b, k, t = ids.shape
     pad = model.config.decoder.pad_token_id
     tgt = ids[..., 1:]
-    hidden = decoder_hidden(model, ids, states, mask)
+    hidden = decoder_hidden(model, ids if inputs is None else inputs, states, mask)
     logits = torch.stack([head(hidden) for head in model.decoder.lm_heads], dim=1)  # [B, K, T-1, V]
     real = tgt != pad
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.clamp(max=logits.shape[-1] - 1).reshape(-1),
@@ -141,20 +151,60 @@ def token_ce(model, ids: torch.Tensor, states: torch.Tensor, mask: torch.Tensor,
 
 
 def lm_loss(model, ids: torch.Tensor, states: torch.Tensor, mask: torch.Tensor,
-            first_weight: float = 1.0, with_hidden: bool = False) -> tuple[torch.Tensor, ...]:
+            first_weight: float = 1.0, with_hidden: bool = False,
+            inputs: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """Teacher-forced cross-entropy over real code positions.
 
     ids [B, K, T] (delay pattern), states [B, L, 384], mask [B, L].
     Returns (mean loss, per-example mean loss [B]), plus the last hidden
     state with `with_hidden`. With `first_weight` != 1 the mean counts each
     first-codebook token that many times (a weighted mean; the per-example
-    figure stays plain).
+    figure stays plain). `inputs`: see `token_ce`.
     """
-    ce, real, *hidden = token_ce(model, ids, states, mask, with_hidden)
+    ce, real, *hidden = token_ce(model, ids, states, mask, with_hidden, inputs)
     per = ce.sum(dim=(1, 2)) / real.sum(dim=(1, 2)).clamp(min=1)
     w = torch.ones(ce.shape[1], 1, device=ce.device, dtype=ce.dtype)
     w[0] = first_weight
     return ((ce * w).sum() / (real * w).sum().clamp(min=1), per, *hidden)
+
+
+def corrupt_inputs(model, ids: torch.Tensor, states: torch.Tensor, mask: torch.Tensor, share: float, kind: str,
+                   generator: torch.Generator) -> torch.Tensor:
+    """A copy of ids (delay pattern [B, K, T]) with `share` of its real codes replaced: what the decoder reads.
+
+    Why: the LM is trained only on real pasts but generates from its own samples, and every LM measured
+    loses the beat within a beat of sampling (bench/beat_decay.py, docs/organism.md): the symptom of
+    exposure bias. Training against imperfect pasts, with the targets kept real, asks the decoder to
+    recover the music from a past that is partly wrong.
+
+    `kind` "sampled" replaces a code by the LM's own sample for that position, drawn from one teacher-forced
+    pass without gradients over the real codes (parallel scheduled sampling, Duckworth et al. 2019; the
+    conditional logits at temperature 1 with the generation config's top-k, guidance left out); "uniform"
+    by a random code. BOS and the delay pattern's pads are never touched. Each real position is chosen
+    independently with probability `share`; a chosen position may draw its own code again.
+    """
+    pad = model.config.decoder.pad_token_id
+    real = ids != pad
+    real[..., 0] = False  # the BOS column is pad anyway; kept explicit
+    chosen = real & (torch.rand(ids.shape, generator=generator, device=ids.device) < share)
+    if kind == "uniform":
+        vocab = model.decoder.config.vocab_size
+        fresh = torch.randint(0, vocab, ids.shape, generator=generator, device=ids.device)
+    elif kind == "sampled":
+        b, k, t = ids.shape
+        with torch.no_grad():
+            hidden = decoder_hidden(model, ids, states, mask)
+            logits = torch.stack([head(hidden) for head in model.decoder.lm_heads], dim=1).float()  # [B, K, T-1, V]
+        top_k = getattr(model.generation_config, "top_k", None) or logits.shape[-1]
+        if top_k < logits.shape[-1]:
+            kth = logits.topk(top_k, dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = logits.softmax(-1).reshape(-1, logits.shape[-1])
+        drawn = torch.multinomial(probs, 1, generator=generator).reshape(b, k, t - 1)
+        fresh = torch.cat([ids[..., :1], drawn], dim=-1)  # position t+1's sample comes from position t's logits
+    else:
+        raise MusiclensError(f"unknown input-noise kind {kind!r}: choose sampled or uniform")
+    return torch.where(chosen, fresh, ids)
 
 
 class CodeData:
@@ -466,7 +516,12 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
         idx = rng.choice(train_idx, size=cfg.batch_size, replace=len(train_idx) < cfg.batch_size)
         starts = data.crop_starts(idx, cfg.crop_frames, rng)
         ids, st, m = data.batch(idx, cfg.crop_frames, pad, rng, null_prob=cfg.null_prob, starts=starts)
-        loss, _, *hidden = lm_loss(model, ids, st, m, cfg.first_codebook_weight, with_hidden=head is not None)
+        inputs = None
+        if cfg.input_noise > 0:
+            gen = torch.Generator(device=ids.device).manual_seed(int(rng.integers(2**62)))
+            inputs = corrupt_inputs(model, ids, st, m, cfg.input_noise, cfg.input_noise_kind, gen)
+        loss, _, *hidden = lm_loss(model, ids, st, m, cfg.first_codebook_weight, with_hidden=head is not None,
+                                   inputs=inputs)
         likelihood = loss
         ploss = None
         if head is not None:

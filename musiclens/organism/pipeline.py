@@ -126,6 +126,13 @@ class OrganismTrainConfig:
                                      "become likelier)", choices=["both", "on_beat"])
     contrast_flips: str = option("opposite", "flip a concept's words to its opposite value (shipped) or to every "
                                              "other value, middle ones included", choices=["opposite", "all"])
+    lm_input_noise: float = option(0.0, "share of the codes the lm and tune stages' decoder reads that are replaced "
+                                        "while the targets stay real (0 = off, as shipped): training on imperfect "
+                                        "pasts against exposure bias (organism/lm.py corrupt_inputs; "
+                                        "docs/organism.md)", ge=0, le=0.5)
+    lm_input_noise_kind: str = option("sampled", "what replaces a corrupted code: the LM's own sample (parallel "
+                                                 "scheduled sampling) or a uniformly random code",
+                                      choices=["sampled", "uniform"])
     codes_seconds: float | None = option(6.4, "encode only each clip's first S seconds for the LM (encoding is "
                                               "slow on CPU)", gt=0)
     seed: int = option(0, "random seed")
@@ -145,7 +152,7 @@ def _lm_config(cfg: OrganismTrainConfig, **stage):
                          first_codebook_weight=cfg.lm_first_codebook_weight, beat_weight=cfg.beat_weight,
                          beat_phase_weight=cfg.beat_phase_weight,
                          beat_margin=cfg.beat_margin, beat_codebooks=cfg.beat_codebooks, beat_train=cfg.beat_train,
-                         **stage)
+                         input_noise=cfg.lm_input_noise, input_noise_kind=cfg.lm_input_noise_kind, **stage)
 
 
 def train(cfg: OrganismTrainConfig) -> dict:

@@ -113,6 +113,15 @@ def test_precompute_train_resume_and_load(tiny_corpus, tmp_path):
     rec = json.loads((tmp_path / "tune_beat" / "log.jsonl").read_text().splitlines()[-1])
     assert 9.0 < rec["beat_loss"] < 11.0 and "contrast_loss" not in rec  # about 10 - (a small gap)
 
+    # training on corrupted pasts (--lm-input-noise) runs, and its share is saved with the stage's config
+    ncfg = LMTrainConfig(steps=2, batch_size=4, crop_frames=40, layers=2, d_model=32, heads=2, ffn=64, lr=1e-9,
+                         warmup=1, eval_every=2, checkpoint_minutes=100, init=str(tmp_path / "lm" / "ckpt.pt"),
+                         input_noise=0.3)
+    assert train_lm(ncfg, tmp_path, None, False, subdir="tune_noise")["step"] == 2
+    saved = json.loads((tmp_path / "tune_noise" / "config.json").read_text())
+    assert saved["input_noise"] == 0.3 and saved["input_noise_kind"] == "sampled"
+    assert np.isfinite(json.loads((tmp_path / "tune_noise" / "log.jsonl").read_text().splitlines()[-1])["train_loss"])
+
     # null conditions (zero states + empty mask) give finite losses
     ids, st, m = data.batch(idx[:2], 40, 32, None, null_kind=np.array([1, 2]))
     loss, per = lm_loss(model, ids, st, m)
@@ -185,3 +194,56 @@ def test_token_ce_reads_the_same_logits_as_the_decoders_forward():
                                              reduction="none").reshape(2, 4, 15) * (tgt != 32)
     assert hidden.shape == (2, 15, 32)
     assert torch.allclose(ce, want, atol=1e-5) and int(real.sum()) == 2 * 4 * 12
+
+
+def _holder(top_k: int):
+    """The parts of a MusicGen that token_ce and corrupt_inputs use, around a real tiny MusicgenForCausalLM."""
+    from transformers import GenerationConfig, MusicgenForCausalLM
+
+    cfg = O.decoder_config(codebook_size=32, layers=2, d_model=32, heads=2, ffn=64)
+
+    class Holder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.decoder = MusicgenForCausalLM(cfg).eval()
+            self.enc_to_dec_proj = torch.nn.Linear(384, 32)
+            self.config = type("C", (), {"decoder": cfg})()
+            self.generation_config = GenerationConfig(top_k=top_k)
+
+    torch.manual_seed(0)
+    return Holder()
+
+
+def test_corrupt_inputs_replaces_the_chosen_share_of_real_codes_and_never_a_pad():
+    from musiclens.organism.lm import corrupt_inputs
+
+    model = _holder(top_k=250)
+    ids = delay_pattern(torch.randint(0, 32, (4, 4, 60)), pad=32)
+    states, mask = torch.randn(4, 5, 384), torch.ones(4, 5, dtype=torch.long)
+    real = ids != 32
+    for kind in ("uniform", "sampled"):
+        same = corrupt_inputs(model, ids, states, mask, 0.0, kind, torch.Generator().manual_seed(1))
+        assert torch.equal(same, ids)
+        out = corrupt_inputs(model, ids, states, mask, 0.4, kind, torch.Generator().manual_seed(1))
+        again = corrupt_inputs(model, ids, states, mask, 0.4, kind, torch.Generator().manual_seed(1))
+        assert torch.equal(out, again)  # reproducible from the generator
+        assert torch.equal(out[~real], ids[~real]) and int(out[real].max()) < 32  # pads kept, codes stay codes
+        changed = float((out != ids)[real].float().mean())
+        # 40 % chosen, a chosen code redrawn as itself 1/32 of the time (uniform) or more often (sampled)
+        assert 0.25 < changed <= 0.45, (kind, changed)
+
+
+def test_corrupt_inputs_samples_each_code_from_the_logits_of_the_position_before():
+    from musiclens.organism.lm import corrupt_inputs, decoder_hidden
+
+    model = _holder(top_k=1)  # top-k 1: the sample is the teacher-forced argmax
+    ids = delay_pattern(torch.randint(0, 32, (2, 4, 20)), pad=32)
+    states, mask = torch.randn(2, 5, 384), torch.ones(2, 5, dtype=torch.long)
+    out = corrupt_inputs(model, ids, states, mask, 0.5, "sampled", torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        hidden = decoder_hidden(model, ids, states, mask)
+        best = torch.stack([h(hidden) for h in model.decoder.lm_heads], dim=1).argmax(-1)  # [B, K, T-1]
+    chosen = (out != ids)
+    assert int(chosen.sum()) > 0
+    # every replaced code at t + 1 is what position t's logits ranked first
+    assert torch.equal(out[..., 1:][chosen[..., 1:]], best[chosen[..., 1:]])

@@ -155,6 +155,7 @@ def test_bad_schedule_options_are_one_line_errors(tiny_corpus, tmp_path, capsys)
              ("--decoder-w-onset", "-1", "--decoder-w-onset must be >= 0"),
              ("--beat-margin", "-0.1", "--beat-margin must be >= 0"),
              ("--lm-dropout", "1", "--lm-dropout must be >= 0 and < 1"),
+             ("--lm-input-noise", "0.6", "--lm-input-noise must be >= 0 and <= 0.5"),
              ("--lm-d-model", "100", "--lm-d-model must be a multiple of 32"))
     for flag, value, message in cases:
         out = tmp_path / flag.strip("-")
