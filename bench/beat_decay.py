@@ -18,7 +18,9 @@ the prompt, says whether the LM expects hits where the prompt's beat puts
 them: with the real past (a) and with its own samples as the past (b). The
 codes it sampled are scored the same way. Run on the shipped organism it
 separates "the LM does not know when a hit is due" from "it knows, given
-real codes, and loses it on its own".
+real codes, and loses it on its own". The same two expectations, pooled over
+clips by how many frames after the prompt's end a beat falls, say how many of
+its own samples it takes to lose it.
 
 Writes bench/results/<name>.json.
 """
@@ -41,6 +43,8 @@ SETS = ("expected_real_past", "expected_own_past", "sampled_codes", "real_codes"
 # beats after the prompt's end ((-4, 0): its last four; (0, 1): the first beat, whose past is at most one beat
 # of the LM's own samples)
 WINDOWS = ((-4, 0), (0, 1), (0, 2), (2, 4), (4, 8))
+# frames between the prompt's end and a beat: how many of its own samples the LM's past holds there
+SINCE_PROMPT = ((0, 5), (5, 10), (10, 20), (20, 40), (40, 1000))
 
 
 def window_frames(frames: np.ndarray, start: float, period: float, lo: float, hi: float, offset: float) -> np.ndarray:
@@ -115,6 +119,7 @@ def measure(model, tok, data, phase, valid: list[int], wavs: list[np.ndarray], s
     mm = MusicModel(model, tok, "organism")
     t = time.time()
     sets = {k: {w: [] for w in WINDOWS} for k in SETS}
+    since = {k: {b: ([], []) for b in SINCE_PROMPT} for k in ("expected_real_past", "expected_own_past")}
     whole = []  # per clip: expected onsets with the real past, which causal_past compares against
     for s in range(0, len(valid), 16):
         part = valid[s: s + 16]
@@ -136,6 +141,13 @@ def measure(model, tok, data, phase, valid: list[int], wavs: list[np.ndarray], s
             series = {"expected_real_past": exp_real[j], "expected_own_past": exp_own[j],
                       "sampled_codes": scores[own[j, 0].numpy()],
                       "real_codes": scores[np.clip(real[j, 0].numpy(), 0, None)]}
+            for f_on in on_all[on_all >= start]:  # each beat after the prompt with the frame a sixteenth after it
+                later = off_all[off_all > f_on]
+                if len(later):
+                    b = next(b for b in SINCE_PROMPT if b[0] <= f_on - start < b[1])
+                    for k in since:
+                        since[k][b][0].append(series[k][f_on])
+                        since[k][b][1].append(series[k][later[0]])
             for w in WINDOWS:
                 on = window_frames(on_all, start, period, *w, 0.0)
                 off = window_frames(off_all, start, period, *w, 0.25)
@@ -147,6 +159,10 @@ def measure(model, tok, data, phase, valid: list[int], wavs: list[np.ndarray], s
     for k, per in sets.items():
         out[k] = {f"beats_{lo}_to_{hi}": {"median_on_off_ratio": round(float(np.median(v)), 3),
                                           "n": len(v)} for (lo, hi), v in per.items() if v}
+    # pooled over clips (one beat per clip and bin is too few for a ratio per clip)
+    out["by_frames_since_prompt"] = {k: {f"frames_{lo}_to_{hi}": {
+        "pooled_on_off_ratio": round(float(np.mean(on) / max(np.mean(off), 1e-8)), 3), "beats": len(on)}
+        for (lo, hi), (on, off) in per.items() if on} for k, per in since.items()}
     out["encoded_without_the_future"] = causal_past(mm, model, data, phase, valid, wavs, scores, whole)
     out["codec_lookahead_frames"] = lookahead_frames(model.audio_encoder)
     out["seconds"] = round(time.time() - t, 1)
@@ -202,6 +218,9 @@ def main(argv=None) -> int:
                 print(name)
                 for k in SETS:
                     print(f"  {k:20s}", "  ".join(f"{w}: {v['median_on_off_ratio']:.2f}" for w, v in out[k].items()))
+                for k, v in out["by_frames_since_prompt"].items():
+                    print(f"  {k:20s}", "  ".join(f"{b}: {r['pooled_on_off_ratio']:.2f} ({r['beats']})"
+                                                for b, r in v.items()), "(pooled, by frames since the prompt)")
                 print("  beats at 2-5.5 s, past encoded without the future:", out["encoded_without_the_future"])
                 print("  the codec's encoder reads", out["codec_lookahead_frames"], "frames ahead")
     except MusiclensError as e:
@@ -210,7 +229,8 @@ def main(argv=None) -> int:
     write_result(a.name, {"run": a.run, "corpus": a.corpus, "clips": len(valid), "prompt_seconds": a.prompt_seconds,
                           "seconds": a.seconds, "seed": a.seed, "guidance": a.guidance, "onset_lag_frames": lag,
                           "onset_train_clips": int(len(train)), "onset_score_seconds": round(score_seconds, 1),
-                          "windows_beats_after_prompt": [list(w) for w in WINDOWS], "models": res})
+                          "windows_beats_after_prompt": [list(w) for w in WINDOWS],
+                          "frames_since_prompt_bins": [list(b) for b in SINCE_PROMPT], "models": res})
     return 0
 
 
