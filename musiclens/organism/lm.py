@@ -125,6 +125,11 @@ def decoder_hidden(model, ids: torch.Tensor, states: torch.Tensor, mask: torch.T
                                encoder_attention_mask=mask).last_hidden_state
 
 
+def code_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """Every codebook head's logits over the decoder's last hidden state [B, T, D]: [B, K, T, V]."""
+    return torch.stack([head(hidden) for head in model.decoder.lm_heads], dim=1)
+
+
 def token_ce(model, ids: torch.Tensor, states: torch.Tensor, mask: torch.Tensor,
              with_hidden: bool = False, inputs: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """Teacher-forced cross-entropy of every next code: (ce [B, K, T-1], real [B, K, T-1] bool).
@@ -143,7 +148,7 @@ def token_ce(model, ids: torch.Tensor, states: torch.Tensor, mask: torch.Tensor,
     pad = model.config.decoder.pad_token_id
     tgt = ids[..., 1:]
     hidden = decoder_hidden(model, ids if inputs is None else inputs, states, mask)
-    logits = torch.stack([head(hidden) for head in model.decoder.lm_heads], dim=1)  # [B, K, T-1, V]
+    logits = code_logits(model, hidden)  # [B, K, T-1, V]
     real = tgt != pad
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.clamp(max=logits.shape[-1] - 1).reshape(-1),
                          reduction="none").reshape(b, k, t - 1)
@@ -183,9 +188,9 @@ def corrupt_inputs(model, ids: torch.Tensor, states: torch.Tensor, mask: torch.T
     by a random code. BOS and the delay pattern's pads are never touched. Each real position is chosen
     independently with probability `share`; a chosen position may draw its own code again.
     """
-    pad = model.config.decoder.pad_token_id
-    real = ids != pad
-    real[..., 0] = False  # the BOS column is pad anyway; kept explicit
+    from transformers import TopKLogitsWarper
+
+    real = ids != model.config.decoder.pad_token_id  # (BOS is the pad id too)
     chosen = real & (torch.rand(ids.shape, generator=generator, device=ids.device) < share)
     if kind == "uniform":
         vocab = model.decoder.config.vocab_size
@@ -193,12 +198,9 @@ def corrupt_inputs(model, ids: torch.Tensor, states: torch.Tensor, mask: torch.T
     elif kind == "sampled":
         b, k, t = ids.shape
         with torch.no_grad():
-            hidden = decoder_hidden(model, ids, states, mask)
-            logits = torch.stack([head(hidden) for head in model.decoder.lm_heads], dim=1).float()  # [B, K, T-1, V]
+            logits = code_logits(model, decoder_hidden(model, ids, states, mask)).float()  # [B, K, T-1, V]
         top_k = getattr(model.generation_config, "top_k", None) or logits.shape[-1]
-        if top_k < logits.shape[-1]:
-            kth = logits.topk(top_k, dim=-1).values[..., -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
+        logits = TopKLogitsWarper(top_k)(None, logits)  # what generate() keeps; every code when top_k >= V
         probs = logits.softmax(-1).reshape(-1, logits.shape[-1])
         drawn = torch.multinomial(probs, 1, generator=generator).reshape(b, k, t - 1)
         fresh = torch.cat([ids[..., :1], drawn], dim=-1)  # position t+1's sample comes from position t's logits

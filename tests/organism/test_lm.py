@@ -169,19 +169,7 @@ def test_precompute_stops_on_minutes_and_resumes_to_the_same_codes(tiny_corpus, 
 def test_token_ce_reads_the_same_logits_as_the_decoders_forward():
     from musiclens.organism.lm import token_ce
 
-    cfg = O.decoder_config(codebook_size=32, layers=2, d_model=32, heads=2, ffn=64)
-    from transformers import MusicgenForCausalLM
-
-    torch.manual_seed(0)
-
-    class Holder(torch.nn.Module):  # the two parts of a MusicGen token_ce uses
-        def __init__(self):
-            super().__init__()
-            self.decoder = MusicgenForCausalLM(cfg).eval()
-            self.enc_to_dec_proj = torch.nn.Linear(384, 32)
-            self.config = type("C", (), {"decoder": cfg})()
-
-    model = Holder()
+    model = _holder(top_k=250)
     ids = delay_pattern(torch.randint(0, 32, (2, 4, 12)), pad=32)
     states, mask = torch.randn(2, 5, 384), torch.ones(2, 5, dtype=torch.long)
     with torch.no_grad():
@@ -234,7 +222,7 @@ def test_corrupt_inputs_replaces_the_chosen_share_of_real_codes_and_never_a_pad(
 
 
 def test_corrupt_inputs_samples_each_code_from_the_logits_of_the_position_before():
-    from musiclens.organism.lm import corrupt_inputs, decoder_hidden
+    from musiclens.organism.lm import code_logits, corrupt_inputs, decoder_hidden
 
     model = _holder(top_k=1)  # top-k 1: the sample is the teacher-forced argmax
     ids = delay_pattern(torch.randint(0, 32, (2, 4, 20)), pad=32)
@@ -242,8 +230,8 @@ def test_corrupt_inputs_samples_each_code_from_the_logits_of_the_position_before
     out = corrupt_inputs(model, ids, states, mask, 0.5, "sampled", torch.Generator().manual_seed(3))
     with torch.no_grad():
         hidden = decoder_hidden(model, ids, states, mask)
-        best = torch.stack([h(hidden) for h in model.decoder.lm_heads], dim=1).argmax(-1)  # [B, K, T-1]
-    chosen = (out != ids)
+        best = code_logits(model, hidden).argmax(-1)  # [B, K, T-1]
+    chosen = out != ids
     assert int(chosen.sum()) > 0
     # every replaced code at t + 1 is what position t's logits ranked first
     assert torch.equal(out[..., 1:][chosen[..., 1:]], best[chosen[..., 1:]])

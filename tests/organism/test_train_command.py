@@ -190,3 +190,13 @@ def test_a_folder_that_is_not_a_corpus(tmp_path, capsys):
     assert main(["organism", "train", "--corpus", str(other), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not a corpus directory" in err and not out.exists()
+
+
+def test_the_lm_options_reach_both_lm_stages():
+    from musiclens.organism.pipeline import OrganismTrainConfig, _lm_config
+
+    cfg = OrganismTrainConfig(lm_input_noise=0.2, lm_input_noise_kind="uniform", lm_d_model=64, beat_weight=0.5)
+    for stage in (dict(steps=10, lr=1e-3), dict(steps=5, lr=5e-4, contrast_weight=1.0)):  # the lm and tune stages
+        lcfg = _lm_config(cfg, **stage)
+        assert (lcfg.input_noise, lcfg.input_noise_kind) == (0.2, "uniform")
+        assert (lcfg.d_model, lcfg.heads, lcfg.ffn, lcfg.beat_weight, lcfg.steps) == (64, 2, 256, 0.5, stage["steps"])
