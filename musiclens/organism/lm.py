@@ -97,8 +97,12 @@ class LMTrainConfig:
                                 ge=0, le=0.5)
     input_noise_kind: str = option("sampled", "what replaces a corrupted code: the LM's own sample at that position "
                                               "(parallel scheduled sampling; one extra forward pass without "
-                                              "gradients per step) or a uniformly random code",
-                                   choices=["sampled", "uniform"])
+                                              "gradients per step), a uniformly random code, or (stale) the same "
+                                              "clip's real code 2-12 frames earlier: mistimed music",
+                                   choices=["sampled", "uniform", "stale"])
+    input_noise_span: int = option(1, "corrupt whole frames in runs of this many frames instead of scattered "
+                                      "codes (1 = scattered; stale always replaces whole frames)",
+                                   ge=1, le=100)
 
 
 def delay_pattern(codes: torch.Tensor, pad: int) -> torch.Tensor:
@@ -173,8 +177,28 @@ def lm_loss(model, ids: torch.Tensor, states: torch.Tensor, mask: torch.Tensor,
     return ((ce * w).sum() / (real * w).sum().clamp(min=1), per, *hidden)
 
 
+STALE_LAG = (2, 12)  # frames a "stale" span lags by: 40-240 ms, up to about half a beat at 120 BPM
+
+
+def span_mask(shape: tuple[int, int, int], share: float, span: int, generator: torch.Generator,
+              device=None) -> torch.Tensor:
+    """[B, K, T] bool: runs of `span` whole frames (every codebook of a frame, in delay-pattern columns).
+
+    Each frame starts a run with probability share / span, so runs cover about 1 - exp(-share) of the
+    frames (runs may overlap). Codebook k's frame f sits at column f + k + 1 (`delay_pattern`).
+    """
+    b, k, t = shape
+    starts = (torch.rand(b, t, generator=generator, device=device) < share / span).long()
+    cs = torch.nn.functional.pad(starts.cumsum(-1), (span, 0))
+    frames = (cs[:, span:] - cs[:, :-span]) > 0  # frame f is in a run started at f - span + 1 .. f
+    out = torch.zeros(b, k, t, dtype=torch.bool, device=device)
+    for q in range(k):
+        out[:, q, q + 1:] = frames[:, : t - q - 1]
+    return out
+
+
 def corrupt_inputs(model, ids: torch.Tensor, states: torch.Tensor, mask: torch.Tensor, share: float, kind: str,
-                   generator: torch.Generator) -> torch.Tensor:
+                   generator: torch.Generator, span: int = 1) -> torch.Tensor:
     """A copy of ids (delay pattern [B, K, T]) with `share` of its real codes replaced: what the decoder reads.
 
     Why: the LM is trained only on real pasts but generates from its own samples, and every LM measured
@@ -187,11 +211,30 @@ def corrupt_inputs(model, ids: torch.Tensor, states: torch.Tensor, mask: torch.T
     conditional logits at temperature 1 with the generation config's top-k, guidance left out); "uniform"
     by a random code. BOS and the delay pattern's pads are never touched. Each real position is chosen
     independently with probability `share`; a chosen position may draw its own code again.
+
+    With `span` > 1 (and always for "stale"), whole frames are chosen in runs of `span` frames
+    (`span_mask`), as generation's own past is a run of frames, not scattered codes. "stale" fills a
+    run with the same clip's real codes from a few frames earlier (a lag drawn per row from
+    STALE_LAG): music that sounds right but is mistimed, as a sampled continuation that lost the beat
+    is. The targets inside and after the run follow the real clock, so only the beat heard *before*
+    the run can place them. The lag is only ever backwards: a forward lag would show the decoder its
+    own targets. Positions whose source frame is not real keep their code.
     """
     from transformers import TopKLogitsWarper
 
     real = ids != model.config.decoder.pad_token_id  # (BOS is the pad id too)
-    chosen = real & (torch.rand(ids.shape, generator=generator, device=ids.device) < share)
+    if span == 1 and kind != "stale":  # scattered codes (session 27's arms; the RNG stream is theirs)
+        chosen = real & (torch.rand(ids.shape, generator=generator, device=ids.device) < share)
+    else:
+        chosen = real & span_mask(tuple(ids.shape), share, span, generator, ids.device)
+    if kind == "stale":
+        b, k, t = ids.shape
+        lag = torch.randint(STALE_LAG[0], STALE_LAG[1] + 1, (b,), generator=generator, device=ids.device)
+        src = torch.arange(t, device=ids.device)[None, :] - lag[:, None]  # [B, T]
+        ok = src >= 0
+        fresh = torch.gather(ids, 2, src.clamp(min=0)[:, None, :].expand(b, k, t))
+        keep = ~ok[:, None, :] | (fresh == model.config.decoder.pad_token_id)
+        return torch.where(chosen & ~keep, fresh, ids)
     if kind == "uniform":
         vocab = model.decoder.config.vocab_size
         fresh = torch.randint(0, vocab, ids.shape, generator=generator, device=ids.device)
@@ -205,7 +248,7 @@ def corrupt_inputs(model, ids: torch.Tensor, states: torch.Tensor, mask: torch.T
         drawn = torch.multinomial(probs, 1, generator=generator).reshape(b, k, t - 1)
         fresh = torch.cat([ids[..., :1], drawn], dim=-1)  # position t+1's sample comes from position t's logits
     else:
-        raise MusiclensError(f"unknown input-noise kind {kind!r}: choose sampled or uniform")
+        raise MusiclensError(f"unknown input-noise kind {kind!r}: choose sampled, uniform or stale")
     return torch.where(chosen, fresh, ids)
 
 
@@ -521,7 +564,8 @@ def train_lm(cfg: LMTrainConfig, out: Path, minutes: float | None, resume: bool,
         inputs = None
         if cfg.input_noise > 0:
             gen = torch.Generator(device=ids.device).manual_seed(int(rng.integers(2**62)))
-            inputs = corrupt_inputs(model, ids, st, m, cfg.input_noise, cfg.input_noise_kind, gen)
+            inputs = corrupt_inputs(model, ids, st, m, cfg.input_noise, cfg.input_noise_kind, gen,
+                                    cfg.input_noise_span)
         loss, _, *hidden = lm_loss(model, ids, st, m, cfg.first_codebook_weight, with_hidden=head is not None,
                                    inputs=inputs)
         likelihood = loss

@@ -131,8 +131,11 @@ class OrganismTrainConfig:
                                         "pasts against exposure bias (organism/lm.py corrupt_inputs; "
                                         "docs/organism.md)", ge=0, le=0.5)
     lm_input_noise_kind: str = option("sampled", "what replaces a corrupted code: the LM's own sample (parallel "
-                                                 "scheduled sampling) or a uniformly random code",
-                                      choices=["sampled", "uniform"])
+                                                 "scheduled sampling), a uniformly random code, or (stale) "
+                                                 "the same clip's real code 2-12 frames earlier",
+                                      choices=["sampled", "uniform", "stale"])
+    lm_input_noise_span: int = option(1, "corrupt whole frames in runs of this many frames instead of scattered "
+                                         "codes (1 = scattered)", ge=1, le=100)
     codes_seconds: float | None = option(6.4, "encode only each clip's first S seconds for the LM (encoding is "
                                               "slow on CPU)", gt=0)
     seed: int = option(0, "random seed")
@@ -152,7 +155,8 @@ def _lm_config(cfg: OrganismTrainConfig, **stage):
                          first_codebook_weight=cfg.lm_first_codebook_weight, beat_weight=cfg.beat_weight,
                          beat_phase_weight=cfg.beat_phase_weight,
                          beat_margin=cfg.beat_margin, beat_codebooks=cfg.beat_codebooks, beat_train=cfg.beat_train,
-                         input_noise=cfg.lm_input_noise, input_noise_kind=cfg.lm_input_noise_kind, **stage)
+                         input_noise=cfg.lm_input_noise, input_noise_kind=cfg.lm_input_noise_kind,
+                         input_noise_span=cfg.lm_input_noise_span, **stage)
 
 
 def train(cfg: OrganismTrainConfig) -> dict:

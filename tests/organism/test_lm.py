@@ -235,3 +235,44 @@ def test_corrupt_inputs_samples_each_code_from_the_logits_of_the_position_before
     assert int(chosen.sum()) > 0
     # every replaced code at t + 1 is what position t's logits ranked first
     assert torch.equal(out[..., 1:][chosen[..., 1:]], best[chosen[..., 1:]])
+
+
+def test_span_mask_chooses_whole_frames_in_runs_on_every_codebook():
+    from musiclens.organism.lm import span_mask
+
+    m = span_mask((64, 4, 204), 0.4, 16, torch.Generator().manual_seed(0))
+    frames = m[:, 0, 1:201]  # codebook 0's frame f sits at column f + 1
+    for q in range(1, 4):  # codebook q's frame f at column f + q + 1: the same frames
+        assert torch.equal(m[:, q, q + 1: q + 201], frames)
+    assert not m[:, 0, 0].any() and not m[:, 3, :4].any()  # BOS and the delay pattern's leading pads
+    share = float(frames.float().mean())
+    assert abs(share - (1 - np.exp(-0.4))) < 0.05, share
+    # runs: a chosen frame's run goes on for at least 16 frames unless the crop ends first
+    starts = frames[:, 1:] & ~frames[:, :-1]
+    b, f = starts.nonzero(as_tuple=True)
+    for bi, fi in zip(b.tolist(), f.tolist()):
+        if fi + 1 + 16 <= 200:
+            assert frames[bi, fi + 1: fi + 17].all()
+
+
+def test_stale_runs_replay_the_same_rows_codes_from_a_few_frames_earlier():
+    from musiclens.organism.lm import STALE_LAG, corrupt_inputs
+
+    model = _holder(top_k=250)
+    torch.manual_seed(0)
+    ids = delay_pattern(torch.randint(0, 32, (6, 4, 80)), pad=32)
+    real = ids != 32
+    out = corrupt_inputs(model, ids, None, None, 0.4, "stale", torch.Generator().manual_seed(2), span=8)
+    again = corrupt_inputs(model, ids, None, None, 0.4, "stale", torch.Generator().manual_seed(2), span=8)
+    assert torch.equal(out, again) and torch.equal(out[~real], ids[~real])
+    for b in range(6):
+        changed = (out[b] != ids[b]).nonzero()
+        assert len(changed) > 0
+        # one lag per row, always backwards, the same for every codebook: find it from the first change
+        q, c = changed[0].tolist()
+        lags = [lag for lag in range(STALE_LAG[0], STALE_LAG[1] + 1)
+                if c - lag >= 0 and out[b, q, c] == ids[b, q, c - lag]]
+        assert lags
+        ok = [lag for lag in lags
+              if all(int(out[b, qq, cc]) == int(ids[b, qq, cc - lag]) for qq, cc in changed.tolist())]
+        assert ok, b  # every changed code is the real code `lag` columns (frames) earlier

@@ -156,6 +156,7 @@ def test_bad_schedule_options_are_one_line_errors(tiny_corpus, tmp_path, capsys)
              ("--beat-margin", "-0.1", "--beat-margin must be >= 0"),
              ("--lm-dropout", "1", "--lm-dropout must be >= 0 and < 1"),
              ("--lm-input-noise", "0.6", "--lm-input-noise must be >= 0 and <= 0.5"),
+             ("--lm-input-noise-span", "0", "--lm-input-noise-span must be >= 1 and <= 100"),
              ("--lm-d-model", "100", "--lm-d-model must be a multiple of 32"))
     for flag, value, message in cases:
         out = tmp_path / flag.strip("-")
@@ -195,8 +196,9 @@ def test_a_folder_that_is_not_a_corpus(tmp_path, capsys):
 def test_the_lm_options_reach_both_lm_stages():
     from musiclens.organism.pipeline import OrganismTrainConfig, _lm_config
 
-    cfg = OrganismTrainConfig(lm_input_noise=0.2, lm_input_noise_kind="uniform", lm_d_model=64, beat_weight=0.5)
+    cfg = OrganismTrainConfig(lm_input_noise=0.2, lm_input_noise_kind="stale", lm_input_noise_span=16, lm_d_model=64,
+                              beat_weight=0.5)
     for stage in (dict(steps=10, lr=1e-3), dict(steps=5, lr=5e-4, contrast_weight=1.0)):  # the lm and tune stages
         lcfg = _lm_config(cfg, **stage)
-        assert (lcfg.input_noise, lcfg.input_noise_kind) == (0.2, "uniform")
+        assert (lcfg.input_noise, lcfg.input_noise_kind, lcfg.input_noise_span) == (0.2, "stale", 16)
         assert (lcfg.d_model, lcfg.heads, lcfg.ffn, lcfg.beat_weight, lcfg.steps) == (64, 2, 256, 0.5, stage["steps"])
