@@ -426,7 +426,9 @@ def card_text(folder: Path | None = None) -> str:
         t = gres.get("tempo")
         if isinstance(t, dict):
             L.append(f"| tempo [Spearman >= 0.5] | Spearman(requested, estimated BPM) {t['spearman_bpm']:.2f} "
-                     f"(p={t['p_bpm']:.3g}, n={t['n']}); onset rate vs requested BPM {t['spearman_onset_rate']:.2f} |")
+                     f"(p={t['p_bpm']:.3g}, n={t['n']}); onset rate vs requested BPM {t['spearman_onset_rate']:.2f}"
+                     + (f"; against the BPM the caption itself names or implies {t['spearman_bpm_caption']:.2f}"
+                        if "spearman_bpm_caption" in t else "") + " |")
             L.append(_ordered_line("tempo [onset rate slow < fast]", {"measure": "onset rate", **t["onset_rate"]}))
         for k, target in (("register", "low < mid < high"), ("brightness", "dark < neutral < bright"),
                           ("dynamics", "soft < loud")):

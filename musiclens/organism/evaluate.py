@@ -171,6 +171,27 @@ def named_factors(row: dict) -> dict:
     return out
 
 
+def caption_bpm(caption: str, word: str) -> float:
+    """The BPM a caption itself asks for: the one it names ("at 132 BPM"), else the middle of its tempo
+    word's third of the corpus range (slow 80, moderate 120, fast 160).
+
+    Why: the issue's tempo figure pairs each generation with its source clip's BPM, which a caption
+    that only says "fast" does not reveal. This reading asks only what the caption says
+    (`bench/tempo_request.py` compares the two).
+    """
+    from ..corpus.factors import BPM_RANGE, tempo_word
+
+    m = re.search(r"\bat (\d+) bpm\b", caption, flags=re.IGNORECASE)
+    if m:
+        return float(m.group(1))
+    lo, hi = BPM_RANGE
+    third = (hi - lo) / 3
+    mids = {tempo_word(lo + (i + 0.5) * third): lo + (i + 0.5) * third for i in range(3)}
+    if word not in mids:
+        raise MusiclensError(f"unknown tempo word {word!r}: expected one of {', '.join(mids)}")
+    return mids[word]
+
+
 def pick_prompts(rows: list[dict], n: int, seed: int = 0, split: str = "test") -> list[dict]:
     """n clips of `split`, preferring captions that name many factors (more evidence per generation).
 
@@ -393,12 +414,15 @@ def _adherence(prompts: list[dict], named: list[dict], meas: list[dict], rows: l
     else:
         res["instrument"] = res["drums"] = "tagger not available"
     # tempo: Spearman requested vs estimated BPM, onset rate ordered slow < fast
-    tp = [(r["bpm"], m["bpm"], m["onset_rate"], nf["tempo"]) for r, nf, m in zip(prompts, named, meas) if "tempo" in nf]
+    tp = [(r["bpm"], m["bpm"], m["onset_rate"], nf["tempo"], caption_bpm(r["caption"], nf["tempo"]))
+          for r, nf, m in zip(prompts, named, meas) if "tempo" in nf]
     if len(tp) >= 3:
         rho, p = spearmanr([t[0] for t in tp], [t[1] for t in tp])
         rho_on, p_on = spearmanr([t[0] for t in tp], [t[2] for t in tp])
+        rho_c, p_c = spearmanr([t[4] for t in tp], [t[1] for t in tp])
         res["tempo"] = {"spearman_bpm": float(rho), "p_bpm": float(p), "spearman_onset_rate": float(rho_on),
                         "p_onset_rate": float(p_on), "n": len(tp),
+                        "spearman_bpm_caption": float(rho_c), "p_bpm_caption": float(p_c),
                         "onset_rate": _ordered(ORDER["tempo"], _group(tp, 3, 2))}
     for factor, key in (("register", "pitch"), ("brightness", "centroid"), ("dynamics", "loudness")):
         if key not in meas[0] or not np.isfinite([m[key] for m in meas]).any():

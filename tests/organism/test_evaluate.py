@@ -176,3 +176,27 @@ def test_paired_tempo_counts_only_moved_estimates():
     assert (silent["n"], silent["moved"], silent["a_closer"], silent["b_closer"]) == (3, 2, 1, 1)
     with pytest.raises(MusiclensError, match="same captions"):
         paired_tempo(a, b[::-1])
+
+
+def test_caption_bpm_is_the_named_bpm_or_the_middle_of_the_words_third():
+    from musiclens.organism.evaluate import caption_bpm
+
+    assert caption_bpm("a lively organ tune at 152 BPM, with a rock beat", "fast") == 152.0
+    assert [caption_bpm("a tune", w) for w in ("slow", "moderate", "fast")] == [80.0, 120.0, 160.0]
+    with pytest.raises(MusiclensError, match="unknown tempo word 'medium'"):
+        caption_bpm("a tune", "medium")
+
+
+def test_adherence_reads_tempo_against_the_source_clip_and_against_the_caption():
+    """Generations that play exactly the caption's BPM score 1 against it, and less against hidden source BPMs."""
+    from musiclens.organism.evaluate import _adherence, caption_bpm
+
+    words = ["slow", "slow", "moderate", "moderate", "fast", "fast", "fast"]
+    source = [95.0, 62.0, 101.0, 139.0, 141.0, 178.0, 150.0]
+    captions = [f"a {w} tune" for w in words[:-1]] + ["a fast tune at 150 BPM"]
+    prompts = [dict(caption=c, bpm=b) for c, b in zip(captions, source)]
+    named = [{"tempo": w} for w in words]
+    meas = [{"bpm": caption_bpm(c, w), "onset_rate": caption_bpm(c, w) / 30} for c, w in zip(captions, words)]
+    t = _adherence(prompts, named, meas, [], with_tags=False)["tempo"]
+    assert t["n"] == 7 and t["spearman_bpm_caption"] == pytest.approx(1.0)
+    assert 0.5 < t["spearman_bpm"] < 0.99  # the words order the thirds, not the BPMs inside one
