@@ -4,8 +4,8 @@
 
 Why: the issue's figure (Spearman of requested against estimated BPM) pairs each generation with
 its source clip's BPM. Most captions only say "slow", "moderate" or "fast" (15 % add "at N BPM"),
-so a model can know that BPM only to within a third of the range. `evaluate.caption_bpm` reads instead the BPM the caption
-itself names or implies. If the generations scored far higher that way, the miss would come from
+so a model can know that BPM only to within a third of the range. `evaluate.caption_bpm` reads
+instead the BPM the caption itself names or implies. If the generations scored far higher that way, the miss would come from
 the definition; if not, from the generations. The script reads the per-clip records of a
 `bench/organism.py` result (no generation), and from the corpus metadata the ceiling of each
 reading: a perfect model with a perfect tempo estimator.
@@ -39,7 +39,7 @@ def _spearman(a, b) -> dict:
 
 def figures(per_clip: list[dict], rows: list[dict]) -> dict:
     """Both readings on the generations, and the ceiling of each on the corpus split's own captions."""
-    from musiclens.organism.evaluate import caption_bpm, named_factors
+    from musiclens.organism.evaluate import NAMED_BPM, caption_bpm, named_factors
 
     gen = [r for r in per_clip if "tempo" in r["named"]]
     if len(gen) < 3:
@@ -48,7 +48,7 @@ def figures(per_clip: list[dict], rows: list[dict]) -> dict:
     out = {"generations": {
         "against_source_clip_bpm": _spearman([r["bpm_requested"] for r in gen], est),
         "against_caption_bpm": _spearman([caption_bpm(r["caption"], r["named"]["tempo"]) for r in gen], est),
-        "names_a_bpm": float(np.mean(["BPM" in r["caption"].upper() for r in gen]))}}
+        "names_a_bpm": float(np.mean([bool(NAMED_BPM.search(r["caption"])) for r in gen]))}}
     named = [(r, nf["tempo"]) for r in rows if "tempo" in (nf := named_factors(r))]
     true = np.array([r["bpm"] for r, _ in named])
     asked = np.array([caption_bpm(r["caption"], w) for r, w in named])
@@ -57,7 +57,7 @@ def figures(per_clip: list[dict], rows: list[dict]) -> dict:
     from musiclens.corpus.factors import BPM_RANGE
 
     third = (BPM_RANGE[1] - BPM_RANGE[0]) / 3
-    exact = np.array(["BPM" in r["caption"].upper() for r, _ in named])
+    exact = np.array([bool(NAMED_BPM.search(r["caption"])) for r, _ in named])
     rng = np.random.default_rng(0)
     draws = [np.where(exact, asked, asked + rng.uniform(-third / 2, third / 2, len(asked))) for _ in range(100)]
     out["ceiling"] = {

@@ -144,6 +144,9 @@ def codec_fidelity(codec, clips, n: int = 40, tagger=None, n_pitch: int = 16) ->
 
 
 # ---------------------------------------------------------------- generation
+NAMED_BPM = re.compile(r"\bat (\d+) bpm\b", flags=re.IGNORECASE)  # the captions' "at 132 BPM" (corpus.captions)
+
+
 def named_factors(row: dict) -> dict:
     """Which of the clip's factor values its caption names (whole-phrase match on the caption vocabulary).
 
@@ -166,7 +169,7 @@ def named_factors(row: dict) -> dict:
     for f, (table, value) in tables.items():
         if concept_spans(text, table[value], shield_drums=f != "drums"):
             out[f] = value
-    if re.search(r"\bat \d+ bpm\b", text, flags=re.IGNORECASE):
+    if NAMED_BPM.search(text):
         out["tempo"] = tempo_word(row["bpm"])
     return out
 
@@ -181,7 +184,7 @@ def caption_bpm(caption: str, word: str) -> float:
     """
     from ..corpus.factors import BPM_RANGE, tempo_word
 
-    m = re.search(r"\bat (\d+) bpm\b", caption, flags=re.IGNORECASE)
+    m = NAMED_BPM.search(caption)
     if m:
         return float(m.group(1))
     lo, hi = BPM_RANGE
