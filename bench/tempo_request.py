@@ -5,8 +5,8 @@
 Why: the issue's figure (Spearman of requested against estimated BPM) pairs each generation with
 its source clip's BPM. Most captions only say "slow", "moderate" or "fast" (15 % add "at N BPM"),
 so a model can know that BPM only to within a third of the range. `evaluate.caption_bpm` reads
-instead the BPM the caption itself names or implies. If the generations scored far higher that way, the miss would come from
-the definition; if not, from the generations. The script reads the per-clip records of a
+instead the BPM the caption itself names or implies. If the generations scored far higher that
+way, the miss would come from the definition; if not, from the generations. The script reads the per-clip records of a
 `bench/organism.py` result (no generation), and from the corpus metadata the ceiling of each
 reading: a perfect model with a perfect tempo estimator.
 Writes bench/results/<name>.json (default tempo_request).
@@ -62,8 +62,7 @@ def figures(per_clip: list[dict], rows: list[dict]) -> dict:
     draws = [np.where(exact, asked, asked + rng.uniform(-third / 2, third / 2, len(asked))) for _ in range(100)]
     out["ceiling"] = {
         "n": len(named),
-        "exact_caption_bpm": {"against_source_clip_bpm": _spearman(asked, true)["rho"],
-                              "against_caption_bpm": 1.0},
+        "exact_caption_bpm": {"against_source_clip_bpm": _spearman(asked, true)["rho"]},
         "random_within_the_named_third": {
             "against_source_clip_bpm": float(np.mean([_spearman(true, d)["rho"] for d in draws])),
             "against_caption_bpm": float(np.mean([_spearman(asked, d)["rho"] for d in draws]))},

@@ -425,10 +425,7 @@ def card_text(folder: Path | None = None) -> str:
                          f"right on {100 * c['probe_valid_accuracy']:.0f} % of real valid clips' codes) |")
         t = gres.get("tempo")
         if isinstance(t, dict):
-            L.append(f"| tempo [Spearman >= 0.5] | Spearman(requested, estimated BPM) {t['spearman_bpm']:.2f} "
-                     f"(p={t['p_bpm']:.3g}, n={t['n']}); onset rate vs requested BPM {t['spearman_onset_rate']:.2f}"
-                     + (f"; against the BPM the caption itself names or implies {t['spearman_bpm_caption']:.2f}"
-                        if "spearman_bpm_caption" in t else "") + " |")
+            L.append(_tempo_line(t))
             L.append(_ordered_line("tempo [onset rate slow < fast]", {"measure": "onset rate", **t["onset_rate"]}))
         for k, target in (("register", "low < mid < high"), ("brightness", "dark < neutral < bright"),
                           ("dynamics", "soft < loud")):
@@ -465,6 +462,14 @@ def card_text(folder: Path | None = None) -> str:
           "are what it reaches at the step shown. Continue training with `musiclens organism train --resume` "
           "(a GPU is used automatically when present).", ""]
     return "\n".join(L)
+
+
+def _tempo_line(t: dict) -> str:
+    """The card's tempo row; results from before session 28 lack the caption's own reading."""
+    caption = (f"; against the BPM the caption itself names or implies {t['spearman_bpm_caption']:.2f}"
+               if "spearman_bpm_caption" in t else "")
+    return (f"| tempo [Spearman >= 0.5] | Spearman(requested, estimated BPM) {t['spearman_bpm']:.2f} "
+            f"(p={t['p_bpm']:.3g}, n={t['n']}); onset rate vs requested BPM {t['spearman_onset_rate']:.2f}{caption} |")
 
 
 def _adherence_cells(g: dict) -> dict[str, str]:

@@ -222,24 +222,21 @@ def corrupt_inputs(model, ids: torch.Tensor, states: torch.Tensor, mask: torch.T
     """
     from transformers import TopKLogitsWarper
 
-    real = ids != model.config.decoder.pad_token_id  # (BOS is the pad id too)
+    b, k, t = ids.shape
+    pad = model.config.decoder.pad_token_id
+    real = ids != pad  # (BOS is the pad id too)
     if span == 1 and kind != "stale":  # scattered codes (session 27's arms; the RNG stream is theirs)
         chosen = real & (torch.rand(ids.shape, generator=generator, device=ids.device) < share)
     else:
-        chosen = real & span_mask(tuple(ids.shape), share, span, generator, ids.device)
+        chosen = real & span_mask((b, k, t), share, span, generator, ids.device)
     if kind == "stale":
-        b, k, t = ids.shape
         lag = torch.randint(STALE_LAG[0], STALE_LAG[1] + 1, (b,), generator=generator, device=ids.device)
         src = torch.arange(t, device=ids.device)[None, :] - lag[:, None]  # [B, T]
-        ok = src >= 0
         fresh = torch.gather(ids, 2, src.clamp(min=0)[:, None, :].expand(b, k, t))
-        keep = ~ok[:, None, :] | (fresh == model.config.decoder.pad_token_id)
-        return torch.where(chosen & ~keep, fresh, ids)
-    if kind == "uniform":
-        vocab = model.decoder.config.vocab_size
-        fresh = torch.randint(0, vocab, ids.shape, generator=generator, device=ids.device)
+        chosen &= (src >= 0)[:, None, :] & (fresh != pad)  # only real source frames
+    elif kind == "uniform":
+        fresh = torch.randint(0, model.decoder.config.vocab_size, ids.shape, generator=generator, device=ids.device)
     elif kind == "sampled":
-        b, k, t = ids.shape
         with torch.no_grad():
             logits = code_logits(model, decoder_hidden(model, ids, states, mask)).float()  # [B, K, T-1, V]
         top_k = getattr(model.generation_config, "top_k", None) or logits.shape[-1]

@@ -200,3 +200,13 @@ def test_adherence_reads_tempo_against_the_source_clip_and_against_the_caption()
     t = _adherence(prompts, named, meas, [], with_tags=False)["tempo"]
     assert t["n"] == 7 and t["spearman_bpm_caption"] == pytest.approx(1.0)
     assert 0.5 < t["spearman_bpm"] < 0.99  # the words order the thirds, not the BPMs inside one
+
+
+def test_the_cards_tempo_row_shows_the_captions_reading_when_the_result_holds_it():
+    from musiclens.organism.card import _tempo_line
+
+    t = {"spearman_bpm": 0.375, "p_bpm": 2e-29, "n": 839, "spearman_onset_rate": 0.5}
+    old = _tempo_line(t)
+    new = _tempo_line({**t, "spearman_bpm_caption": 0.401})
+    assert "0.38" in old and "caption" not in old and old.count("|") == 3
+    assert new.startswith(old[:-2]) and "caption itself names or implies 0.40 |" in new and new.count("|") == 3
