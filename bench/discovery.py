@@ -4,7 +4,9 @@ Writes bench/results/discovery.json with, per (layer, expansion, k): valid
 features, concepts recovered (best single feature AUROC >= 0.9 on held-out
 clips), mean AUROC, k-sparse probe accuracy; the DiffMean and linear-probe
 baselines on raw activations; layer prediction; label precision of the
-annotators; the streaming pass time per 1000 tracks and its peak memory.
+annotators (with the shares of their labels' values among each feature's top
+clips, heard and held out), whether the filter kept each concept's best
+feature; the streaming pass time per 1000 tracks and its peak memory.
 
 Model: the organism when its weights are installed (musiclens/assets/organism/musicgen),
 else `tiny-random` (random weights: the pipeline runs end to end, but the
@@ -15,6 +17,7 @@ concepts can only come from the audio. Layers: the MusicGen SAE paper's
 positions (early, 25 %, 50 %, 75 %, late); SAE settings: expansion 4 / 32 x k 32 / 100.
 
     python bench/discovery.py [--model auto] [--train-clips 96] [--test-clips 120] [--steps 200]
+    python bench/discovery.py ... --min-fraction 0.2 --name discovery_minfrac02   # another firing rule
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -68,9 +72,18 @@ def main() -> None:
     ap.add_argument("--sae-batch", type=int, default=1024)
     ap.add_argument("--min-fraction", type=float, default=0.0,
                     help="firing rule: share of a track's frames that must fire (0 = any frame, the paper's rule)")
+    ap.add_argument("--max-rate", type=float, default=0.25,
+                    help="filter: features firing in more than this share of tracks are 'too common' (the paper: 0.25)")
+    ap.add_argument("--name", default="discovery", help="result file name (bench/results/NAME.json)")
     ap.add_argument("--work", default="/tmp/musiclens-bench-discovery")
     ap.add_argument("--fresh", action="store_true", help="delete the work directory first")
     args = ap.parse_args()
+    if not 0 <= args.min_fraction <= 1 or not 0 < args.max_rate <= 1:
+        print("error: --min-fraction must lie in [0, 1] and --max-rate in (0, 1]", file=sys.stderr)
+        sys.exit(2)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", args.name):
+        print(f"error: --name {args.name!r}: use letters, digits, '_', '-' and '.' only", file=sys.stderr)
+        sys.exit(2)
 
     from musiclens.corpus import load_metadata
 
@@ -123,7 +136,8 @@ def main() -> None:
     if feat.exists():
         shutil.rmtree(feat)
     fr = child(["features", "--store", str(stores["train"]), "--sae", ",".join(map(str, sae_dirs)),
-                "--out", str(feat), "--max-clip-features", "24", "--min-fraction", str(args.min_fraction)])
+                "--out", str(feat), "--max-clip-features", "24", "--min-fraction", str(args.min_fraction),
+                "--max-rate", str(args.max_rate)])
     summary = json.loads((feat / "summary.json").read_text())
 
     strategies = []
@@ -183,6 +197,7 @@ def main() -> None:
         "skipped_concepts": bench["skipped_concepts"],
         "layer_prediction": bench.get("layer_prediction"),
         "label_precision": bench.get("label_precision"),
+        "filter_audit": bench.get("filter_audit"),
         "annotation_summary": ann.get("summary"),
         "features_pass": {"tracks": summary["tracks"], "frames": summary["frames"], "saes": len(sae_dirs),
                           "scan_seconds": summary["timings"]["scan_seconds"],
@@ -195,13 +210,20 @@ def main() -> None:
                           "command_seconds": fr["seconds"], "peak_rss_mb": fr["peak_mb"]},
         "stage_seconds": times,
     }
-    path = write_result("discovery", figures, command=" ".join(["python", "bench/discovery.py"] + sys.argv[1:]))
+    path = write_result(args.name, figures, command=" ".join(["python", "bench/discovery.py"] + sys.argv[1:]))
     print(f"wrote {path}")
     print(f"{'method':<22} {'layer':>5} {'valid':>6} {'recovered':>9} {'AUROC':>6} {'probe':>6}")
     for r in table:
         pa = "" if r["probe_accuracy"] is None else f"{r['probe_accuracy']:.3f}"
         print(f"{r['method']:<22} {r['layer']:>5} {str(r.get('valid', '')):>6} {r['recovered']:>9.2f} "
               f"{r['mean_auroc']:>6.3f} {pa:>6}")
+    fa = bench.get("filter_audit")
+    if fa:
+        print("best feature per concept value, filter verdict:", fa["counts"])
+    for r in bench.get("label_precision") or []:
+        print(f"labels {r['strategy']}: {r['matched']}/{r['labelled']} held-out AUROC >= 0.75; named value in top "
+              f"{r['heldout_top_n']} held-out clips {r['heldout_top_share']}, base {r['heldout_base_rate']}; in the "
+              f"clips heard {r['source_share']}, base {r['source_base_rate']}")
 
 
 if __name__ == "__main__":

@@ -18,8 +18,18 @@ def _concepts(args) -> int:
     lp = r.get("layer_prediction")
     if lp and "accuracy" in lp:
         print(f"layer prediction: {lp['accuracy']:.3f} (chance {lp['chance']:.3f}) over layers {lp['layers']}")
+    fa = r.get("filter_audit")
+    if fa:
+        kept = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in fa["counts"].items() if n)
+        print(f"best feature per concept value vs the features filter: {kept}")
     for row in r.get("label_precision", []):
-        print(f"label precision {row['strategy']}: {row['matched']}/{row['labelled']}")
+        line = f"label precision {row['strategy']}: {row['matched']}/{row['labelled']} (held-out AUROC)"
+        if row.get("heldout_top_share") is not None:
+            line += (f"; named value in the top {row['heldout_top_n']} held-out clips {row['heldout_top_share']:.2f} "
+                     f"(base rate {row['heldout_base_rate']:.2f})")
+        if row.get("source_share") is not None:
+            line += f"; in the clips it was labelled from {row['source_share']:.2f} ({row['source_base_rate']:.2f})"
+        print(line)
     print(f"-> {cfg.out}/benchmark.json")
     return 0
 

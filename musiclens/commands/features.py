@@ -18,6 +18,13 @@ def _run(args) -> int:
     lp = s.get("layer_prediction")
     if lp and "accuracy" in lp:
         print(f"layer prediction from decoder vectors: {lp['accuracy']:.3f} (chance {lp['chance']:.3f})")
+    n = sum(r["features"] for r in s["table"])
+    common = sum(r["too_common"] for r in s["table"])
+    if n and common > n / 2 and s["firing_rule"]["min_fraction"] == 0:
+        print(f"note: {common} of {n} features fire in more than {s['filter']['max_rate']:.0%} of tracks under the "
+              f"'fires anywhere' rule; on the organism this drops every feature that best detects a concept, and "
+              f"--min-fraction 0.2 --max-rate 0.5 keeps most of them (docs/discovery.md, 'Which features the filter "
+              f"keeps')")
     if s.get("features_without_audio"):
         print(f"warning: {s['features_without_audio']} features got no top clips (source audio not found)")
     return 0

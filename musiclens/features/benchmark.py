@@ -22,6 +22,14 @@ Protocol (per layer, per SAE, per concept value v; clips labelled v vs not):
   probe on standardised activations;
 * label precision: an annotation is correct when the feature's AUROC (all
   held-out clips) for a concept value its label names is >= `label_auroc`.
+  That judges the feature as much as the label, so two more readings keep
+  them apart: the share of the feature's own top clips (the ones the
+  annotator heard) that really carry a named value, and the same share among
+  its top held-out clips, each next to the named values' base rate;
+* filter audit: the best single feature of each concept value, and whether
+  the features pass's filter kept it (a concept that covers a third of the
+  tracks makes its feature "too common" under the paper's 25 % rule, and
+  annotation only sees valid features).
 """
 
 from __future__ import annotations
@@ -55,6 +63,8 @@ class BenchmarkConfig:
     recovered_auroc: float = option(0.9, help="a concept is recovered when the best feature's AUROC reaches this", ge=0, le=1)
     label_auroc: float = option(0.75, help="an annotation is correct when the feature's AUROC for the named concept "
                                            "value reaches this", ge=0, le=1)
+    label_top: int = option(10, help="label precision also reads the share of each labelled feature's top N held-out "
+                                     "clips that carry the label", ge=1)
     min_positives: int = option(4, help="concept values with fewer positive clips (per half) are skipped", ge=1)
     seed: int = option(0, help="seed of the A/B split")
     batch_size: int = option(4096, help="rows per SAE encode call", ge=1)
@@ -98,8 +108,8 @@ def clip_matrices(store, saes, pool: str = "max", batch_size: int = 4096, device
     return [int(c["index"]) for c in clips], raw, feat
 
 
-def clip_labels(store, indices: list[int], corpus: str | None) -> list[dict[str, str]]:
-    """Concept values per clip, from the store's clip metadata or the corpus metadata (by id)."""
+def _corpus_index(corpus: str | None) -> dict[str, dict]:
+    """Corpus metadata rows by every key a store or catalogue may name a clip with (id, path, file stem)."""
     by_key: dict[str, dict] = {}
     if corpus:
         from ..corpus import load_metadata
@@ -108,19 +118,79 @@ def clip_labels(store, indices: list[int], corpus: str | None) -> list[dict[str,
             by_key[str(m["id"])] = m
             by_key[str(m.get("path", ""))] = m
             by_key[Path(str(m.get("path", ""))).stem] = m
+    return by_key
+
+
+def _lookup(by_key: dict[str, dict], keys: list[str]) -> dict | None:
+    return next((by_key[k] for k in keys if k and k in by_key), None)
+
+
+def clip_labels(store, indices: list[int], corpus: str | None) -> list[dict[str, str]]:
+    """Concept values per clip, from the store's clip metadata or the corpus metadata (by id)."""
+    by_key = _corpus_index(corpus)
     out = []
     for idx in indices:
         info = store.clip_info(idx)
         meta = dict(info.get("meta", {}))
-        keys = [str(meta.get("id", "")), str(info["id"]), Path(str(info["id"])).stem,
-                Path(str(meta.get("source", ""))).stem]
-        m = next((by_key[k] for k in keys if k and k in by_key), None)
+        m = _lookup(by_key, [str(meta.get("id", "")), str(info["id"]), Path(str(info["id"])).stem,
+                             Path(str(meta.get("source", ""))).stem])
         if m:
             meta = {**m, **{k: v for k, v in meta.items() if k in m}}
         lab = clip_concepts(meta)
         if not lab:
             raise MusiclensError(f"clip {info['id']} has no corpus factors in the store; pass --corpus")
         out.append(lab)
+    return out
+
+
+def source_labels(features_dir: Path, corpus: str | None) -> dict[int, dict[str, str]]:
+    """Concept values of the clips the features pass read, by its clip index ({} when they cannot be known).
+
+    Why: annotators label a feature from its top clips among these; the clips' own factors then say whether
+    the label is right about what the annotator heard, apart from whether the feature generalises.
+    """
+    import json
+
+    from ..store import ActivationStore
+    from .pipeline import load_summary
+
+    src = Path(str(load_summary(features_dir).get("store", "")))
+    if (src / "manifest.json").exists():
+        store = ActivationStore(src)
+        idx = [int(c["index"]) for c in store.clips]
+        try:
+            return dict(zip(idx, clip_labels(store, idx, corpus)))
+        except MusiclensError:
+            return {}
+    clips_file = Path(features_dir) / "clips.json"
+    by_key = _corpus_index(corpus)
+    if not by_key or not clips_file.exists():
+        return {}
+    out = {}
+    for c in json.loads(clips_file.read_text()):
+        m = _lookup(by_key, [str(c["id"]), Path(str(c["id"])).stem, Path(str(c.get("path", ""))).stem])
+        lab = clip_concepts(m) if m else {}
+        if lab:
+            out[int(c["index"])] = lab
+    return out
+
+
+def top_clip_indices(features_dir: Path, keys: list[str]) -> dict[str, list[int]]:
+    """Each annotated feature's top clips (indices of the features pass's clips, best first), from its stats."""
+    from .stats import FeatureStats
+
+    by_sae: dict[str, list[tuple[str, int]]] = {}
+    for key in keys:
+        sae, j = key.rsplit("/", 1)
+        by_sae.setdefault(sae, []).append((key, int(j)))
+    out = {}
+    for sae, items in by_sae.items():
+        path = Path(features_dir) / "stats" / f"{sae}.npz"
+        if not path.exists():
+            continue
+        top = FeatureStats.load(path).top_clip
+        for key, j in items:
+            out[key] = [int(c) for c in top[j] if c >= 0]
     return out
 
 
@@ -213,14 +283,28 @@ def run_benchmark_arrays(indices, labels, raw, feats, saes, cfg: BenchmarkConfig
             "recovery": recovery, "concepts": per_concept}
 
 
+def _mean(xs: list[float]) -> float | None:
+    return float(np.mean(xs)) if xs else None
+
+
 def label_precision(annotations: dict, feats: dict[str, np.ndarray], labels: list[dict[str, str]],
-                    threshold: float) -> list[dict]:
-    """Per strategy: labelled features, those whose label names a concept, and those that are right."""
+                    threshold: float, source: dict[int, dict[str, str]] | None = None,
+                    source_top: dict[str, list[int]] | None = None, top: int = 10) -> list[dict]:
+    """Per strategy: labelled features, those whose label names a concept, and those that are right.
+
+    `matched` counts features whose held-out AUROC for a named value reaches `threshold`. For the same
+    mapped features it also gives means of: the share of the feature's top `top` held-out clips (among
+    clips where it fires) that carry a named value (`heldout_top_share`, next to `heldout_base_rate`, and
+    `heldout_majority`, how many reach one half), and, when `source` and `source_top` say which clips the
+    annotator heard and their factors, the share of those (`source_share`, next to `source_base_rate`).
+    """
     ys = {v.name: np.array([lab.get(v.head) == v.value for lab in labels]) for v in concept_values()}
+    src_all = list((source or {}).values())
     out = []
     strategies = sorted({s for a in annotations.get("features", {}).values() for s in a})
     for s in strategies:
-        labelled = mapped = matched = 0
+        labelled = mapped = matched = majority = 0
+        top_share, base, src_share, src_base = [], [], [], []
         for key, by in annotations["features"].items():
             rec = by.get(s)
             if not rec or not rec.get("label"):
@@ -234,10 +318,62 @@ def label_precision(annotations: dict, feats: dict[str, np.ndarray], labels: lis
             col = feats[sae][:, [int(j)]]
             if any(auroc_matrix(col, ys[c])[0] >= threshold for c in named):
                 matched += 1
+            pos = np.logical_or.reduce([ys[c] for c in named])
+            fired = np.flatnonzero(col[:, 0] > 0)
+            best = fired[np.argsort(-col[fired, 0], kind="stable")][:top]
+            share = float(pos[best].mean()) if len(best) else 0.0
+            top_share.append(share)
+            base.append(float(pos.mean()))
+            majority += share >= 0.5
+            heard = [source[c] for c in (source_top or {}).get(key, []) if c in (source or {})]
+            if heard:
+                def carries(lab: dict[str, str]) -> bool:
+                    return any(lab.get(c.split("=", 1)[0]) == c.split("=", 1)[1] for c in named)
+                src_share.append(float(np.mean([carries(lab) for lab in heard])))
+                src_base.append(float(np.mean([carries(lab) for lab in src_all])))
         out.append({"strategy": s, "labelled": labelled, "mapped": mapped, "matched": matched,
                     "precision": matched / labelled if labelled else None,
-                    "precision_mapped": matched / mapped if mapped else None})
+                    "precision_mapped": matched / mapped if mapped else None,
+                    "heldout_top_n": top, "heldout_top_share": _mean(top_share), "heldout_base_rate": _mean(base),
+                    "heldout_majority": int(majority), "source_features": len(src_share),
+                    "source_share": _mean(src_share), "source_base_rate": _mean(src_base)})
     return out
+
+
+def filter_audit(features_dir: Path, per_concept: list[dict]) -> dict | None:
+    """The best single SAE feature of each concept value (held-out AUROC) and the filter's verdict on it.
+
+    Why: annotation only looks at valid features. If the filter drops the features that detect concepts,
+    the labels can only land on the weak ones; this makes that visible instead of leaving a low label
+    precision unexplained.
+    """
+    from .filtering import FilterRule, classify
+    from .pipeline import load_summary
+    from .stats import FeatureStats
+
+    summary = load_summary(features_dir)
+    rule = FilterRule(**summary["filter"])
+    best: dict[str, dict] = {}
+    for c in per_concept:
+        if c.get("sae") and (c["concept"] not in best or c["auroc"] > best[c["concept"]]["auroc"]):
+            best[c["concept"]] = c
+    rates: dict[str, np.ndarray] = {}
+    rows = []
+    for concept, c in best.items():
+        path = Path(features_dir) / "stats" / f"{c['sae']}.npz"
+        if c["sae"] not in rates and path.exists():
+            rates[c["sae"]] = FeatureStats.load(path).activation_rate
+        if c["sae"] not in rates:
+            continue
+        rate = float(rates[c["sae"]][c["feature"]])
+        rows.append({"concept": concept, "sae": c["sae"], "feature": int(c["feature"]),
+                     "auroc": float(c["auroc"]), "track_rate": rate,
+                     "status": str(classify(np.array([rate]), rule)[0])})
+    if not rows:
+        return None
+    counts = {st: sum(r["status"] == st for r in rows) for st in ("valid", "too_common", "too_rare", "dead")}
+    return {"filter": summary["filter"], "firing_rule": summary.get("firing_rule"), "counts": counts,
+            "best": rows}
 
 
 def run_benchmark(cfg: BenchmarkConfig) -> dict:
@@ -280,8 +416,13 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
                 [(s.layer, s.W_dec.detach().float().cpu().numpy()) for s in saes])
         except MusiclensError as e:
             result["layer_prediction"] = {"error": str(e)}
+    if cfg.features:
+        result["filter_audit"] = filter_audit(Path(cfg.features), result["concepts"])
     if annotations:
-        result["label_precision"] = label_precision(annotations, feats, labels, cfg.label_auroc)
+        fd = Path(cfg.features)
+        result["label_precision"] = label_precision(
+            annotations, feats, labels, cfg.label_auroc, source_labels(fd, cfg.corpus),
+            top_clip_indices(fd, list(annotations.get("features", {}))), cfg.label_top)
     with atomic_dir(out, overwrite=True) as tmp:
         save_config(cfg, tmp / "config.json")
         write_json(tmp / "benchmark.json", result)

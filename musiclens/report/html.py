@@ -47,7 +47,7 @@ def _table(rows: list[dict], cols: list[str]) -> str:
         for c in cols:
             v = r.get(c, "")
             cls = ' class="num"' if isinstance(v, (int, float, np.integer, np.floating)) else ""
-            cells.append(f"<td{cls}>{_num(v) if isinstance(v, float) else _e(v)}</td>")
+            cells.append(f"<td{cls}>{_num(v) if isinstance(v, float) else '' if v is None else _e(v)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
@@ -156,5 +156,15 @@ def _bench_html(d: Path, bench: dict) -> str:
         parts.append("</details>")
     if bench.get("label_precision"):
         parts.append("<h3>Label precision of annotation strategies</h3>")
-        parts.append(_table(bench["label_precision"], ["strategy", "labelled", "matched", "precision"]))
+        parts.append("<p class='small'>matched: held-out AUROC of a named value at least the threshold. Shares: "
+                     "clips carrying a named value among the feature's top held-out clips, and among the top clips "
+                     "the annotator heard, each next to its base rate.</p>")
+        parts.append(_table(bench["label_precision"], ["strategy", "labelled", "matched", "precision",
+                                                        "heldout_top_share", "heldout_base_rate", "source_share",
+                                                        "source_base_rate"]))
+    fa = bench.get("filter_audit")
+    if fa:
+        parts.append("<h3>Does the filter keep the features that detect concepts?</h3>")
+        parts.append(f"<p class='small'>best single feature per concept value; filter {_e(str(fa['filter']))}</p>")
+        parts.append(_table(fa["best"], ["concept", "sae", "feature", "auroc", "track_rate", "status"]))
     return "".join(parts)

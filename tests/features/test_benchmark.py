@@ -81,6 +81,12 @@ def test_benchmark_finds_planted_concepts(labelled, tmp_path):
             assert c["feature"] == names.index(c["concept"]) and c["auroc"] >= 0.9
     lp = {x["strategy"]: x for x in r["label_precision"]}["llm"]
     assert (lp["labelled"], lp["mapped"], lp["matched"]) == (3, 2, 1)
+    # the features pass read the same labelled store, so the clips each label was read from are known
+    assert lp["source_features"] == 2 and lp["source_base_rate"] is not None
+    fa = r["filter_audit"]
+    assert fa["filter"]["max_rate"] == 1.0 and {b["concept"] for b in fa["best"]} == set(names)
+    assert all(b["status"] == "valid" and 0 < b["track_rate"] <= 1 for b in fa["best"])
+    assert fa["counts"]["valid"] == len(names)
     assert "layer_prediction" in r and r["layer_prediction"]["chance"] == 0.5
     html = (feat / "report.html").read_text()
     assert "Ground-truth benchmark" in html and (feat / "plots" / "recovery.png").exists()
@@ -95,6 +101,27 @@ def test_label_precision_counts():
                         "s/2": {"t": {"label": None}}}}
     (row,) = label_precision(ann, feats, labels, 0.75)
     assert (row["labelled"], row["mapped"], row["matched"], row["precision"]) == (2, 2, 1, 0.5)
+    # top held-out clips: feature 0 fires only on piano clips (share 1), feature 1 only on flute clips (share 0)
+    assert row["heldout_top_share"] == 0.5 and row["heldout_base_rate"] == 0.5 and row["heldout_majority"] == 1
+    assert row["source_share"] is None and row["source_features"] == 0
+
+
+def test_label_precision_reads_the_clips_the_label_came_from():
+    """A label right about the clips it was read from, on a feature that does not generalise."""
+    labels = [{"instrument": "piano"}, {"instrument": "flute"}] * 5
+    rng = np.random.default_rng(0)
+    feats = {"s": rng.random((10, 1))}                      # held out: unrelated to the label
+    ann = {"features": {"s/0": {"t": {"label": "piano", "concepts": ["instrument=piano"]}}}}
+    source = {i: {"instrument": "piano" if i < 3 else "flute"} for i in range(12)}
+    (row,) = label_precision(ann, feats, labels, 0.99, source, {"s/0": [0, 1, 2, 5]}, top=4)
+    assert row["matched"] == 0 and row["source_features"] == 1
+    assert row["source_share"] == 0.75 and row["source_base_rate"] == 0.25
+    # top 4 held-out clips by score, of which a share carry "piano"
+    best = np.argsort(-feats["s"][:, 0])[:4]
+    assert row["heldout_top_share"] == np.mean([labels[i]["instrument"] == "piano" for i in best])
+    # a feature that never fires on held-out clips has no top clips: share 0, not undefined
+    (row,) = label_precision(ann, {"s": np.zeros((10, 1))}, labels, 0.75, top=4)
+    assert row["heldout_top_share"] == 0.0 and row["heldout_majority"] == 0
 
 
 def test_layer_prediction_separable():
@@ -105,3 +132,27 @@ def test_layer_prediction_separable():
     assert r["features_per_layer"] == 150 and r["chance"] == 0.5 and r["accuracy"] > 0.95
     dec = [(1, rng.standard_normal((200, D))), (5, rng.standard_normal((200, D)))]
     assert layer_prediction(dec, hidden=16)["accuracy"] < 0.75
+
+
+def test_source_labels_from_audio_features_via_the_corpus(tmp_path):
+    """A features pass over audio files (no store): the clips it read are found in the corpus by file name."""
+    from musiclens.features.benchmark import source_labels
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    rows = [{"id": i, "path": f"audio/{i:06d}.wav", "split": "train", "caption": "", "instrument": inst,
+             "bpm": bpm, "register": "mid", "dynamics": "loud", "drums": "none", "mode": "major",
+             "brightness": "dark"} for i, (inst, bpm) in enumerate([("flute", 70.0), ("organ", 170.0)])]
+    (corpus / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    feat = tmp_path / "feat"
+    feat.mkdir()
+    (feat / "summary.json").write_text(json.dumps({"store": str(tmp_path / "list.txt")}))
+    (feat / "clips.json").write_text(json.dumps([
+        {"index": 0, "id": "/elsewhere/audio/000001.wav", "path": "/elsewhere/audio/000001.wav"},
+        {"index": 1, "id": "/elsewhere/audio/000000.wav", "path": "/elsewhere/audio/000000.wav"},
+        {"index": 2, "id": "/elsewhere/other.wav", "path": "/elsewhere/other.wav"}]))
+    got = source_labels(feat, str(corpus))
+    assert set(got) == {0, 1}                                  # the clip the corpus does not hold is left out
+    assert got[0]["instrument"] == "organ" and got[0]["tempo"] == "fast"
+    assert got[1]["instrument"] == "flute" and got[1]["tempo"] == "slow"
+    assert source_labels(feat, None) == {}                     # nothing to look the clips up in

@@ -129,6 +129,19 @@ def test_features_command_outputs(small, tmp_path):
     assert main(["features", "--store", str(store_dir), "--sae", str(sae_dirs[0]), "--out", str(out)]) == 2
 
 
+def test_features_command_notes_a_filter_that_drops_most_features(small, tmp_path, capsys):
+    root, store_dir, sae_dirs = small
+    args = ["features", "--store", str(store_dir), "--sae", str(sae_dirs[0]), "--no-clips", "--no-report"]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 0
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    row = summary["table"][0]
+    printed = capsys.readouterr().out
+    assert (row["too_common"] > row["features"] / 2) == ("--min-fraction 0.2 --max-rate 0.5" in printed)
+    assert row["too_common"] > row["features"] / 2     # random TopK features fire somewhere in most tracks
+    assert main(args + ["--out", str(tmp_path / "b"), "--min-fraction", "0.2"]) == 0
+    assert "--min-fraction 0.2" not in capsys.readouterr().out   # a sustained-firing rule is already chosen
+
+
 def test_bad_inputs(small, tmp_path, capsys):
     root, store_dir, sae_dirs = small
     assert main(["features", "--store", str(tmp_path / "nope"), "--sae", str(sae_dirs[0]),
