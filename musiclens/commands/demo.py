@@ -1,7 +1,7 @@
 """`musiclens demo`: the whole pipeline on the organism, end to end, in a few minutes.
 
 render a small corpus -> extract residual activations -> train a TopK SAE ->
-feature statistics + HTML catalogue -> DiffMean "fast vs slow" vector ->
+feature statistics + labelled HTML catalogue -> DiffMean "fast vs slow" vector ->
 steered generation (λ = -L, 0, +L) -> measurements -> one index.html to
 listen to and read. Every step is the same CLI command a user would run
 (printed as it goes), so the demo doubles as a worked example.
@@ -37,6 +37,11 @@ class DemoConfig:
                                    "layer on the shipped organism; in bench/steering.py λ = ±0.25 moved the onset "
                                    "rate by +44 % / -48 %, and λ = -1 gives near-silent clips)")
     steer_layer: str = option("50%", help="source layer of the One-to-All DiffMean injection")
+    min_fraction: float = option(0.2, help="catalogue: a track counts for a feature when it fires in at least this "
+                                           "share of the track's frames (0 = anywhere, the SAE paper's rule, which "
+                                           "on the organism leaves no valid feature: docs/discovery.md)", ge=0, le=1)
+    max_rate: float = option(0.5, help="catalogue: features counting in more tracks are too common (the paper: "
+                                       "0.25; here most factor values cover a third of the tracks)", gt=0, le=1)
     overwrite: bool = option(False, help="replace an existing output folder")
 
 
@@ -104,7 +109,9 @@ def run(args) -> int:
            "--out", str(out / "sae")])
     _step("feature statistics, filtering, top clips, HTML catalogue",
           ["features", "--sae", str(out / "sae"), "--store", str(out / "store"), "--out", str(out / "features"),
-           "--max-clip-features", "12"])
+           "--max-clip-features", "12", "--min-fraction", str(cfg.min_fraction), "--max-rate", str(cfg.max_rate)])
+    _step("label the catalogue's features from their top clips (tagger, mini-CLAP)",
+          ["annotate", "--features", str(out / "features"), "--strategies", "tagger,clap"])
 
     prompts = out / "prompts"
     prompts.mkdir()
