@@ -27,3 +27,11 @@ def test_demo_runs_every_stage(tmp_path):
     before = sorted(p.name for p in out.iterdir())
     assert main(["demo", "--model", "tiny-random", "--out", str(out)]) == 2
     assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_demo_without_valid_features_still_finishes(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", "tiny-random", "--out", str(out), "--clips", "6", "--seconds", "2",
+                 "--sae-steps", "5", "--max-rate", "0.01"]) == 0
+    assert "nothing to label" in capsys.readouterr().out
+    assert not (out / "features" / "annotations.json").exists() and (out / "index.html").exists()

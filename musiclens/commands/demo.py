@@ -110,8 +110,13 @@ def run(args) -> int:
     _step("feature statistics, filtering, top clips, HTML catalogue",
           ["features", "--sae", str(out / "sae"), "--store", str(out / "store"), "--out", str(out / "features"),
            "--max-clip-features", "12", "--min-fraction", str(cfg.min_fraction), "--max-rate", str(cfg.max_rate)])
-    _step("label the catalogue's features from their top clips (tagger, mini-CLAP)",
-          ["annotate", "--features", str(out / "features"), "--strategies", "tagger,clap"])
+    valid = sum(r["valid"] for r in json.loads((out / "features" / "summary.json").read_text())["table"])
+    if valid:
+        _step("label the catalogue's features from their top clips (tagger, mini-CLAP)",
+              ["annotate", "--features", str(out / "features"), "--strategies", "tagger,clap"])
+    else:
+        print("\nnote: no valid features under this firing rule, so nothing to label (try --min-fraction 0.2 "
+              "--max-rate 0.5)", flush=True)
 
     prompts = out / "prompts"
     prompts.mkdir()
