@@ -41,3 +41,29 @@ def test_a_past_commit_is_read_from_git_history_into_a_folder_that_lives_with_th
     assert not folder.exists()
     with pytest.raises(MusiclensError, match="no shipped organism at"):
         shipped_at("0000000000000000000000000000000000000000", tmp_path / "x")
+
+
+def test_feature_steering_bench_pools_concept_checks_and_rejects_bad_input(tmp_path):
+    import importlib.util
+    import subprocess
+    import sys
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "feature_steering.py"
+    spec = importlib.util.spec_from_file_location("bench_feature_steering", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    per_sae = [{"features": [
+        {"improvement": 0.1, "concept_checks": [{"concept": "brightness=dark", "tagger_rises": True,
+                                                 "moved_as_expected": True}]},
+        {"improvement": -0.2, "concept_checks": [{"concept": "brightness=neutral", "tagger_rises": False},
+                                                  {"concept": "drums=rock", "tagger_rises": True}]}]},
+        {"features": [{"improvement": 0.3}]}]
+    s = mod.summarise(per_sae)
+    assert (s["features"], s["saes_tested"], s["concept_pairs"], s["estimator_pairs"]) == (3, 2, 3, 1)
+    assert s["clap_share_positive"] == 2 / 3 and s["tagger_rises_share"] == 2 / 3
+    assert s["estimator_as_expected_share"] == 1.0
+    assert s["estimator_as_expected_p"] == 0.5 and s["tagger_rises_p"] == 0.5    # 1 of 1; 2 of 3
+    assert s["by_head"]["brightness"] == {"pairs": 2, "tagger_rises_share": 0.5, "estimator_pairs": 1,
+                                          "estimator_as_expected_share": 1.0}
+    r = subprocess.run([sys.executable, str(path), "--features-dir", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not an annotated" in r.stderr

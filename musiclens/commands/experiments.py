@@ -107,6 +107,9 @@ class FeatureSteeringConfig(CommonConfig):
     prompt: str = option("Simple melody", help="neutral prompt")
     n_samples: int = option(8, help="generations per condition (same prompt, different samples)", ge=2)
     alpha: float = option(1.0, help="α of the steered condition (baseline α = 0)")
+    concept_check: bool = option(True, help="for labels that name corpus concept values, also measure the value "
+                                            "itself: the tagger's probability of it and its estimator (centroid, "
+                                            "pitch, loudness, onset rate)")
 
 
 # ---- shared setup ----------------------------------------------------------------------------------
@@ -308,9 +311,15 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     return _finish(cfg, res, runner, out, "evaluate")
 
 
-def load_labels(cfg: FeatureSteeringConfig, sae_names: set[str]) -> dict[int, str]:
-    """{feature: label} from --labels or the features dir's annotations.json."""
+def load_labels(cfg: FeatureSteeringConfig, sae_names: set[str]) -> tuple[dict[int, str], dict[int, list[str]]]:
+    """{feature: label} from --labels or the features dir's annotations.json, and {feature: concept values the
+    label names} (the annotation's own list, else the corpus keywords the label text contains)."""
     import json
+
+    from ..features.concepts import match_label
+
+    def named(label: str) -> list[str]:
+        return [v.name for v in match_label(label)]
 
     if cfg.labels:
         p = Path(cfg.labels)
@@ -321,9 +330,10 @@ def load_labels(cfg: FeatureSteeringConfig, sae_names: set[str]) -> dict[int, st
         except json.JSONDecodeError as e:
             raise MusiclensError(f"{p} is not valid JSON: {e}")
         try:
-            return {int(k): str(v) for k, v in raw.items() if v}
+            labels = {int(k): str(v) for k, v in raw.items() if v}
         except (AttributeError, ValueError):
             raise MusiclensError(f"{p} must be a JSON object {{feature number: label}}, e.g. {{\"17\": \"piano\"}}")
+        return labels, {j: named(t) for j, t in labels.items()}
     if not cfg.features_dir:
         raise MusiclensError("feature-steering needs labels: --labels FILE.json or --features-dir with annotations.json")
     p = Path(cfg.features_dir) / "annotations.json"
@@ -331,16 +341,17 @@ def load_labels(cfg: FeatureSteeringConfig, sae_names: set[str]) -> dict[int, st
         raise MusiclensError(f"{p} not found (run `musiclens annotate` first, or pass --labels)")
     data = json.loads(p.read_text()).get("features", {})
     order = ["clap", "llm", "tagger"] if cfg.label_strategy == "any" else [cfg.label_strategy]
-    out = {}
+    labels, concepts = {}, {}
     for key, by in data.items():
         sae, _, j = key.rpartition("/")
         if sae not in sae_names:
             continue
         for s in order:
             if by.get(s, {}).get("label"):
-                out[int(j)] = str(by[s]["label"])
+                labels[int(j)] = str(by[s]["label"])
+                concepts[int(j)] = list(by[s].get("concepts") or named(str(by[s]["label"])))
                 break
-    return out
+    return labels, concepts
 
 
 def run_feature_steering(cfg: FeatureSteeringConfig) -> dict:
@@ -356,7 +367,7 @@ def run_feature_steering(cfg: FeatureSteeringConfig) -> dict:
     model = _model(cfg)
     sae = load_sae_checked(cfg.sae, model)
     layer = sae_layer(sae)
-    labels = load_labels(cfg, catalogue_names(cfg.sae))
+    labels, concepts = load_labels(cfg, catalogue_names(cfg.sae))
     feats = list(cfg.feature)
     if not feats:
         if not cfg.features_dir:
@@ -389,7 +400,8 @@ def run_feature_steering(cfg: FeatureSteeringConfig) -> dict:
 
     res = feature_steering(model, spec, feats, labels, cfg.prompt, cfg.n_samples, cfg.seconds, cfg.seed,
                            cfg.batch_size, cfg.guidance_scale, MeasureContext(clap_path=cfg.clap), alpha=alpha,
-                           cache_dir=Path(cfg.cache) if cfg.cache else out / "cache")
+                           cache_dir=Path(cfg.cache) if cfg.cache else out / "cache",
+                           concepts=concepts if cfg.concept_check else None)
     res["sae"] = str(cfg.sae)
     res["layer"] = layer
     return _finish(cfg, res, None, out, "feature_steering")

@@ -36,6 +36,7 @@ from ..errors import MusiclensError
 SR = 16000
 N_FFT = 1024
 HOP = 320
+MIN_FRAMES = 16     # mel frames the CNN's four 2x time poolings need
 FMAX = 8000.0
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "organism" / "tagger"
 
@@ -154,6 +155,10 @@ class Tagger:
 
     def _tensors(self, clips: list, sr: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         feats = [features(y, sr, self.n_mels) for y in clips]
+        short = min(f[0].shape[1] for f in feats)
+        if short < MIN_FRAMES:   # four 2x poolings over time need 16 frames
+            raise MusiclensError(f"a clip of {short * HOP / SR:.2f} s is too short for the tagger "
+                                 f"(it needs at least {MIN_FRAMES * HOP / SR:.2f} s)")
         t_max = max(f[0].shape[1] for f in feats)
         mel = torch.full((len(feats), self.n_mels, t_max), 0.0)
         mask = torch.zeros(len(feats), t_max, dtype=torch.bool)

@@ -302,32 +302,104 @@ def evaluate(runner: Runner, directions: Sequence[dict]) -> dict:
     return {"experiment": "evaluate", "baseline": _slim(base), "rows": rows}
 
 
+# Ordered concepts and the estimator that reads each (the corpus's factor levels, low to high).
+ORDERED_CONCEPTS = {"brightness": ("centroid", ["dark", "neutral", "bright"]),
+                    "register": ("pitch", ["low", "mid", "high"]),
+                    "dynamics": ("loudness", ["soft", "medium", "loud"]),
+                    "tempo": ("onset_rate", ["slow", "moderate", "fast"])}
+
+
+def concept_metrics(concept: str, tagger_heads: dict[str, list[str]]) -> tuple[str | None, str | None, int]:
+    """For a concept value "head=value": the tagger metric that reads it (if the tagger has that label), the
+    estimator of an ordered head, and the direction steering toward the value should move it (+1, -1; 0 for a
+    middle level, whose estimator has no expected direction)."""
+    head, _, value = concept.partition("=")
+    tag = f"tag:{head}={value}" if value in tagger_heads.get(head, []) else None
+    est, levels = ORDERED_CONCEPTS.get(head, (None, []))
+    if value not in levels or value == levels[len(levels) // 2]:
+        return tag, None, 0
+    return tag, est, (1 if value == levels[-1] else -1)
+
+
+def _concept_checks(ys, base_ys, sr: int, concepts: Sequence[str], ctx, base_cache: dict) -> list[dict]:
+    """Did steering move the label's own concept: the tagger's probability of the value, and its estimator?"""
+    try:
+        heads = ctx.tagger().heads
+    except MusiclensError:
+        heads = {}
+    rows = []
+    for c in concepts:
+        tag, est, sign = concept_metrics(c, heads)
+        metrics = [m for m in (tag, est) if m]
+        if not metrics:
+            continue
+        missing = [m for m in metrics if m not in base_cache]
+        if missing:
+            vals, _ = measure_clips(base_ys, sr, missing, ctx, skip_unavailable=True)
+            base_cache.update({m: vals.get(m) for m in missing})
+        steered, _ = measure_clips(ys, sr, metrics, ctx, skip_unavailable=True)
+        row: dict = {"concept": c}
+        if tag and base_cache.get(tag) is not None and tag in steered:
+            b, st = float(np.nanmean(base_cache[tag])), float(np.nanmean(steered[tag]))
+            row.update(tagger_metric=tag, tagger_baseline=b, tagger_steered=st, tagger_rises=bool(st > b))
+        if est and base_cache.get(est) is not None and est in steered:
+            b, st = float(np.nanmean(base_cache[est])), float(np.nanmean(steered[est]))
+            row.update(estimator=est, expected=sign, estimator_baseline=b, estimator_steered=st,
+                       moved_as_expected=bool(np.sign(st - b) == sign) if np.isfinite(st - b) else None)
+        rows.append(row)
+    return rows
+
+
+def _share(flags: list) -> float | None:
+    flags = [f for f in flags if f is not None]
+    return float(np.mean(flags)) if flags else None
+
+
 def feature_steering(model, sae_spec: Callable[[int, float], list], features: Sequence[int],
                      labels: dict[int, str], prompt: str, n_samples: int, seconds: float, seed: int,
                      batch_size: int, guidance_scale: float, ctx: MeasureContext, alpha: float = 1.0,
-                     cache_dir: Path | None = None, progress: bool = True) -> dict:
-    """The MusicGen SAE paper's test: CLAP(label, α=1) − CLAP(label, α=0) per valid feature on a neutral prompt."""
+                     cache_dir: Path | None = None, progress: bool = True,
+                     concepts: dict[int, list[str]] | None = None) -> dict:
+    """The MusicGen SAE paper's test: CLAP(label, α=1) − CLAP(label, α=0) per valid feature on a neutral prompt.
+
+    When a label names corpus concept values (`concepts`), steering is also checked against the concept itself,
+    not only the label's text: whether the tagger's probability of the value rises, and whether the value's
+    estimator (centroid, CREPE pitch, loudness, onset rate) moves the way the value points. CLAP alone can
+    reward audio that merely sounds more like the words.
+    """
     from ..measure.clap import clap_similarity
 
     runner = Runner(model, [prompt] * n_samples, seconds, metrics=[], seed=seed, batch_size=batch_size,
                     guidance_scale=guidance_scale, cache_dir=cache_dir, ctx=ctx, progress=progress)
     clap = ctx.clap()
     texts = sorted({labels[j] for j in features})
-    base_sim = clap_similarity(clap, list(runner.audio(())), model.sample_rate, texts).cpu().numpy()
+    base_audio = list(runner.audio(()))
+    base_sim = clap_similarity(clap, base_audio, model.sample_rate, texts).cpu().numpy()
     base_by_text = {t: base_sim[:, i] for i, t in enumerate(texts)}
+    base_cache: dict = {}
     rows = []
     for j in tqdm(list(features), desc="feature steering", unit="feature", disable=None if progress else True):
         ys = runner.audio(sae_spec(j, alpha))
         sim = clap_similarity(clap, list(ys), model.sample_rate, [labels[j]]).cpu().numpy()[:, 0]
         b = base_by_text[labels[j]]
-        rows.append({"feature": int(j), "label": labels[j], "clap_baseline": float(b.mean()),
-                     "clap_steered": float(sim.mean()), "improvement": float(sim.mean() - b.mean()),
-                     "improvement_std": float((sim - b).std(ddof=1)) if len(sim) > 1 else 0.0})
+        row = {"feature": int(j), "label": labels[j], "clap_baseline": float(b.mean()),
+               "clap_steered": float(sim.mean()), "improvement": float(sim.mean() - b.mean()),
+               "improvement_std": float((sim - b).std(ddof=1)) if len(sim) > 1 else 0.0}
+        if concepts and concepts.get(j):
+            row["concept_checks"] = _concept_checks(list(ys), base_audio, model.sample_rate, concepts[j], ctx,
+                                                    base_cache)
+        rows.append(row)
     imp = np.array([r["improvement"] for r in rows]) if rows else np.zeros(0)
+    checks = [c for r in rows for c in r.get("concept_checks", [])]
     return {"experiment": "feature-steering", "prompt": prompt, "alpha": alpha, "n_samples": n_samples,
             "clap": getattr(clap, "name", "clap"), "features": rows,
             "share_positive": float((imp > 0).mean()) if len(imp) else None,
             "mean_improvement": float(imp.mean()) if len(imp) else None,
+            "concept_checks": {"pairs": len(checks),
+                               "tagger_pairs": sum("tagger_rises" in c for c in checks),
+                               "tagger_rises_share": _share([c.get("tagger_rises") for c in checks]),
+                               "estimator_pairs": sum(c.get("moved_as_expected") is not None for c in checks),
+                               "estimator_as_expected_share": _share([c.get("moved_as_expected") for c in checks])},
             "generate_s": runner.timings["generate_s"]}
 
 
@@ -388,6 +460,20 @@ def markdown(res: dict) -> str:
         for r in res["features"]:
             lines.append(f"| {r['feature']} | {r['label']} | {_fmt(r['clap_baseline'])} | {_fmt(r['clap_steered'])} | "
                          f"{_fmt(r['improvement'])} |")
+        cc = res.get("concept_checks") or {}
+        if cc.get("pairs"):
+            lines += ["", f"The labels' own concepts ({cc['pairs']} feature-concept pairs): the tagger's probability "
+                          f"of the value rises in {_pct(cc['tagger_rises_share']).replace('+', '')} of "
+                          f"{cc['tagger_pairs']}; the value's estimator moves the way it points in "
+                          f"{_pct(cc['estimator_as_expected_share']).replace('+', '')} of {cc['estimator_pairs']}", "",
+                      "| feature | concept | tagger p α=0 | α=1 | estimator | α=0 | α=1 | as expected |",
+                      "|---:|---|---:|---:|---|---:|---:|---|"]
+            for r in res["features"]:
+                for c in r.get("concept_checks", []):
+                    lines.append(f"| {r['feature']} | {c['concept']} | {_fmt(c.get('tagger_baseline'))} | "
+                                 f"{_fmt(c.get('tagger_steered'))} | {c.get('estimator', '')} | "
+                                 f"{_fmt(c.get('estimator_baseline'))} | {_fmt(c.get('estimator_steered'))} | "
+                                 f"{'' if c.get('moved_as_expected') is None else c['moved_as_expected']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -77,6 +77,14 @@ def test_shipped_tagger_beats_chance(corpus):
         assert acc[h] > 1.0 / len(HEADS[h]) + 0.25, acc
 
 
+@pytest.mark.skipif(not (ASSET_DIR / "model.safetensors").exists(), reason="shipped tagger weights not present")
+def test_too_short_clip_is_a_clear_error():
+    tagger = Tagger.load()
+    with pytest.raises(MusiclensError, match="too short for the tagger"):
+        tagger.predict(np.zeros(1600, dtype=np.float32), 16000)           # 0.1 s
+    assert set(tagger.predict(np.zeros(8000, dtype=np.float32), 16000)) == set(HEADS)   # 0.5 s is enough
+
+
 def test_eval_command_writes_accuracy_and_confusion(corpus, tmp_path):
     import json
 

@@ -188,12 +188,35 @@ def test_sae_steering_sweep_and_feature_steering(work, tiny_model):
     (work / "labels.json").write_text(json.dumps({"1": "piano", "3": "organ"}))
     assert main(["feature-steering", "--model", "tiny-random", "--sae", str(sae), "--feature", "1,3",
                  "--beta", "50", "--labels", str(work / "labels.json"), "--clap", str(clap), "--n-samples", "2",
-                 "--seconds", "0.1", "--out", str(work / "x_fs")]) == 0
+                 "--seconds", "0.5", "--out", str(work / "x_fs")]) == 0
     res = json.loads((work / "x_fs" / "feature_steering.json").read_text())
     assert [r["feature"] for r in res["features"]] == [1, 3]
     for r in res["features"]:
         assert r["improvement"] == pytest.approx(r["clap_steered"] - r["clap_baseline"])
     assert res["share_positive"] == np.mean([r["improvement"] > 0 for r in res["features"]])
+    # the labels name instruments: the concept check reads the tagger's probability of each, no estimator
+    for r, inst in zip(res["features"], ("piano", "organ")):
+        (c,) = r["concept_checks"]
+        assert c["concept"] == f"instrument={inst}" and c["tagger_metric"] == f"tag:instrument={inst}"
+        assert c["tagger_rises"] == (c["tagger_steered"] > c["tagger_baseline"]) and "estimator" not in c
+    assert res["concept_checks"]["pairs"] == 2 and res["concept_checks"]["estimator_pairs"] == 0
+
+    # an ordered concept: "dark" must lower the centroid; "medium" (a middle level) has no expected direction
+    (work / "labels2.json").write_text(json.dumps({"1": "dark", "3": "medium volume"}))
+    assert main(["feature-steering", "--model", "tiny-random", "--sae", str(sae), "--feature", "1,3",
+                 "--beta", "50", "--labels", str(work / "labels2.json"), "--clap", str(clap), "--n-samples", "2",
+                 "--seconds", "0.5", "--out", str(work / "x_fs3"), "--cache", str(work / "x_fs" / "cache")]) == 0
+    res = json.loads((work / "x_fs3" / "feature_steering.json").read_text())
+    (dark,), (medium,) = [r["concept_checks"] for r in res["features"]]
+    assert dark["concept"] == "brightness=dark" and dark["estimator"] == "centroid" and dark["expected"] == -1
+    assert dark["moved_as_expected"] == (dark["estimator_steered"] < dark["estimator_baseline"])
+    assert medium["concept"] == "dynamics=medium" and "estimator" not in medium
+    assert res["concept_checks"]["estimator_pairs"] == 1
+    assert main(["feature-steering", "--model", "tiny-random", "--sae", str(sae), "--feature", "1",
+                 "--beta", "50", "--labels", str(work / "labels2.json"), "--clap", str(clap), "--n-samples", "2",
+                 "--seconds", "0.5", "--out", str(work / "x_fs4"), "--no-concept-check"]) == 0
+    res = json.loads((work / "x_fs4" / "feature_steering.json").read_text())
+    assert "concept_checks" not in res["features"][0] and res["concept_checks"]["pairs"] == 0
 
     # defaults from a `musiclens features` + `annotate` directory: valid, labelled features; β = max_act
     fd = work / "feats"
@@ -205,7 +228,7 @@ def test_sae_steering_sweep_and_feature_steering(work, tiny_model):
         "sae/1": {"tagger": {"label": "organ"}, "clap": {"label": "piano"}}, "sae/3": {"tagger": {"label": "organ"}},
         "sae/5": {"clap": {"label": "flute"}}, "other/2": {"clap": {"label": "violin"}}}}))
     assert main(["feature-steering", "--model", "tiny-random", "--sae", str(sae), "--features-dir", str(fd),
-                 "--clap", str(clap), "--n-samples", "2", "--seconds", "0.1", "--out", str(work / "x_fs2"),
+                 "--clap", str(clap), "--n-samples", "2", "--seconds", "0.5", "--out", str(work / "x_fs2"),
                  "--cache", str(work / "x_fs" / "cache")]) == 0
     res = json.loads((work / "x_fs2" / "feature_steering.json").read_text())
     assert [(r["feature"], r["label"]) for r in res["features"]] == [(1, "piano"), (3, "organ")]
