@@ -220,10 +220,13 @@ def main() -> None:
     fa = bench.get("filter_audit")
     if fa:
         print("best feature per concept value, filter verdict:", fa["counts"])
+    def f2(x) -> str:
+        return "n/a" if x is None else f"{x:.2f}"
+
     for r in bench.get("label_precision") or []:
         print(f"labels {r['strategy']}: {r['matched']}/{r['labelled']} held-out AUROC >= 0.75; named value in top "
-              f"{r['heldout_top_n']} held-out clips {r['heldout_top_share']}, base {r['heldout_base_rate']}; in the "
-              f"clips heard {r['source_share']}, base {r['source_base_rate']}")
+              f"{r['heldout_top_n']} held-out clips {f2(r['heldout_top_share'])}, base {f2(r['heldout_base_rate'])}; "
+              f"in the clips heard {f2(r['source_share'])}, base {f2(r['source_base_rate'])}")
 
 
 if __name__ == "__main__":
