@@ -86,6 +86,7 @@ def main() -> None:
         sys.exit(2)
 
     from musiclens.corpus import load_metadata
+    from musiclens.features.benchmark import best_per_concept, label_precision_line
 
     model = args.model
     if model == "auto":
@@ -177,11 +178,8 @@ def main() -> None:
             row.update(features=v["features"], valid=v["valid"], dead=v["dead"], too_rare=v["too_rare"],
                        too_common=v["too_common"])
         table.append(row)
-    best = {}
-    for c in bench["concepts"]:
-        if c["method"].startswith("SAE") and (c["concept"] not in best or c["auroc"] > best[c["concept"]]["auroc"]):
-            best[c["concept"]] = {"auroc": round(c["auroc"], 3), "layer": c["layer"], "sae": c.get("sae"),
-                                  "feature": c["feature"]}
+    best = {k: {"auroc": round(c["auroc"], 3), "layer": c["layer"], "sae": c.get("sae"), "feature": c["feature"]}
+            for k, c in best_per_concept(bench["concepts"]).items()}
     times_file.write_text(json.dumps(times, indent=1))
     figures = {
         "model": model,
@@ -220,13 +218,8 @@ def main() -> None:
     fa = bench.get("filter_audit")
     if fa:
         print("best feature per concept value, filter verdict:", fa["counts"])
-    def f2(x) -> str:
-        return "n/a" if x is None else f"{x:.2f}"
-
     for r in bench.get("label_precision") or []:
-        print(f"labels {r['strategy']}: {r['matched']}/{r['labelled']} held-out AUROC >= 0.75; named value in top "
-              f"{r['heldout_top_n']} held-out clips {f2(r['heldout_top_share'])}, base {f2(r['heldout_base_rate'])}; "
-              f"in the clips heard {f2(r['source_share'])}, base {f2(r['source_base_rate'])}")
+        print(label_precision_line(r))
 
 
 if __name__ == "__main__":

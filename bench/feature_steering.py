@@ -30,40 +30,20 @@ from musiclens.bench_utils import write_result  # noqa: E402
 from musiclens.errors import MusiclensError  # noqa: E402
 
 
-def _share(flags: list) -> float | None:
-    flags = [f for f in flags if f is not None]
-    return sum(flags) / len(flags) if flags else None
-
-
-def _p_above_half(flags: list) -> float | None:
-    """One-sided binomial p of that many successes if steering moved the concept either way at random
-    (approximate: the pairs share one baseline and some features come from SAEs of the same layer)."""
-    from scipy.stats import binomtest
-
-    flags = [bool(f) for f in flags if f is not None]
-    return float(binomtest(sum(flags), len(flags), 0.5, alternative="greater").pvalue) if flags else None
-
-
 def summarise(per_sae: list[dict]) -> dict:
     """Pooled figures over every tested feature, and the concept checks per concept head."""
+    from musiclens.steer.experiments import concept_check_summary
+
     feats = [r for s in per_sae for r in s["features"]]
     checks = [c for r in feats for c in r.get("concept_checks", [])]
-    by_head: dict[str, dict] = {}
-    for head in sorted({c["concept"].split("=", 1)[0] for c in checks}):
-        cs = [c for c in checks if c["concept"].startswith(head + "=")]
-        by_head[head] = {"pairs": len(cs), "tagger_rises_share": _share([c.get("tagger_rises") for c in cs]),
-                         "estimator_pairs": sum(c.get("moved_as_expected") is not None for c in cs),
-                         "estimator_as_expected_share": _share([c.get("moved_as_expected") for c in cs])}
+    heads = sorted({c["concept"].split("=", 1)[0] for c in checks})
+    imp = [r["improvement"] for r in feats]
     return {"features": len(feats), "saes_tested": len(per_sae),
-            "clap_share_positive": _share([r["improvement"] > 0 for r in feats]),
-            "clap_mean_improvement": sum(r["improvement"] for r in feats) / len(feats) if feats else None,
-            "concept_pairs": len(checks),
-            "tagger_rises_share": _share([c.get("tagger_rises") for c in checks]),
-            "tagger_rises_p": _p_above_half([c.get("tagger_rises") for c in checks]),
-            "estimator_pairs": sum(c.get("moved_as_expected") is not None for c in checks),
-            "estimator_as_expected_share": _share([c.get("moved_as_expected") for c in checks]),
-            "estimator_as_expected_p": _p_above_half([c.get("moved_as_expected") for c in checks]),
-            "by_head": by_head}
+            "clap_share_positive": sum(x > 0 for x in imp) / len(imp) if imp else None,
+            "clap_mean_improvement": sum(imp) / len(imp) if imp else None,
+            **{("concept_pairs" if k == "pairs" else k): v for k, v in concept_check_summary(checks).items()},
+            "by_head": {h: concept_check_summary([c for c in checks if c["concept"].startswith(h + "=")])
+                        for h in heads}}
 
 
 def main() -> None:

@@ -64,6 +64,7 @@ def test_feature_steering_bench_pools_concept_checks_and_rejects_bad_input(tmp_p
     assert s["estimator_as_expected_share"] == 1.0
     assert s["estimator_as_expected_p"] == 0.5 and s["tagger_rises_p"] == 0.5    # 1 of 1; 2 of 3
     assert s["by_head"]["brightness"] == {"pairs": 2, "tagger_rises_share": 0.5, "estimator_pairs": 1,
-                                          "estimator_as_expected_share": 1.0}
+                                          "estimator_as_expected_share": 1.0, "tagger_pairs": 2,
+                                          "tagger_rises_p": 0.75, "estimator_as_expected_p": 0.5}
     r = subprocess.run([sys.executable, str(path), "--features-dir", str(tmp_path)], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not an annotated" in r.stderr

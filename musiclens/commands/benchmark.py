@@ -6,7 +6,7 @@ from .. import config
 
 
 def _concepts(args) -> int:
-    from ..features.benchmark import BenchmarkConfig, run_benchmark
+    from ..features.benchmark import BenchmarkConfig, label_precision_line, run_benchmark
 
     cfg = config.from_args(BenchmarkConfig, args)
     r = run_benchmark(cfg)
@@ -23,13 +23,7 @@ def _concepts(args) -> int:
         kept = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in fa["counts"].items() if n)
         print(f"best feature per concept value vs the features filter: {kept}")
     for row in r.get("label_precision", []):
-        line = f"label precision {row['strategy']}: {row['matched']}/{row['labelled']} (held-out AUROC)"
-        if row.get("heldout_top_share") is not None:
-            line += (f"; named value in the top {row['heldout_top_n']} held-out clips {row['heldout_top_share']:.2f} "
-                     f"(base rate {row['heldout_base_rate']:.2f})")
-        if row.get("source_share") is not None:
-            line += f"; in the clips it was labelled from {row['source_share']:.2f} ({row['source_base_rate']:.2f})"
-        print(line)
+        print(label_precision_line(row))
     print(f"-> {cfg.out}/benchmark.json")
     return 0
 

@@ -38,8 +38,8 @@ class DemoConfig:
                                    "rate by +44 % / -48 %, and λ = -1 gives near-silent clips)")
     steer_layer: str = option("50%", help="source layer of the One-to-All DiffMean injection")
     min_fraction: float = option(0.2, help="catalogue: a track counts for a feature when it fires in at least this "
-                                           "share of the track's frames (0 = anywhere, the SAE paper's rule, which "
-                                           "on the organism leaves no valid feature: docs/discovery.md)", ge=0, le=1)
+                                           "share of the track's frames (0 = anywhere, the SAE paper's rule, under "
+                                           "which the organism's x4 SAEs keep 0-1 features: docs/discovery.md)", ge=0, le=1)
     max_rate: float = option(0.5, help="catalogue: features counting in more tracks are too common (the paper: "
                                        "0.25; here most factor values cover a third of the tracks)", gt=0, le=1)
     overwrite: bool = option(False, help="replace an existing output folder")

@@ -175,22 +175,28 @@ def source_labels(features_dir: Path, corpus: str | None) -> dict[int, dict[str,
     return out
 
 
-def top_clip_indices(features_dir: Path, keys: list[str]) -> dict[str, list[int]]:
-    """Each annotated feature's top clips (indices of the features pass's clips, best first), from its stats."""
-    from .stats import FeatureStats
+class StatsCache(dict):
+    """The features pass's per-SAE statistics (`stats/<sae>.npz`), each read once (None where missing)."""
 
-    by_sae: dict[str, list[tuple[str, int]]] = {}
+    def __init__(self, features_dir: Path):
+        super().__init__()
+        self.dir = Path(features_dir) / "stats"
+
+    def __missing__(self, sae: str):
+        from .stats import FeatureStats
+
+        path = self.dir / f"{sae}.npz"
+        self[sae] = FeatureStats.load(path) if path.exists() else None
+        return self[sae]
+
+
+def top_clip_indices(stats: StatsCache, keys: list[str]) -> dict[str, list[int]]:
+    """Each annotated feature's top clips (indices of the features pass's clips, best first), from its stats."""
+    out = {}
     for key in keys:
         sae, j = key.rsplit("/", 1)
-        by_sae.setdefault(sae, []).append((key, int(j)))
-    out = {}
-    for sae, items in by_sae.items():
-        path = Path(features_dir) / "stats" / f"{sae}.npz"
-        if not path.exists():
-            continue
-        top = FeatureStats.load(path).top_clip
-        for key, j in items:
-            out[key] = [int(c) for c in top[j] if c >= 0]
+        if stats[sae] is not None:
+            out[key] = [int(c) for c in stats[sae].top_clip[int(j)] if c >= 0]
     return out
 
 
@@ -340,7 +346,27 @@ def label_precision(annotations: dict, feats: dict[str, np.ndarray], labels: lis
     return out
 
 
-def filter_audit(features_dir: Path, per_concept: list[dict]) -> dict | None:
+def best_per_concept(per_concept: list[dict]) -> dict[str, dict]:
+    """The SAE feature with the highest held-out AUROC for each concept value, over all SAEs (its row)."""
+    best: dict[str, dict] = {}
+    for c in per_concept:
+        if c.get("sae") and (c["concept"] not in best or c["auroc"] > best[c["concept"]]["auroc"]):
+            best[c["concept"]] = c
+    return best
+
+
+def label_precision_line(row: dict) -> str:
+    """One printed line of a label_precision row (the CLI and bench/discovery.py)."""
+    def f2(x) -> str:
+        return "n/a" if x is None else f"{x:.2f}"
+
+    return (f"label precision {row['strategy']}: {row['matched']}/{row['labelled']} by held-out AUROC; named value "
+            f"in the top {row.get('heldout_top_n', '?')} held-out clips {f2(row.get('heldout_top_share'))} (base "
+            f"rate {f2(row.get('heldout_base_rate'))}); in the clips it was labelled from "
+            f"{f2(row.get('source_share'))} ({f2(row.get('source_base_rate'))})")
+
+
+def filter_audit(features_dir: Path, per_concept: list[dict], stats: StatsCache | None = None) -> dict | None:
     """The best single SAE feature of each concept value (held-out AUROC) and the filter's verdict on it.
 
     Why: annotation only looks at valid features. If the filter drops the features that detect concepts,
@@ -349,23 +375,16 @@ def filter_audit(features_dir: Path, per_concept: list[dict]) -> dict | None:
     """
     from .filtering import FilterRule, classify
     from .pipeline import load_summary
-    from .stats import FeatureStats
 
     summary = load_summary(features_dir)
     rule = FilterRule(**summary["filter"])
-    best: dict[str, dict] = {}
-    for c in per_concept:
-        if c.get("sae") and (c["concept"] not in best or c["auroc"] > best[c["concept"]]["auroc"]):
-            best[c["concept"]] = c
-    rates: dict[str, np.ndarray] = {}
+    best = best_per_concept(per_concept)
+    stats = stats if stats is not None else StatsCache(features_dir)
     rows = []
     for concept, c in best.items():
-        path = Path(features_dir) / "stats" / f"{c['sae']}.npz"
-        if c["sae"] not in rates and path.exists():
-            rates[c["sae"]] = FeatureStats.load(path).activation_rate
-        if c["sae"] not in rates:
+        if stats[c["sae"]] is None:
             continue
-        rate = float(rates[c["sae"]][c["feature"]])
+        rate = float(stats[c["sae"]].activation_rate[c["feature"]])
         rows.append({"concept": concept, "sae": c["sae"], "feature": int(c["feature"]),
                      "auroc": float(c["auroc"]), "track_rate": rate,
                      "status": str(classify(np.array([rate]), rule)[0])})
@@ -417,12 +436,12 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
         except MusiclensError as e:
             result["layer_prediction"] = {"error": str(e)}
     if cfg.features:
-        result["filter_audit"] = filter_audit(Path(cfg.features), result["concepts"])
+        stats = StatsCache(Path(cfg.features))
+        result["filter_audit"] = filter_audit(Path(cfg.features), result["concepts"], stats)
     if annotations:
-        fd = Path(cfg.features)
         result["label_precision"] = label_precision(
-            annotations, feats, labels, cfg.label_auroc, source_labels(fd, cfg.corpus),
-            top_clip_indices(fd, list(annotations.get("features", {}))), cfg.label_top)
+            annotations, feats, labels, cfg.label_auroc, source_labels(Path(cfg.features), cfg.corpus),
+            top_clip_indices(stats, list(annotations.get("features", {}))), cfg.label_top)
     with atomic_dir(out, overwrite=True) as tmp:
         save_config(cfg, tmp / "config.json")
         write_json(tmp / "benchmark.json", result)

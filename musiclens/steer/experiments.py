@@ -322,22 +322,26 @@ def concept_metrics(concept: str, tagger_heads: dict[str, list[str]]) -> tuple[s
 
 
 def _concept_checks(ys, base_ys, sr: int, concepts: Sequence[str], ctx, base_cache: dict) -> list[dict]:
-    """Did steering move the label's own concept: the tagger's probability of the value, and its estimator?"""
+    """Did steering move the label's own concept: the tagger's probability of the value, and its estimator?
+
+    All metrics of one feature are measured in one pass over its steered clips; the baseline's are measured
+    once per metric over the whole run (`base_cache`)."""
     try:
         heads = ctx.tagger().heads
     except MusiclensError:
         heads = {}
+    plans = [(c, *concept_metrics(c, heads)) for c in concepts]
+    plans = [p for p in plans if p[1] or p[2]]
+    metrics = list(dict.fromkeys(m for _, tag, est, _ in plans for m in (tag, est) if m))
+    if not metrics:
+        return []
+    missing = [m for m in metrics if m not in base_cache]
+    if missing:
+        vals, _ = measure_clips(base_ys, sr, missing, ctx, skip_unavailable=True)
+        base_cache.update({m: vals.get(m) for m in missing})
+    steered, _ = measure_clips(ys, sr, metrics, ctx, skip_unavailable=True)
     rows = []
-    for c in concepts:
-        tag, est, sign = concept_metrics(c, heads)
-        metrics = [m for m in (tag, est) if m]
-        if not metrics:
-            continue
-        missing = [m for m in metrics if m not in base_cache]
-        if missing:
-            vals, _ = measure_clips(base_ys, sr, missing, ctx, skip_unavailable=True)
-            base_cache.update({m: vals.get(m) for m in missing})
-        steered, _ = measure_clips(ys, sr, metrics, ctx, skip_unavailable=True)
+    for c, tag, est, sign in plans:
         row: dict = {"concept": c}
         if tag and base_cache.get(tag) is not None and tag in steered:
             b, st = float(np.nanmean(base_cache[tag])), float(np.nanmean(steered[tag]))
@@ -350,9 +354,24 @@ def _concept_checks(ys, base_ys, sr: int, concepts: Sequence[str], ctx, base_cac
     return rows
 
 
-def _share(flags: list) -> float | None:
-    flags = [f for f in flags if f is not None]
-    return float(np.mean(flags)) if flags else None
+def concept_check_summary(checks: Sequence[dict]) -> dict:
+    """Pooled concept checks: how many pairs, the share where the tagger's probability rises and where the
+    estimator moves as the value points, each with a one-sided binomial p against one half (approximate:
+    the pairs share one baseline)."""
+    from scipy.stats import binomtest
+
+    def share_p(flags: list) -> tuple[float | None, float | None]:
+        flags = [bool(f) for f in flags if f is not None]
+        if not flags:
+            return None, None
+        return float(np.mean(flags)), float(binomtest(sum(flags), len(flags), 0.5, alternative="greater").pvalue)
+
+    t_share, t_p = share_p([c.get("tagger_rises") for c in checks])
+    e_share, e_p = share_p([c.get("moved_as_expected") for c in checks])
+    return {"pairs": len(checks), "tagger_pairs": sum("tagger_rises" in c for c in checks),
+            "tagger_rises_share": t_share, "tagger_rises_p": t_p,
+            "estimator_pairs": sum(c.get("moved_as_expected") is not None for c in checks),
+            "estimator_as_expected_share": e_share, "estimator_as_expected_p": e_p}
 
 
 def feature_steering(model, sae_spec: Callable[[int, float], list], features: Sequence[int],
@@ -395,11 +414,7 @@ def feature_steering(model, sae_spec: Callable[[int, float], list], features: Se
             "clap": getattr(clap, "name", "clap"), "features": rows,
             "share_positive": float((imp > 0).mean()) if len(imp) else None,
             "mean_improvement": float(imp.mean()) if len(imp) else None,
-            "concept_checks": {"pairs": len(checks),
-                               "tagger_pairs": sum("tagger_rises" in c for c in checks),
-                               "tagger_rises_share": _share([c.get("tagger_rises") for c in checks]),
-                               "estimator_pairs": sum(c.get("moved_as_expected") is not None for c in checks),
-                               "estimator_as_expected_share": _share([c.get("moved_as_expected") for c in checks])},
+            "concept_checks": concept_check_summary(checks),
             "generate_s": runner.timings["generate_s"]}
 
 
