@@ -68,3 +68,79 @@ def test_feature_steering_bench_pools_concept_checks_and_rejects_bad_input(tmp_p
                                           "tagger_rises_p": 0.75, "estimator_as_expected_p": 0.5}
     r = subprocess.run([sys.executable, str(path), "--features-dir", str(tmp_path)], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not an annotated" in r.stderr
+
+
+def _bench_module(name: str):
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod, path
+
+
+def test_synthetic_beat_clips_hit_every_beat_and_only_the_beat_unless_told():
+    import numpy as np
+
+    mod, _ = _bench_module("beat_synthetic")
+    clips = mod.synthetic_clips(8, np.random.default_rng(0), vocab=64, hit_codes=8)
+    assert clips["codes"].shape == (8, mod.K, mod.FRAMES) and clips["codes"].max() < 64
+    for i in range(8):
+        hits = np.flatnonzero(clips["codes"][i, 0] < 8)
+        grid = mod.grid_frames(clips["period"][i], clips["phase"][i], 0, mod.FRAMES)
+        assert hits.tolist() == grid.tolist()                    # a hit on every beat, nowhere else
+        assert 50 / 3 - 1e-9 <= clips["period"][i] <= 50 + 1e-9  # 60-180 BPM at 50 frames/s
+        ind = (clips["codes"][i, 0] < 8).astype(float)
+        assert mod.on_off(ind, clips["period"][i], clips["phase"][i], 0, 8) > 1e6
+    noisy = mod.synthetic_clips(64, np.random.default_rng(1), vocab=64, hit_codes=8, miss=0.2, false_hits=0.05)
+    on, off = [], []
+    for i in range(64):
+        ind = noisy["codes"][i, 0] < 8
+        grid = mod.grid_frames(noisy["period"][i], noisy["phase"][i], 0, mod.FRAMES)
+        on.append(ind[grid].mean())
+        off.append(np.delete(ind, grid).mean())
+    assert abs(np.mean(on) - 0.8) < 0.05 and abs(np.mean(off) - 0.05) < 0.01
+
+
+def test_synthetic_beat_bench_samples_only_after_the_prompt_and_rejects_bad_input(tmp_path):
+    import json
+    import sys
+
+    import numpy as np
+    import torch
+
+    from musiclens.organism.lm import delay_pattern
+
+    mod, path = _bench_module("beat_synthetic")
+    clips = mod.synthetic_clips(3, np.random.default_rng(0), vocab=32, hit_codes=4)
+    model = mod.build(vocab=32, layers=1, d_model=16, seed=0).eval()
+    codes = torch.as_tensor(clips["codes"])
+    ids = delay_pattern(codes, model.config.decoder.pad_token_id)
+    states, mask = torch.zeros(3, 1, 8), torch.ones(3, 1, dtype=torch.long)
+    sampled, p_own = mod.continue_clips(model, ids, states, mask, hit_codes=4, seed=0)
+    assert (sampled[..., :mod.PROMPT] == clips["codes"][..., :mod.PROMPT]).all()
+    assert (sampled[..., mod.PROMPT:] != clips["codes"][..., mod.PROMPT:]).mean() > 0.5   # sampled, not copied
+    p_real = mod.hit_probability(model, ids, states, mask, hit_codes=4)
+    # over the prompt both read the same past: the cached sampling pass matches the teacher-forced one
+    assert np.allclose(p_own[:, :mod.PROMPT], p_real[:, :mod.PROMPT], atol=1e-5)
+    shape = ["--layers", "1", "--d-model", "16", "--vocab", "32", "--hit-codes", "4"]
+    r = subprocess.run([sys.executable, str(path), "--steps", "2", "--eval-at", "0,2", *shape, "--save",
+                        str(tmp_path / "d.pt"), "--input-noise", "0.3", "--input-noise-kind", "stale",
+                        "--input-noise-span", "4", "--name", str(tmp_path / "bs")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    got = json.loads((tmp_path / "bs.json").read_text())["figures"]
+    assert set(got["evals"]) == {"0", "2"} and got["real_codes_on_off"]["beats_0_to_2"] > 1e6
+    # the saved decoder measured again, greedy: same teacher-forced figures, its own continuation
+    r = subprocess.run([sys.executable, str(path), "--load", str(tmp_path / "d.pt"), "--temperature", "0", *shape,
+                        "--name", str(tmp_path / "again")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    again = json.loads((tmp_path / "again.json").read_text())["figures"]
+    assert again["evals"]["loaded"]["real_past"] == got["evals"]["2"]["real_past"]
+    assert again["config"]["temperature"] == 0
+    assert got["config"]["input_noise_kind"] == "stale" and "input_noise" not in again["config"]
+    for bad, word in ((["--hit-codes", "40"], "--hit-codes"), (["--load", str(tmp_path / "none.pt")], "--load"),
+                      (["--input-noise", "0.8"], "--input-noise"),
+                      (["--load", str(tmp_path / "d.pt")], "--load")):   # the last: saved with another shape
+        r = subprocess.run([sys.executable, str(path), *bad], capture_output=True, text=True)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and word in r.stderr, r.stderr
