@@ -99,12 +99,6 @@ def on_off_means(p_hit: np.ndarray, period: float, phase: float, lo_beat: float,
     return float(p_hit[on].mean()), float(p_hit[off].mean())
 
 
-def on_off(p_hit: np.ndarray, period: float, phase: float, lo_beat: float, hi_beat: float) -> float:
-    """Their ratio: how much likelier a hit is on the beat than a sixteenth after it."""
-    on, off = on_off_means(p_hit, period, phase, lo_beat, hi_beat)
-    return on / max(off, 1e-9) if np.isfinite(on) else float("nan")
-
-
 def next_hit_timing(p_hit: np.ndarray, period: float, phase: float) -> list[tuple[float, float]]:
     """For each beat after the prompt, read teacher-forced from the previous beat's hit on: the chance that the
     model's next hit lands on this beat's frame or the one before, and the chance it comes earlier still.
