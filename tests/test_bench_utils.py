@@ -44,14 +44,9 @@ def test_a_past_commit_is_read_from_git_history_into_a_folder_that_lives_with_th
 
 
 def test_feature_steering_bench_pools_concept_checks_and_rejects_bad_input(tmp_path):
-    import importlib.util
-    import subprocess
     import sys
 
-    path = Path(__file__).resolve().parent.parent / "bench" / "feature_steering.py"
-    spec = importlib.util.spec_from_file_location("bench_feature_steering", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod, path = _bench_module("feature_steering")
     per_sae = [{"features": [
         {"improvement": 0.1, "concept_checks": [{"concept": "brightness=dark", "tagger_rises": True,
                                                  "moved_as_expected": True}]},
@@ -144,3 +139,27 @@ def test_synthetic_beat_bench_samples_only_after_the_prompt_and_rejects_bad_inpu
                       (["--load", str(tmp_path / "d.pt")], "--load")):   # the last: saved with another shape
         r = subprocess.run([sys.executable, str(path), *bad], capture_output=True, text=True)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and word in r.stderr, r.stderr
+
+
+def test_next_hit_timing_and_hazard_profile_tell_a_clock_from_a_slow_rise():
+    import numpy as np
+
+    mod, _ = _bench_module("beat_synthetic")
+    period, phase = 20.0, 3.0
+    beats = mod.grid_frames(period, phase, 0, mod.FRAMES)
+    clock = np.zeros(mod.FRAMES)
+    clock[beats] = 1.0                                   # certain of the beat frame, nothing else
+    got = mod.next_hit_timing(clock, period, phase)
+    assert len(got) == len(mod.grid_frames(period, phase, mod.PROMPT, mod.FRAMES)) - 1
+    assert all(on == 1.0 and early == 0.0 for on, early in got)
+    flat = np.full(mod.FRAMES, 0.1)                      # a constant hazard: most of the next hit comes early
+    on, early = np.mean(mod.next_hit_timing(flat, period, phase), axis=0)
+    assert abs(on - (0.9 ** 18 * 0.1 + 0.9 ** 19 * 0.1)) < 1e-9 and abs(early - (1 - 0.9 ** 18)) < 1e-9
+    clips = {"period": np.array([period]), "phase": np.array([phase])}
+    prof = mod.hazard_profile(clock[None], clips)
+    assert prof["0"] == 1.0 and all(prof[str(k)] == 0.0 for k in range(-15, 4) if k)
+    ramp = np.zeros(mod.FRAMES)
+    for b in beats:
+        ramp[max(b - 15, 0): b + 1] = np.linspace(0.0, 0.15, 16)[-len(ramp[max(b - 15, 0): b + 1]):]
+    prof = mod.hazard_profile(ramp[None], clips)
+    assert prof["-15"] == 0.0 and abs(prof["0"] - 0.15) < 1e-12 and prof["1"] == 0.0
