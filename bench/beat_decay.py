@@ -22,6 +22,14 @@ real codes, and loses it on its own". The same two expectations, pooled over
 clips by how many frames after the prompt's end a beat falls, say how many of
 its own samples it takes to lose it.
 
+The frame a sixteenth after a beat follows the beat's own onset, and a model
+that has only learnt that onsets do not follow each other at once scores well
+against it (bench/beat_synthetic.py found exactly that). So every window also
+has the ratio against the frame a sixteenth *before* the beat
+(`median_on_before_ratio`), and `by_frames_from_beat` gives the mean of each
+series 8 frames either side of every beat: a peak on the beat for a model
+that keeps time, a slow rise for one that only knows how long a beat lasts.
+
 Writes bench/results/<name>.json.
 """
 
@@ -45,12 +53,34 @@ SETS = ("expected_real_past", "expected_own_past", "sampled_codes", "real_codes"
 WINDOWS = ((-4, 0), (0, 1), (0, 2), (2, 4), (4, 8))
 # frames between the prompt's end and a beat: how many of its own samples the LM's past holds there
 SINCE_PROMPT = ((0, 5), (5, 10), (10, 20), (20, 40), (40, 1000))
+# frames from a beat the profile reads (the shortest beat is 16.7 frames, so -8..8 stays within one beat either
+# side), for beats at least PROFILE_FROM frames into the clip (after the prompt for the LM's own past)
+PROFILE, PROFILE_FROM = range(-8, 9), 50
 
 
 def window_frames(frames: np.ndarray, start: float, period: float, lo: float, hi: float, offset: float) -> np.ndarray:
     """The frames (of beats + `offset`) whose beat falls between `lo` and `hi` beats after frame `start`."""
     beat = (frames - offset * period - start) / period
     return frames[(beat >= lo - 1e-6) & (beat < hi - 1e-6)]
+
+
+def window_ratios(v: np.ndarray, on_all: np.ndarray, off_all: np.ndarray, before_all: np.ndarray, start: int,
+                  period: float) -> dict[tuple[int, int], tuple[float, float]]:
+    """Per window of WINDOWS: (mean of `v` on its beats / a sixteenth after them, / a sixteenth before them)."""
+    from musiclens.organism.beatphase import on_off_ratio
+
+    out = {}
+    for w in WINDOWS:
+        on = window_frames(on_all, start, period, *w, 0.0)
+        out[w] = (on_off_ratio(v, on, window_frames(off_all, start, period, *w, 0.25)),
+                  on_off_ratio(v, on, window_frames(before_all, start, period, *w, -0.25)))
+    return out
+
+
+def beat_profile(v: np.ndarray, on_all: np.ndarray, first: int, n: int) -> dict[int, list[float]]:
+    """`v` at d frames from every beat at or after frame `first` whose PROFILE stays before frame `n`."""
+    beats = on_all[(on_all >= first) & (on_all + PROFILE[-1] < n) & (on_all + PROFILE[0] >= 0)]
+    return {d: [float(v[f + d]) for f in beats] for d in PROFILE}
 
 
 def causal_past(mm, model, data, phase, clips: list[int], wavs: list[np.ndarray], scores: np.ndarray,
@@ -112,13 +142,15 @@ def measure(model, tok, data, phase, valid: list[int], wavs: list[np.ndarray], s
     import torch
 
     from musiclens.models import MusicModel
-    from musiclens.organism.beatphase import beat_frames_of, expected_onsets, on_off_ratio
+    from musiclens.organism.beatphase import beat_frames_of, expected_onsets
     from musiclens.organism.codec import lookahead_frames
     from musiclens.organism.rhythm import beat_frames
 
     mm = MusicModel(model, tok, "organism")
     t = time.time()
     sets = {k: {w: [] for w in WINDOWS} for k in SETS}
+    sets_before = {k: {w: [] for w in WINDOWS} for k in SETS}  # on the beat against a sixteenth before it
+    profile = {k: {d: [] for d in PROFILE} for k in SETS}
     since = {k: {b: ([], []) for b in SINCE_PROMPT} for k in ("expected_real_past", "expected_own_past")}
     whole = []  # per clip: expected onsets with the real past, which causal_past compares against
     for s in range(0, len(valid), 16):
@@ -138,6 +170,7 @@ def measure(model, tok, data, phase, valid: list[int], wavs: list[np.ndarray], s
             n = min(int(data.lengths[i]), frames)
             period = beat_frames(phase.bpm[i])
             on_all, off_all = beat_frames_of(phase, i, n, 0), beat_frames_of(phase, i, n, 0, 0.25)
+            before_all = beat_frames_of(phase, i, n, 0, -0.25)
             series = {"expected_real_past": exp_real[j], "expected_own_past": exp_own[j],
                       "sampled_codes": scores[own[j, 0].numpy()],
                       "real_codes": scores[np.clip(real[j, 0].numpy(), 0, None)]}
@@ -148,17 +181,26 @@ def measure(model, tok, data, phase, valid: list[int], wavs: list[np.ndarray], s
                     for k in since:
                         since[k][b][0].append(series[k][f_on])
                         since[k][b][1].append(series[k][later[0]])
-            for w in WINDOWS:
-                on = window_frames(on_all, start, period, *w, 0.0)
-                off = window_frames(off_all, start, period, *w, 0.25)
-                for k, v in series.items():
-                    r = on_off_ratio(v, on, off)
+            for k, v in series.items():
+                for w, (r, rb) in window_ratios(v, on_all, off_all, before_all, start, period).items():
                     if np.isfinite(r):
                         sets[k][w].append(r)
+                    if np.isfinite(rb):
+                        sets_before[k][w].append(rb)
+                # the profile around every beat the past holds PROFILE_FROM frames before (the LM's own: after it)
+                for d, vals in beat_profile(v, on_all, start if k in ("expected_own_past", "sampled_codes")
+                                            else PROFILE_FROM, n).items():
+                    profile[k][d] += vals
     out = {}
     for k, per in sets.items():
         out[k] = {f"beats_{lo}_to_{hi}": {"median_on_off_ratio": round(float(np.median(v)), 3),
+                                          "median_on_before_ratio": round(float(np.median(sets_before[k][(lo, hi)])),
+                                                                          3) if sets_before[k][(lo, hi)] else None,
                                           "n": len(v)} for (lo, hi), v in per.items() if v}
+    # mean onset strength d frames from a beat (pooled over clips and beats): a peak on the beat, or a slow rise?
+    out["by_frames_from_beat"] = {k: {str(d): round(float(np.mean(v)), 3) for d, v in per.items() if v}
+                                  for k, per in profile.items()}
+    out["by_frames_from_beat"]["beats"] = {k: len(per[0]) for k, per in profile.items()}
     # pooled over clips (one beat per clip and bin is too few for a ratio per clip)
     out["by_frames_since_prompt"] = {k: {f"frames_{lo}_to_{hi}": {
         "pooled_on_off_ratio": round(float(np.mean(on) / max(np.mean(off), 1e-8)), 3), "beats": len(on)}
@@ -217,7 +259,12 @@ def main(argv=None) -> int:
                 res[name] = out
                 print(name)
                 for k in SETS:
-                    print(f"  {k:20s}", "  ".join(f"{w}: {v['median_on_off_ratio']:.2f}" for w, v in out[k].items()))
+                    print(f"  {k:20s}", "  ".join(f"{w}: {v['median_on_off_ratio']:.2f} (before "
+                                                f"{v['median_on_before_ratio'] or float('nan'):.2f})"
+                                                for w, v in out[k].items()))
+                for k in SETS:
+                    print(f"  {k:20s} by frames from the beat:", " ".join(
+                        f"{d}:{v:.2f}" for d, v in out["by_frames_from_beat"][k].items()))
                 for k, v in out["by_frames_since_prompt"].items():
                     print(f"  {k:20s}", "  ".join(f"{b}: {r['pooled_on_off_ratio']:.2f} ({r['beats']})"
                                                 for b, r in v.items()), "(pooled, by frames since the prompt)")

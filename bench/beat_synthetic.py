@@ -1,6 +1,7 @@
 """Can a MusicGen decoder of the organism's size keep a beat while it samples? Synthetic codes.
 
     python bench/beat_synthetic.py [--steps 3000] [--eval-at 500,1000,2000,3000] [--miss 0] [--false-hits 0]
+                                   [--bpm 60,180] [--condition-tempo]
                                    [--layers 8] [--d-model 128] [--batch 16] [--seed 0] [--save PT]
                                    [--input-noise 0 --input-noise-kind sampled --input-noise-span 1]
                                    [--name beat_synthetic]
@@ -17,9 +18,13 @@ random tempo (60-180 BPM, random phase; the corpus's range) a "hit": codebook
 and --false-hits puts hits on that share of the other frames, so the beat can
 be made as faint in the codes as the real codes' onsets are (their on/off
 ratio of onset strength is 5.4; bench/results/beat_decay_s27_shipped.json).
+--bpm narrows the tempo range (one tempo when LO = HI): with one period the
+decoder only has to count frames from the last hit, with many it must also
+read the period from the past.
 
 A decoder of the given shape (unconditional: the text states are one zero
-vector) trains on fresh clips every step. At each of --eval-at it is read on
+vector; with --condition-tempo they carry the clip's tempo instead, as a
+caption naming it exactly would) trains on fresh clips every step. At each of --eval-at it is read on
 64 held-out clips, as bench/beat_decay.py reads the organism: the probability
 of a hit code at the beat frames and a sixteenth after them (their ratio per
 clip, median over clips), (a) teacher-forced on the real clip and (b) while
@@ -52,7 +57,7 @@ WINDOWS = ((0, 1), (0, 2), (2, 4), (4, 8))  # beats after the prompt's end, as i
 
 
 def synthetic_clips(n: int, rng: np.random.Generator, vocab: int, hit_codes: int, miss: float = 0.0,
-                    false_hits: float = 0.0, frames: int = FRAMES) -> dict:
+                    false_hits: float = 0.0, frames: int = FRAMES, bpm: tuple[float, float] = (60.0, 180.0)) -> dict:
     """{codes [n, K, frames], period [n], phase [n]}: held notes plus a hit on every beat.
 
     A note lasts 4-40 frames; its codebook-0 code is a non-hit code, its other
@@ -61,7 +66,7 @@ def synthetic_clips(n: int, rng: np.random.Generator, vocab: int, hit_codes: int
     0 to a random hit code and codebook 1 to a code of its own, for one frame.
     """
     codes = np.empty((n, K, frames), dtype=np.int64)
-    period = 3000.0 / rng.uniform(60.0, 180.0, size=n)
+    period = 3000.0 / rng.uniform(bpm[0], bpm[1], size=n)
     phase = rng.uniform(0.0, 1.0, size=n) * period
     for i in range(n):
         t = 0
@@ -87,13 +92,14 @@ def grid_frames(period: float, phase: float, lo: int, hi: int, offset: float = 0
     return f[(f >= lo) & (f < hi)]
 
 
-def on_off_means(p_hit: np.ndarray, period: float, phase: float, lo_beat: float, hi_beat: float) -> tuple[float, float]:
-    """Mean hit probability on the beats between lo_beat and hi_beat after the prompt, and a sixteenth after
-    them (nan where either is empty)."""
+def on_off_means(p_hit: np.ndarray, period: float, phase: float, lo_beat: float, hi_beat: float,
+                 offset: float = 0.25) -> tuple[float, float]:
+    """Mean hit probability on the beats between lo_beat and hi_beat after the prompt, and `offset` beats from
+    them (a sixteenth after them by default; nan where either is empty)."""
     lo = PROMPT + lo_beat * period
     hi = min(PROMPT + hi_beat * period, FRAMES)
     on = grid_frames(period, phase, int(np.ceil(lo - 1e-6)), int(np.ceil(hi - 1e-6)))
-    off = grid_frames(period, phase, int(np.ceil(lo - 1e-6)), int(np.ceil(hi - 1e-6)), 0.25)
+    off = grid_frames(period, phase, int(np.ceil(lo - 1e-6)), int(np.ceil(hi - 1e-6)), offset)
     if not len(on) or not len(off):
         return float("nan"), float("nan")
     return float(p_hit[on].mean()), float(p_hit[off].mean())
@@ -199,7 +205,24 @@ def continue_clips(model, ids, states, mask, hit_codes: int, seed: int, temperat
     return codes.numpy(), p_hit.numpy()
 
 
-def evaluate(model, clips: dict, hit_codes: int, seed: int, temperature: float = 1.0) -> dict:
+def tempo_states(period: np.ndarray, condition: bool):
+    """The 'text states' [B, 1, 8] the decoder cross-attends to: zeros, or (with `condition`) the tempo.
+
+    x = log(BPM / 60) / log(3) is 0 at 60 BPM and 1 at 180; the states are x, sin and cos of x at three
+    scales, and a constant, so the decoder's single cross-attention key can carry the tempo to every
+    frame the way a caption that named it exactly would.
+    """
+    import torch
+
+    if not condition:
+        return torch.zeros(len(period), 1, 8)
+    x = np.log(3000.0 / np.asarray(period) / 60.0) / np.log(3.0)
+    feats = [x] + [f(np.pi * k * x) for k in (1, 2, 4) for f in (np.sin, np.cos)] + [np.ones_like(x)]
+    return torch.as_tensor(np.stack(feats, -1)[:, None, :], dtype=torch.float32)
+
+
+def evaluate(model, clips: dict, hit_codes: int, seed: int, temperature: float = 1.0,
+             condition: bool = False) -> dict:
     """The teacher-forced and own-past on/off ratios per window, and the sampled hits' grid share."""
     import torch
 
@@ -209,7 +232,7 @@ def evaluate(model, clips: dict, hit_codes: int, seed: int, temperature: float =
     codes = torch.as_tensor(clips["codes"])
     pad = model.config.decoder.pad_token_id
     ids = delay_pattern(codes, pad)
-    states, mask = torch.zeros(len(codes), 1, 8), torch.ones(len(codes), 1, dtype=torch.long)
+    states, mask = tempo_states(clips["period"], condition), torch.ones(len(codes), 1, dtype=torch.long)
     real = hit_probability(model, ids, states, mask, hit_codes)
     sampled, own = continue_clips(model, ids, states, mask, hit_codes, seed, temperature)
     out = {}
@@ -222,6 +245,11 @@ def evaluate(model, clips: dict, hit_codes: int, seed: int, temperature: float =
             ratio = means[:, 0] / np.maximum(means[:, 1], 1e-9)
             out[name][f"beats_{lo}_to_{hi}"] = float(np.nanmedian(ratio))
             out[name][f"mean_on_off_beats_{lo}_to_{hi}"] = [float(v) for v in np.nanmean(means, axis=0)]
+            # against a sixteenth *before* the beat, where no real hit has just been (bench/beat_decay.py reads both)
+            before = np.array([on_off_means(p[i], clips["period"][i], clips["phase"][i], lo, hi, -0.25)
+                               for i in range(len(p))])
+            out[name][f"on_before_beats_{lo}_to_{hi}"] = float(np.nanmedian(before[:, 0] /
+                                                                            np.maximum(before[:, 1], 1e-9)))
     timing = np.array([t for i in range(len(real)) for t in next_hit_timing(real[i], clips["period"][i],
                                                                             clips["phase"][i])])
     out["real_past_next_hit"] = {"beats": len(timing), "on_the_beat_or_one_before": float(timing[:, 0].mean()),
@@ -244,7 +272,8 @@ def evaluate(model, clips: dict, hit_codes: int, seed: int, temperature: float =
 
 
 def summary_line(label: str, ev: dict) -> str:
-    return (f"{label}: real past {ev['real_past']['beats_0_to_2']:.2f}  own past {ev['own_past']['beats_0_to_1']:.2f}"
+    return (f"{label}: real past {ev['real_past']['beats_0_to_2']:.2f} (against the frame before: "
+            f"{ev['real_past']['on_before_beats_0_to_2']:.2f})  own past {ev['own_past']['beats_0_to_1']:.2f}"
             f" / {ev['own_past']['beats_2_to_4']:.2f} / {ev['own_past']['beats_4_to_8']:.2f}  sampled hits on grid "
             f"{ev['sampled_hits']['share_on_grid']:.2f} (chance {ev['sampled_hits']['chance']:.2f})  next hit on the "
             f"beat {ev['real_past_next_hit']['on_the_beat_or_one_before']:.2f}, earlier "
@@ -257,6 +286,7 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-at", default="500,1000,2000,3000", help="steps to measure at (comma-separated)")
     ap.add_argument("--miss", type=float, default=0.0, help="share of beats without a hit (0-0.9)")
     ap.add_argument("--false-hits", type=float, default=0.0, help="share of other frames with a hit (0-0.5)")
+    ap.add_argument("--bpm", default="60,180", help="tempo range LO,HI (within 60-180; LO = HI: one tempo)")
     ap.add_argument("--vocab", type=int, default=64, help="codebook size (16-1024)")
     ap.add_argument("--hit-codes", type=int, default=8, help="codes reserved for hits (1 to vocab/4)")
     ap.add_argument("--layers", type=int, default=8)
@@ -271,6 +301,8 @@ def main(argv=None) -> int:
                                                                     "(1-100)")
     ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the continuations "
                                                                    "(0 = greedy; 0-2)")
+    ap.add_argument("--condition-tempo", action="store_true", help="give the decoder each clip's tempo through "
+                                                                   "its text states (cross-attention)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save", default=None, help="also save the trained decoder's state dict here (a .pt file)")
     ap.add_argument("--load", default=None, help="measure this saved decoder (--save of an earlier run, same "
@@ -282,12 +314,17 @@ def main(argv=None) -> int:
         eval_at = sorted({int(s) for s in a.eval_at.split(",") if s.strip()})
     except ValueError:
         eval_at = []
+    try:
+        bpm = tuple(float(v) for v in a.bpm.split(","))
+    except ValueError:
+        bpm = ()
     problems = [msg for bad, msg in (
         (a.steps < 1, "--steps must be at least 1"),
         (not a.load and (not eval_at or eval_at[0] < 0 or eval_at[-1] > a.steps),
          "--eval-at: steps between 0 and --steps"),
         (not 0 <= a.miss <= 0.9, "--miss must be in [0, 0.9]"),
         (not 0 <= a.false_hits <= 0.5, "--false-hits must be in [0, 0.5]"),
+        (len(bpm) != 2 or not 60 <= bpm[0] <= bpm[1] <= 180, "--bpm: LO,HI with 60 <= LO <= HI <= 180"),
         (not 16 <= a.vocab <= 1024, "--vocab must be in [16, 1024]"),
         (not 1 <= a.hit_codes <= a.vocab // 4, "--hit-codes must be between 1 and vocab/4"),
         (not 1 <= a.layers <= 24, "--layers must be in [1, 24]"),
@@ -311,7 +348,8 @@ def main(argv=None) -> int:
 
     torch.manual_seed(a.seed)
     rng = np.random.default_rng(a.seed)
-    held = synthetic_clips(64, np.random.default_rng(10_000 + a.seed), a.vocab, a.hit_codes, a.miss, a.false_hits)
+    held = synthetic_clips(64, np.random.default_rng(10_000 + a.seed), a.vocab, a.hit_codes, a.miss, a.false_hits,
+                           bpm=bpm)
     model = build(a.vocab, a.layers, a.d_model, a.seed)
     evals, losses, t0 = {}, [], time.time()
     config = {k: v for k, v in vars(a).items() if k not in ("name", "save")}
@@ -323,7 +361,7 @@ def main(argv=None) -> int:
             print(f"error: {flag} {path}: not a decoder of this shape ({str(e).splitlines()[0]})", file=sys.stderr)
             return 2
     if a.load:
-        evals["loaded"] = evaluate(model, held, a.hit_codes, a.seed, a.temperature)
+        evals["loaded"] = evaluate(model, held, a.hit_codes, a.seed, a.temperature, a.condition_tempo)
         print(summary_line("loaded", evals["loaded"]), flush=True)
         config = {k: v for k, v in config.items() if k not in ("steps", "eval_at", "lr", "batch") and
                   not k.startswith("input_noise")}
@@ -333,13 +371,14 @@ def main(argv=None) -> int:
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + np.cos(np.pi * min(s, a.steps) / a.steps)))
         pad = model.config.decoder.pad_token_id
-        states, mask = torch.zeros(a.batch, 1, 8), torch.ones(a.batch, 1, dtype=torch.long)
+        mask = torch.ones(a.batch, 1, dtype=torch.long)
         noise = torch.Generator().manual_seed(a.seed + 1)
         if 0 in eval_at:
-            evals["0"] = evaluate(model, held, a.hit_codes, a.seed, a.temperature)
+            evals["0"] = evaluate(model, held, a.hit_codes, a.seed, a.temperature, a.condition_tempo)
         for step in tqdm(range(1, a.steps + 1), desc="train", disable=None):
-            clips = synthetic_clips(a.batch, rng, a.vocab, a.hit_codes, a.miss, a.false_hits)
+            clips = synthetic_clips(a.batch, rng, a.vocab, a.hit_codes, a.miss, a.false_hits, bpm=bpm)
             ids = delay_pattern(torch.as_tensor(clips["codes"]), pad)
+            states = tempo_states(clips["period"], a.condition_tempo)
             inputs = (corrupt_inputs(model, ids, states, mask, a.input_noise, a.input_noise_kind, noise,
                                      a.input_noise_span) if a.input_noise > 0 else None)
             loss, _ = lm_loss(model, ids, states, mask, inputs=inputs)
@@ -350,7 +389,7 @@ def main(argv=None) -> int:
             sched.step()
             losses.append(float(loss.detach()))
             if step in eval_at:
-                ev = evaluate(model, held, a.hit_codes, a.seed, a.temperature)
+                ev = evaluate(model, held, a.hit_codes, a.seed, a.temperature, a.condition_tempo)
                 ev["train_loss"] = float(np.mean(losses[-50:]))
                 ev["seconds"] = round(time.time() - t0, 1)
                 evals[str(step)] = ev

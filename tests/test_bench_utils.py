@@ -88,6 +88,7 @@ def test_synthetic_beat_clips_hit_every_beat_and_only_the_beat_unless_told():
         assert 50 / 3 - 1e-9 <= clips["period"][i] <= 50 + 1e-9  # 60-180 BPM at 50 frames/s
         ind = (clips["codes"][i, 0] < 8).astype(float)
         assert mod.on_off_means(ind, clips["period"][i], clips["phase"][i], 0, 8) == (1.0, 0.0)
+        assert mod.on_off_means(ind, clips["period"][i], clips["phase"][i], 0, 8, -0.25) == (1.0, 0.0)
     noisy = mod.synthetic_clips(64, np.random.default_rng(1), vocab=64, hit_codes=8, miss=0.2, false_hits=0.05)
     on, off = [], []
     for i in range(64):
@@ -96,6 +97,9 @@ def test_synthetic_beat_clips_hit_every_beat_and_only_the_beat_unless_told():
         on.append(ind[grid].mean())
         off.append(np.delete(ind, grid).mean())
     assert abs(np.mean(on) - 0.8) < 0.05 and abs(np.mean(off) - 0.05) < 0.01
+    one = mod.synthetic_clips(4, np.random.default_rng(2), vocab=64, hit_codes=8, bpm=(120.0, 120.0))
+    for i in range(4):                                           # one tempo: a hit every 25 frames exactly
+        assert set(np.diff(np.flatnonzero(one["codes"][i, 0] < 8)).tolist()) == {25}
 
 
 def test_synthetic_beat_bench_samples_only_after_the_prompt_and_rejects_bad_input(tmp_path):
@@ -120,22 +124,26 @@ def test_synthetic_beat_bench_samples_only_after_the_prompt_and_rejects_bad_inpu
     # over the prompt both read the same past: the cached sampling pass matches the teacher-forced one
     assert np.allclose(p_own[:, :mod.PROMPT], p_real[:, :mod.PROMPT], atol=1e-5)
     shape = ["--layers", "1", "--d-model", "16", "--vocab", "32", "--hit-codes", "4"]
-    r = subprocess.run([sys.executable, str(path), "--steps", "2", "--eval-at", "0,2", *shape, "--save",
-                        str(tmp_path / "d.pt"), "--input-noise", "0.3", "--input-noise-kind", "stale",
+    st = mod.tempo_states(np.array([50.0, 3000 / 180]), True)    # 60 and 180 BPM: x = 0 and 1, then features
+    assert st.shape == (2, 1, 8) and st[0, 0, 0] == 0 and abs(st[1, 0, 0] - 1) < 1e-6 and (st[:, 0, -1] == 1).all()
+    assert not mod.tempo_states(np.array([50.0]), False).any()
+    r = subprocess.run([sys.executable, str(path), "--steps", "2", "--eval-at", "0,2", *shape, "--condition-tempo",
+                        "--save", str(tmp_path / "d.pt"), "--input-noise", "0.3", "--input-noise-kind", "stale",
                         "--input-noise-span", "4", "--name", str(tmp_path / "bs")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     got = json.loads((tmp_path / "bs.json").read_text())["figures"]
     assert set(got["evals"]) == {"0", "2"} and got["real_codes_on_off"]["beats_0_to_2"] > 1e6
     # the saved decoder measured again, greedy: same teacher-forced figures, its own continuation
     r = subprocess.run([sys.executable, str(path), "--load", str(tmp_path / "d.pt"), "--temperature", "0", *shape,
-                        "--name", str(tmp_path / "again")], capture_output=True, text=True)
+                        "--condition-tempo", "--name", str(tmp_path / "again")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     again = json.loads((tmp_path / "again.json").read_text())["figures"]
     assert again["evals"]["loaded"]["real_past"] == got["evals"]["2"]["real_past"]
-    assert again["config"]["temperature"] == 0
+    assert again["config"]["temperature"] == 0 and again["config"]["condition_tempo"] is True
     assert got["config"]["input_noise_kind"] == "stale" and "input_noise" not in again["config"]
     for bad, word in ((["--hit-codes", "40"], "--hit-codes"), (["--load", str(tmp_path / "none.pt")], "--load"),
-                      (["--input-noise", "0.8"], "--input-noise"),
+                      (["--input-noise", "0.8"], "--input-noise"), (["--bpm", "90,200"], "--bpm"),
+                      (["--bpm", "fast"], "--bpm"),
                       (["--load", str(tmp_path / "d.pt")], "--load")):   # the last: saved with another shape
         r = subprocess.run([sys.executable, str(path), *bad], capture_output=True, text=True)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and word in r.stderr, r.stderr
@@ -163,3 +171,32 @@ def test_next_hit_timing_and_hazard_profile_tell_a_clock_from_a_slow_rise():
         ramp[max(b - 15, 0): b + 1] = np.linspace(0.0, 0.15, 16)[-len(ramp[max(b - 15, 0): b + 1]):]
     prof = mod.hazard_profile(ramp[None], clips)
     assert prof["-15"] == 0.0 and abs(prof["0"] - 0.15) < 1e-12 and prof["1"] == 0.0
+    on, off = mod.on_off_means(ramp, period, phase, 0, 8)              # the frame after flatters the slow rise,
+    on_, before = mod.on_off_means(ramp, period, phase, 0, 8, -0.25)   # the frame before does not
+    assert off == 0.0 and on == on_ and abs(on / before - 1.5) < 1e-9
+
+
+def test_beat_decay_reads_against_the_frame_before_the_beat_as_well_as_after_it():
+    import numpy as np
+
+    mod, _ = _bench_module("beat_decay")
+    period, phase, n, start = 20.0, 3.0, 300, 100
+
+    def grid(offset):
+        f = np.round(np.arange(phase + offset * period, n, period)).astype(int)
+        return f[(f >= 0) & (f < n)]
+
+    on_all, off_all, before_all = grid(0.0), grid(0.25), grid(-0.25)
+    clock = np.full(n, 0.01)
+    clock[on_all] = 1.0                       # expects the onset on the beat, nothing elsewhere
+    ramp = np.zeros(n)                        # nothing just after an onset, then a slow rise towards the next
+    for b in on_all:
+        ramp[b + 6: b + 21] = np.linspace(0.1, 0.3, 15)[: len(ramp[b + 6: b + 21])]
+    ramp[on_all] = 0.3
+    for w, (off, before) in mod.window_ratios(clock, on_all, off_all, before_all, start, period).items():
+        assert abs(off - 100) < 1e-9 and abs(before - 100) < 1e-9, w
+    for w, (off, before) in mod.window_ratios(ramp, on_all, off_all, before_all, start, period).items():
+        assert off > 1e6 and 1.0 < before < 1.5, (w, off, before)   # the after-frame flatters a slow rise
+    prof = mod.beat_profile(clock, on_all, 50, n)
+    assert set(prof) == set(mod.PROFILE) and len(prof[0]) == len([b for b in on_all if 50 <= b < n - 8])
+    assert np.mean(prof[0]) == 1.0 and all(abs(np.mean(prof[d]) - 0.01) < 1e-12 for d in mod.PROFILE if d)
