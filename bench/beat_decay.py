@@ -260,8 +260,7 @@ def main(argv=None) -> int:
                 print(name)
                 for k in SETS:
                     print(f"  {k:20s}", "  ".join(f"{w}: {v['median_on_off_ratio']:.2f} (before "
-                                                f"{v['median_on_before_ratio'] or float('nan'):.2f})"
-                                                for w, v in out[k].items()))
+                                                f"{v['median_on_before_ratio']})" for w, v in out[k].items()))
                 for k in SETS:
                     print(f"  {k:20s} by frames from the beat:", " ".join(
                         f"{d}:{v:.2f}" for d, v in out["by_frames_from_beat"][k].items()))

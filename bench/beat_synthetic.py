@@ -241,15 +241,13 @@ def evaluate(model, clips: dict, hit_codes: int, seed: int, temperature: float =
                     ("real_codes", (clips["codes"][:, 0] < hit_codes).astype(float))):
         out[name] = {}
         for lo, hi in WINDOWS:
-            means = np.array([on_off_means(p[i], clips["period"][i], clips["phase"][i], lo, hi) for i in range(len(p))])
-            ratio = means[:, 0] / np.maximum(means[:, 1], 1e-9)
-            out[name][f"beats_{lo}_to_{hi}"] = float(np.nanmedian(ratio))
-            out[name][f"mean_on_off_beats_{lo}_to_{hi}"] = [float(v) for v in np.nanmean(means, axis=0)]
-            # against a sixteenth *before* the beat, where no real hit has just been (bench/beat_decay.py reads both)
-            before = np.array([on_off_means(p[i], clips["period"][i], clips["phase"][i], lo, hi, -0.25)
-                               for i in range(len(p))])
-            out[name][f"on_before_beats_{lo}_to_{hi}"] = float(np.nanmedian(before[:, 0] /
-                                                                            np.maximum(before[:, 1], 1e-9)))
+            # against a sixteenth after the beat, and before it, where no real hit has just been (as beat_decay.py)
+            for key, offset in (("beats", 0.25), ("on_before_beats", -0.25)):
+                means = np.array([on_off_means(p[i], clips["period"][i], clips["phase"][i], lo, hi, offset)
+                                  for i in range(len(p))])
+                out[name][f"{key}_{lo}_to_{hi}"] = float(np.nanmedian(means[:, 0] / np.maximum(means[:, 1], 1e-9)))
+                if offset > 0:
+                    out[name][f"mean_on_off_beats_{lo}_to_{hi}"] = [float(v) for v in np.nanmean(means, axis=0)]
     timing = np.array([t for i in range(len(real)) for t in next_hit_timing(real[i], clips["period"][i],
                                                                             clips["phase"][i])])
     out["real_past_next_hit"] = {"beats": len(timing), "on_the_beat_or_one_before": float(timing[:, 0].mean()),
