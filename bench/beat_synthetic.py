@@ -96,10 +96,8 @@ def on_off_means(p_hit: np.ndarray, period: float, phase: float, lo_beat: float,
                  offset: float = 0.25) -> tuple[float, float]:
     """Mean hit probability on the beats between lo_beat and hi_beat after the prompt, and `offset` beats from
     them (a sixteenth after them by default; nan where either is empty)."""
-    lo = PROMPT + lo_beat * period
-    hi = min(PROMPT + hi_beat * period, FRAMES)
-    on = grid_frames(period, phase, int(np.ceil(lo - 1e-6)), int(np.ceil(hi - 1e-6)))
-    off = grid_frames(period, phase, int(np.ceil(lo - 1e-6)), int(np.ceil(hi - 1e-6)), offset)
+    span = (int(np.ceil(PROMPT + lo_beat * period - 1e-6)), int(np.ceil(min(PROMPT + hi_beat * period, FRAMES) - 1e-6)))
+    on, off = grid_frames(period, phase, *span), grid_frames(period, phase, *span, offset)
     if not len(on) or not len(off):
         return float("nan"), float("nan")
     return float(p_hit[on].mean()), float(p_hit[off].mean())
